@@ -1,0 +1,150 @@
+"""`ftx validate`, `ftx plan`, `ftx run`, `ftx backends`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from ftx.core.cli import cli
+from ftx.core.console import info, results
+from ftx.core.recipe import load_recipe
+from rich.markup import escape
+from rich.table import Table
+
+recipe_arg = click.argument("recipe", type=click.Path(path_type=Path))
+overrides_arg = click.argument("overrides", nargs=-1)
+backend_opt = click.option(
+    "--backend", "-b", default="torch", show_default=True, help="Backend to translate for."
+)
+out_opt = click.option(
+    "--out", "-o", type=click.Path(path_type=Path), help="Run folder (default: output.dir)."
+)
+
+
+@cli.command()
+@recipe_arg
+@overrides_arg
+@click.option("--backend", "-b", help="Also check the recipe against this backend's capabilities.")
+def validate(recipe: Path, overrides: tuple[str, ...], backend: str | None) -> None:
+    """Check a recipe: keys, types, ranges, cross-field rules (and a backend's capabilities).
+
+    \b
+    Example:
+      ftx validate recipes/quickstart.yaml --backend torch train.learning_rate=1e-4
+    """
+    from ftx.core.runner import check_for_backend
+
+    loaded = load_recipe(recipe, overrides)
+    if backend:
+        check_for_backend(loaded, backend)
+    target = f" for the {backend} backend" if backend else ""
+    click.echo(f"{recipe}: valid{target} (sha256 {loaded.digest[:12]})")
+
+
+@cli.command()
+@recipe_arg
+@overrides_arg
+@backend_opt
+@out_opt
+def plan(recipe: Path, overrides: tuple[str, ...], backend: str, out: Path | None) -> None:
+    """Write the native config files and launch.sh under OUT/plan; run nothing.
+
+    \b
+    Example:
+      ftx plan recipes/quickstart.yaml --backend torch --out /tmp/qs
+      cat /tmp/qs/plan/launch.sh
+    """
+    from ftx.core.runner import make_plan
+
+    written = make_plan(load_recipe(recipe, overrides), backend, out)
+    for name in [*written.files, "launch.sh"]:
+        click.echo(str(written.plan_dir / name))
+
+
+@cli.command()
+@recipe_arg
+@overrides_arg
+@backend_opt
+@out_opt
+@click.option(
+    "--runtime",
+    type=click.Choice(["local", "docker", "podman"]),
+    default="local",
+    show_default=True,
+    help="local: the backend's environment under $FTX_HOME; docker/podman: its image.",
+)
+@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+def run(
+    recipe: Path,
+    overrides: tuple[str, ...],
+    backend: str,
+    out: Path | None,
+    runtime: str,
+    force: bool,
+) -> None:
+    """Prepare data, translate and train. Overrides are dotted key=value pairs.
+
+    \b
+    Example:
+      ftx run recipes/quickstart.yaml --backend torch train.learning_rate=1e-3 --force
+    """
+    from ftx.core import runner
+
+    record = runner.run(
+        load_recipe(recipe, overrides), backend, runtime_name=runtime, out=out, force=force
+    )
+    print_summary(record)
+
+
+def print_summary(record: dict) -> None:
+    """The end-of-run summary: loss start -> end and held-out exact match before -> after."""
+    table = Table(title="ftx run summary", show_header=False)
+    table.add_row("status", record["status"])
+    table.add_row("backend", f"{record['backend']} ({record['runtime']} runtime)")
+    table.add_row("steps", str(record.get("steps")))
+    first, final = record.get("first_loss"), record.get("final_loss")
+    if first is not None and final is not None:
+        table.add_row("loss", f"{first:.4f} -> {final:.4f}")
+    evaluation = record.get("evaluation") or {}
+    if "after" in evaluation:
+        before = evaluation.get("before", {}).get("exact_match")
+        after = evaluation["after"]["exact_match"]
+        shown = f"{before:.1%} -> {after:.1%}" if before is not None else f"{after:.1%}"
+        table.add_row(
+            "held-out exact match", f"{shown} ({evaluation['after']['examples']} examples)"
+        )
+    table.add_row("wall time", f"{record.get('wall_time_s', 0):.1f} s")
+    table.add_row("final model", escape(str(record.get("final_dir"))))
+    results.print(table)
+    info(f"run record: {json.dumps({k: record[k] for k in ('status', 'steps', 'final_loss')})}")
+
+
+@cli.command()
+def backends() -> None:
+    """Show the capability matrix: what each backend supports.
+
+    \b
+    Example:
+      ftx backends
+    """
+    from ftx.core.registry import capability_matrix, get_backend
+
+    matrix = capability_matrix()
+    table = Table(title="ftx backends")
+    table.add_column("")
+    for name in matrix:
+        table.add_column(name)
+    rows = {
+        "framework": [get_backend(n).description for n in matrix],
+        "stages": [", ".join(sorted(c.stages)) for c in matrix.values()],
+        "finetuning": [", ".join(sorted(c.finetuning)) for c in matrix.values()],
+        "precision": [", ".join(sorted(c.precisions)) for c in matrix.values()],
+        "parallel": [", ".join(sorted(c.parallel)) for c in matrix.values()],
+        "data formats": [", ".join(sorted(c.data_formats)) for c in matrix.values()],
+        "packing": ["yes" if c.packing else "no" for c in matrix.values()],
+        "environment": [get_backend(n).environment for n in matrix],
+    }
+    for label, cells in rows.items():
+        table.add_row(label, *cells)
+    results.print(table)

@@ -1,0 +1,199 @@
+"""Dataset row formats (LLaMA-Factory's names and column/tag defaults) -> Conversation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ftx.core.data.conversation import Conversation, Message
+
+
+class RowError(ValueError):
+    """A row that cannot be turned into a training example (message says why)."""
+
+
+ALPACA_COLUMNS = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "history": "history",
+    "system": "system",
+}
+SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools"}
+OPENAI_COLUMNS = {"messages": "messages", "system": "system", "tools": "tools"}
+TEXT_COLUMNS = {"prompt": "text"}
+SHAREGPT_TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+OPENAI_TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "observation_tag": "tool",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+
+
+def _text(row: Mapping[str, Any], column: str, *, required: bool) -> str | None:
+    value = row.get(column)
+    if value is None or (value == "" and not required):
+        if required:
+            raise RowError(f"missing field '{column}'")
+        return None
+    if not isinstance(value, str):
+        raise RowError(f"field '{column}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _assistant_text(text: str | None, where: str) -> str:
+    if text is None or not text.strip():
+        raise RowError(f"empty assistant turn ({where})")
+    return text
+
+
+def alpaca(
+    row: Mapping[str, Any], columns: Mapping[str, str], tags: Mapping[str, str]
+) -> Conversation:
+    """instruction (+ "\\n" + input) -> output, after optional [query, response] history."""
+    cols = {**ALPACA_COLUMNS, **columns}
+    prompt = _text(row, cols["prompt"], required=True)
+    query = _text(row, cols["query"], required=False)
+    response = _assistant_text(_text(row, cols["response"], required=True), cols["response"])
+    messages: list[Message] = []
+    history = row.get(cols["history"]) or []
+    if not isinstance(history, list):
+        raise RowError(f"field '{cols['history']}' must be a list of [query, response] pairs")
+    for i, pair in enumerate(history):
+        if not (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and all(isinstance(x, str) for x in pair)
+        ):
+            raise RowError(f"history[{i}] must be a [query, response] pair of strings")
+        messages += [
+            Message("user", pair[0]),
+            Message("assistant", _assistant_text(pair[1], f"history[{i}]")),
+        ]
+    user = f"{prompt}\n{query}" if query else prompt
+    messages += [Message("user", user), Message("assistant", response)]
+    return Conversation(tuple(messages), system=_text(row, cols["system"], required=False))
+
+
+def _chat(defaults_cols: Mapping[str, str], default_tags: Mapping[str, str]):
+    def read(
+        row: Mapping[str, Any], columns: Mapping[str, str], tags: Mapping[str, str]
+    ) -> Conversation:
+        cols = {**defaults_cols, **columns}
+        tag = {**default_tags, **tags}
+        turns = row.get(cols["messages"])
+        if not isinstance(turns, list) or not turns:
+            raise RowError(f"field '{cols['messages']}' must be a non-empty list of turns")
+        system = _text(row, cols["system"], required=False)
+        roles = {
+            tag["user_tag"]: "user",
+            tag["observation_tag"]: "tool",
+            tag["assistant_tag"]: "assistant",
+            tag["function_tag"]: "assistant",
+        }
+        messages: list[Message] = []
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, Mapping):
+                keys = f"'{tag['role_tag']}' and '{tag['content_tag']}'"
+                raise RowError(f"turn {i} must be an object with {keys}")
+            role_name = turn.get(tag["role_tag"])
+            content = turn.get(tag["content_tag"])
+            if role_name == tag["system_tag"] and i == 0:
+                if not isinstance(content, str):
+                    raise RowError("the system turn's content must be a string")
+                system = content
+                continue
+            if role_name not in roles:
+                raise RowError(
+                    f"turn {i} has unknown role {role_name!r}; expected one of {sorted(roles)}"
+                )
+            if not isinstance(content, str):
+                raise RowError(f"turn {i} content must be a string, got {type(content).__name__}")
+            role = roles[role_name]
+            expect_user = len(messages) % 2 == 0
+            if expect_user != (role in ("user", "tool")):
+                want = (
+                    f"{tag['user_tag']}/{tag['observation_tag']}"
+                    if expect_user
+                    else f"{tag['assistant_tag']}/{tag['function_tag']}"
+                )
+                raise RowError(f"wrong role order: turn {i} is {role_name!r}, expected {want}")
+            if role == "assistant":
+                _assistant_text(content, f"turn {i}")
+            messages.append(Message(role, content))
+        if not messages or messages[-1].role != "assistant":
+            raise RowError("the conversation must end with an assistant turn")
+        tools = row.get(cols["tools"])
+        return Conversation(
+            tuple(messages),
+            system=system,
+            tools=tools if isinstance(tools, str) and tools else None,
+        )
+
+    return read
+
+
+def text(
+    row: Mapping[str, Any], columns: Mapping[str, str], tags: Mapping[str, str]
+) -> Conversation:
+    """A pre-training row: one plain text."""
+    cols = {**TEXT_COLUMNS, **columns}
+    value = _text(row, cols["prompt"], required=True)
+    if not value.strip():
+        raise RowError(f"field '{cols['prompt']}' is empty")
+    return Conversation(text=value)
+
+
+def src_tgt(
+    row: Mapping[str, Any], columns: Mapping[str, str], tags: Mapping[str, str]
+) -> Conversation:
+    """PaddleNLP rows: ``src``/``tgt`` strings or equal-length lists, optional ``context``."""
+    cols = {"src": "src", "tgt": "tgt", "context": "context", **columns}
+    src, tgt = row.get(cols["src"]), row.get(cols["tgt"])
+    if isinstance(src, str) and isinstance(tgt, str):
+        src, tgt = [src], [tgt]
+    if not (isinstance(src, list) and isinstance(tgt, list)) or len(src) != len(tgt) or not src:
+        raise RowError(
+            f"'{cols['src']}' and '{cols['tgt']}' must be strings or lists of equal length"
+        )
+    messages: list[Message] = []
+    for i, (query, answer) in enumerate(zip(src, tgt, strict=False)):
+        if not (isinstance(query, str) and isinstance(answer, str)):
+            raise RowError(f"round {i}: src and tgt must be strings")
+        messages += [
+            Message("user", query),
+            Message("assistant", _assistant_text(answer, f"round {i}")),
+        ]
+    context = row.get(cols["context"]) or {}
+    system = context.get("system") if isinstance(context, Mapping) else None
+    return Conversation(tuple(messages), system=system if isinstance(system, str) else None)
+
+
+READERS: dict[str, Callable[..., Conversation]] = {
+    "alpaca": alpaca,
+    "sharegpt": _chat(SHAREGPT_COLUMNS, SHAREGPT_TAGS),
+    "openai": _chat(OPENAI_COLUMNS, OPENAI_TAGS),
+    "text": text,
+    "src_tgt": src_tgt,
+}
+
+
+def to_conversation(
+    fmt: str, row: Any, columns: Mapping[str, str], tags: Mapping[str, str]
+) -> Conversation:
+    """Normalise one row; raise RowError when it is malformed."""
+    if not isinstance(row, Mapping):
+        raise RowError(f"a row must be a JSON object, got {type(row).__name__}")
+    return READERS[fmt](row, columns, tags)

@@ -1,0 +1,298 @@
+"""Turn a recipe's datasets into the prepared format, once, for every backend.
+
+read rows -> normalise to Conversation -> render + tokenise + mask -> split
+-> write. The result is cached under $FTX_HOME/prepared/<key>, where the key
+hashes everything that can change the tokens: the data section, the dataset
+files' bytes, the tokenizer files and the format version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftx.core.data.conversation import Conversation
+from ftx.core.data.formats import RowError, to_conversation
+from ftx.core.data.render import IGNORE, ChatEncoder
+from ftx.core.data.sources import Source, resolve
+from ftx.core.errors import FtxError
+from ftx.core.fsutil import atomic_write_json, staged_dir
+from ftx.core.prepared import FORMAT_VERSION, write_split
+from ftx.core.recipe.schema import DatasetSpec, Recipe
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+@dataclass
+class Report:
+    """What happened to the rows (never a silent drop)."""
+
+    rows: int = 0
+    skipped: list[str] = field(default_factory=list)  # "file:line: reason"
+    truncated: int = 0
+    no_learnable: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "skipped": len(self.skipped),
+            "skipped_examples": self.skipped[:20],
+            "truncated": self.truncated,
+            "dropped_no_learnable_tokens": self.no_learnable,
+        }
+
+
+def load_tokenizer(recipe: Recipe) -> Any:
+    """The model's tokenizer (fast, via transformers; no framework needed)."""
+    from transformers import AutoTokenizer
+
+    path = Path(recipe.model.path)
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise FtxError(
+            "no tokenizer files in the model folder",
+            where=f"model.path ({path})",
+            fix="put tokenizer.json and tokenizer_config.json beside the weights",
+        )
+    try:
+        return AutoTokenizer.from_pretrained(
+            str(path), trust_remote_code=recipe.model.trust_remote_code
+        )
+    except Exception as exc:  # transformers raises many types for a broken tokenizer
+        raise FtxError(
+            f"the tokenizer cannot be loaded: {exc}",
+            where=f"model.path ({path})",
+            fix="check the tokenizer files",
+        ) from None
+
+
+def read_conversations(source: Source, on_error: str, report: Report) -> list[Conversation]:
+    """All rows of a source as conversations; bad rows raise or are skipped and counted."""
+    from ftx.core.data.readers import read_rows
+
+    conversations = []
+    for file in source.files:
+        for line, row in read_rows(file):
+            report.rows += 1
+            where = f"{file}:{line}"
+            try:
+                conv = to_conversation(source.format, row, source.columns, source.tags)
+            except RowError as exc:
+                if on_error == "skip":
+                    report.skipped.append(f"{where}: {exc}")
+                    continue
+                raise FtxError(
+                    f"bad {source.format} row: {exc}",
+                    where=where,
+                    fix="fix the row, or set data.on_error: skip to skip and count bad rows",
+                ) from None
+            conversations.append(
+                Conversation(conv.messages, conv.system, conv.tools, conv.text, where)
+            )
+            if source.num_samples and len(conversations) >= source.num_samples:
+                return conversations
+    return conversations
+
+
+def _sources(specs: list[DatasetSpec], recipe: Recipe, key: str) -> list[Source]:
+    base = Path(recipe.data.dataset_dir)
+    return [resolve(spec, base, f"{key}[{i}]") for i, spec in enumerate(specs)]
+
+
+def cache_key(recipe: Recipe) -> str:
+    """Hash of everything that decides the prepared tokens."""
+    digest = hashlib.sha256()
+    fields = {
+        "version": FORMAT_VERSION,
+        "data": recipe.data.model_dump(mode="json", exclude={"dataset_dir"}),
+        "evaluate": recipe.evaluate.model_dump(mode="json") if recipe.evaluate else None,
+        "stage": recipe.method.stage,
+        "template": recipe.model.template,
+    }
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    specs = list(recipe.data.datasets) + (list(recipe.evaluate.datasets) if recipe.evaluate else [])
+    for source in _sources(specs, recipe, "data.datasets"):
+        for file in source.files:
+            digest.update(_file_hash(file).encode())
+    model = Path(recipe.model.path)
+    for name in TOKENIZER_FILES:
+        if (model / name).exists():
+            digest.update(name.encode() + _file_hash(model / name).encode())
+    return digest.hexdigest()[:24]
+
+
+def _file_hash(path: Path) -> str:
+    if not path.is_file():
+        raise FtxError("dataset file not found", where=str(path), fix="check data.datasets")
+    h = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
+    """Prepare the recipe's data into ``dest`` (written atomically); return the manifest."""
+    tokenizer = load_tokenizer(recipe)
+    data = recipe.data
+    report = Report()
+    conversations: list[Conversation] = []
+    for source in _sources(list(data.datasets), recipe, "data.datasets"):
+        rows = read_conversations(source, data.on_error, report)
+        conversations += rows[: data.max_samples] if data.max_samples else rows
+    if not conversations:
+        raise FtxError(
+            "the datasets hold no usable rows", where="data.datasets", fix="check the files"
+        )
+    rng = random.Random(data.seed)
+    order = list(range(len(conversations)))
+    rng.shuffle(order)
+    n_val = int(data.val_size) if data.val_size >= 1 else round(len(order) * data.val_size)
+    if n_val >= len(order):
+        raise FtxError(
+            f"val_size leaves no training rows ({n_val} of {len(order)})",
+            where="data.val_size",
+            fix="use a smaller share or count",
+        )
+    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+
+    if recipe.method.stage == "pt":
+        encoder = None
+        encode = lambda convs: _pack_text(convs, tokenizer, data.max_seq_len)  # noqa: E731
+    else:
+        encoder = ChatEncoder(tokenizer, recipe.model.template, where="model.template")
+        encode = lambda convs: _encode_chats(convs, encoder, recipe, report)  # noqa: E731
+    splits = {"train": encode([conversations[i] for i in train_idx])}
+    if val_idx:
+        splits["val"] = encode([conversations[i] for i in val_idx])
+    if not splits["train"]:
+        raise FtxError(
+            "no training example has a learnable token after truncation",
+            where="data.max_seq_len",
+            fix="raise max_seq_len or shorten the prompts",
+        )
+
+    eval_rows: list[dict[str, Any]] = []
+    if recipe.evaluate is not None:
+        encoder = encoder or ChatEncoder(tokenizer, recipe.model.template, where="model.template")
+        for source in _sources(list(recipe.evaluate.datasets), recipe, "evaluate.datasets"):
+            for conv in read_conversations(source, data.on_error, Report()):
+                ids, reference = encoder.encode_prompt(conv)
+                eval_rows.append({"input_ids": ids, "reference": reference, "source": conv.source})
+        eval_rows = eval_rows[: recipe.evaluate.max_samples]
+
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "key": cache_key(recipe),
+        "stage": recipe.method.stage,
+        "max_seq_len": data.max_seq_len,
+        "packing": data.packing,
+        "pad_token_id": tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "report": report.as_dict(),
+        "splits": {},
+    }
+    with staged_dir(dest, replace=True) as tmp:
+        for name, examples in splits.items():
+            write_split(tmp / name, examples)
+            tokens = sum(len(ids) for ids, _ in examples)
+            learned = sum(sum(1 for t in labels if t != IGNORE) for _, labels in examples)
+            manifest["splits"][name] = {
+                "examples": len(examples),
+                "tokens": tokens,
+                "learnable_tokens": learned,
+                "max_length": max(len(ids) for ids, _ in examples),
+            }
+        if eval_rows:
+            (tmp / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
+            manifest["splits"]["eval"] = {"examples": len(eval_rows)}
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def _encode_chats(
+    convs: list[Conversation], encoder: ChatEncoder, recipe: Recipe, report: Report
+) -> list[tuple[list[int], list[int]]]:
+    data = recipe.data
+    examples = []
+    for conv in convs:
+        if conv.text is not None:
+            raise FtxError(
+                "a plain-text row in an sft dataset",
+                where=conv.source,
+                fix="use method.stage: pt for text data, or a chat format",
+            )
+        enc = encoder.encode(
+            conv,
+            max_len=data.max_seq_len,
+            train_on_prompt=data.train_on_prompt,
+            mask_history=data.mask_history,
+        )
+        report.truncated += enc.truncated
+        if all(t == IGNORE for t in enc.labels):
+            report.no_learnable += 1
+            continue
+        examples.append((enc.input_ids, enc.labels))
+    return examples
+
+
+def _pack_text(
+    convs: list[Conversation], tokenizer: Any, block: int
+) -> list[tuple[list[int], list[int]]]:
+    """Pre-training: concatenate documents (each ends with EOS) into blocks of max_seq_len."""
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for conv in convs:
+        text = conv.text if conv.text is not None else "\n".join(m.content for m in conv.messages)
+        stream += list(tokenizer(text, add_special_tokens=False)["input_ids"]) + (
+            [eos] if eos is not None else []
+        )
+    blocks = [stream[i : i + block] for i in range(0, len(stream), block)]
+    return [(b, list(b)) for b in blocks if len(b) > 1]
+
+
+def prepared_data(recipe: Recipe, dest: Path) -> dict[str, Any]:
+    """Prepare into the cache (or reuse it) and link the result at ``dest``."""
+    from ftx.core.envs import ftx_home
+
+    key = cache_key(recipe)
+    cached = ftx_home() / "prepared" / key
+    if not (cached / "manifest.json").exists():
+        prepare(recipe, cached)
+    if dest.exists() or dest.is_symlink():
+        if dest.is_symlink() or dest.is_file():
+            dest.unlink()
+        else:
+            shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _copy_tree_linked(cached, dest)
+    return json.loads((dest / "manifest.json").read_text())
+
+
+def _copy_tree_linked(src: Path, dst: Path) -> None:
+    """Hard-link a prepared folder into place (copy when links are not possible)."""
+    for path in src.rglob("*"):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)

@@ -1,0 +1,118 @@
+"""Render conversations with a chat template, tokenise them and mask the labels.
+
+The whole conversation is rendered once and tokenised once, exactly as
+``tokenizer.apply_chat_template(..., tokenize=True)`` would, so training sees
+the token stream the model will see at inference. Which tokens are learned is
+decided from character spans: every assistant turn's span is found by
+rendering the conversation up to that turn (with and without the generation
+prompt) and taking the difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ftx.core.data.conversation import Conversation
+from ftx.core.errors import FtxError
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+class ChatEncoder:
+    """Encodes conversations with one tokenizer and its chat template."""
+
+    def __init__(self, tokenizer: Any, template: str, *, where: str):
+        self.tokenizer = tokenizer
+        if template != "auto":
+            raise FtxError(
+                f"unknown chat template '{template}'",
+                where=where,
+                fix="use 'auto' (the template saved with the tokenizer)",
+            )
+        if not getattr(tokenizer, "chat_template", None):
+            raise FtxError(
+                "model.template is 'auto' but the tokenizer has no chat_template",
+                where=where,
+                fix="use a tokenizer that carries a chat template, or name a template",
+            )
+        self.where = where
+
+    def _render(self, chat: list[dict[str, str]], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            chat, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    def _spans(self, chat: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+        """Rendered text and the character span of each assistant turn."""
+        spans = []
+        for i, message in enumerate(chat):
+            if message["role"] != "assistant":
+                continue
+            prompt = self._render(chat[:i], True)
+            upto = self._render(chat[: i + 1], False)
+            if not upto.startswith(prompt):
+                raise FtxError(
+                    "the chat template renders a conversation differently depending on what"
+                    " follows, so assistant turns cannot be located",
+                    where=self.where,
+                    fix="use a template whose rendering of earlier turns does not change",
+                )
+            spans.append((len(prompt), len(upto)))
+        return self._render(chat, False), spans
+
+    def encode(
+        self, conv: Conversation, *, max_len: int, train_on_prompt: bool, mask_history: bool
+    ) -> Encoded:
+        """Token ids and labels (-100 where not learned), dropping oldest rounds to fit."""
+        messages = conv.as_chat()
+        head = messages[:1] if messages and messages[0]["role"] == "system" else []
+        body = messages[len(head) :]
+        truncated = False
+        while True:
+            ids, labels = self._encode_chat(head + body, train_on_prompt, mask_history)
+            starts = [i for i, m in enumerate(body) if m["role"] == "user" and i > 0]
+            if len(ids) <= max_len or not starts:
+                break
+            body = body[starts[0] :]  # drop the oldest round, keep the system prompt
+            truncated = True
+        if len(ids) > max_len:
+            ids, labels, truncated = ids[:max_len], labels[:max_len], True
+        return Encoded(ids, labels, truncated)
+
+    def _encode_chat(
+        self, chat: list[dict[str, str]], train_on_prompt: bool, mask_history: bool
+    ) -> tuple[list[int], list[int]]:
+        text, spans = self._spans(chat)
+        if mask_history:
+            spans = spans[-1:]
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        if train_on_prompt:
+            return ids, list(ids)
+        labels = []
+        for token, (start, end) in zip(ids, enc["offset_mapping"], strict=False):
+            learned = any(a <= start < b or (start == end and a < end <= b) for a, b in spans)
+            labels.append(token if learned else IGNORE)
+        return ids, labels
+
+    def encode_prompt(self, conv: Conversation) -> tuple[list[int], str]:
+        """Ids of everything before the last assistant turn (plus the generation prompt)
+        and that turn's text, for generation-based evaluation."""
+        chat = conv.as_chat()
+        prompt = self._render(chat[:-1], True)
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return list(ids), chat[-1]["content"]
+
+    def encode_text(self, text: str) -> list[int]:
+        """A pre-training document: its tokens plus EOS."""
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        eos = self.tokenizer.eos_token_id
+        return ids + ([eos] if eos is not None else [])

@@ -1,0 +1,232 @@
+"""Local per-backend environments under $FTX_HOME/envs/<name>.
+
+Each is a plain virtual environment built from the backend's pinned lock file
+(the same file its Docker image installs) with ``pip install --no-deps``, so
+what runs locally is exactly what the lock says. ftx itself is added without
+its core dependencies. A ``ftx-env.json`` marker is written last: an
+environment without it is incomplete and gets rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from ftx.core.console import console, is_quiet
+from ftx.core.envspec import EnvironmentSpec
+from ftx.core.errors import FtxError
+from ftx.core.fsutil import atomic_write_json
+
+MARKER = "ftx-env.json"
+
+
+def ftx_home() -> Path:
+    """Where ftx keeps environments and caches ($FTX_HOME, default ~/.cache/ftx)."""
+    return Path(os.environ.get("FTX_HOME") or Path.home() / ".cache" / "ftx").expanduser()
+
+
+def env_names() -> list[str]:
+    from ftx.backends import REGISTRY
+
+    return list(REGISTRY)
+
+
+def get_spec(name: str) -> EnvironmentSpec:
+    """The environment spec of a backend, or a clear error."""
+    from ftx.backends import REGISTRY
+
+    entry = REGISTRY.get(name)
+    if entry is None:
+        raise FtxError(
+            f"no environment named '{name}'",
+            fix=f"use one of: {', '.join(REGISTRY)}",
+        )
+    module, _, attr = entry.environment.partition(":")
+    return getattr(import_module(module), attr)
+
+
+def env_dir(name: str) -> Path:
+    return ftx_home() / "envs" / name
+
+
+def env_python(name: str) -> Path:
+    return env_dir(name) / "bin" / "python"
+
+
+def lock_digest(spec: EnvironmentSpec) -> str:
+    return hashlib.sha256(spec.lock_file.read_bytes()).hexdigest()
+
+
+def read_marker(name: str) -> dict[str, Any] | None:
+    """The environment's record, or None when it is missing or incomplete."""
+    marker = env_dir(name) / MARKER
+    if not marker.exists():
+        return None
+    try:
+        return json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def state(name: str) -> str:
+    """'ready', 'stale' (lock file changed), 'incomplete' or 'missing'."""
+    record = read_marker(name)
+    if record is None:
+        return "incomplete" if env_dir(name).exists() else "missing"
+    return "ready" if record.get("lock_sha256") == lock_digest(get_spec(name)) else "stale"
+
+
+def ensure(name: str) -> Path:
+    """Create the environment if it is missing, incomplete or stale; return its python."""
+    current = state(name)
+    if current != "ready":
+        console.print(f"[bold]Setting up the {name} environment[/] ({current}); this runs once.")
+        create(name, force=True)
+    return env_python(name)
+
+
+def create(name: str, *, force: bool = False) -> dict[str, Any]:
+    """Build the environment from its lock file and record what it holds."""
+    spec = get_spec(name)
+    target = env_dir(name)
+    if target.exists():
+        if not force and state(name) == "ready":
+            raise FtxError(
+                f"environment '{name}' already exists at {target}",
+                fix=f"use `ftx env create {name} --force` to rebuild it",
+            )
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    steps = [
+        ("creating the virtual environment", [sys.executable, "-m", "venv", str(target)]),
+        (
+            f"installing {spec.lock_file.name} ({_count_pins(spec)} pinned packages)",
+            [str(target / "bin/pip"), "install", "--no-deps", "-r", str(spec.lock_file)],
+        ),
+        ("installing ftx (without the core's dependencies)", _ftx_install_command(target)),
+        ("checking imports", [str(target / "bin/python"), "-c", spec.import_check]),
+    ]
+    for label, command in steps:
+        _run_step(name, label, command, cwd=target if target.exists() else target.parent)
+    record = {
+        "name": name,
+        "lock_file": str(spec.lock_file),
+        "lock_sha256": lock_digest(spec),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.time() - started, 1),
+        **probe(name),
+    }
+    atomic_write_json(target / MARKER, record)
+    return record
+
+
+def remove(name: str) -> bool:
+    """Delete the environment; False when there was none."""
+    get_spec(name)
+    target = env_dir(name)
+    if not target.exists():
+        return False
+    shutil.rmtree(target)
+    return True
+
+
+def probe(name: str) -> dict[str, Any]:
+    """Ask the environment for its framework versions and devices."""
+    spec = get_spec(name)
+    result = subprocess.run(
+        [str(env_python(name)), "-m", spec.probe_module],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),  # some frameworks write log folders into the cwd on import
+        env=_clean_env(name),
+        timeout=300,
+    )
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise FtxError(
+            f"the {name} environment does not start: {_tail(result.stderr)}",
+            where=str(env_dir(name)),
+            fix=f"rebuild it with `ftx env create {name} --force`",
+        )
+    return json.loads(lines[-1])
+
+
+def _clean_env(name: str) -> dict[str, str]:
+    """Process environment for commands run in a backend env (its bin first on PATH)."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env["VIRTUAL_ENV"] = str(env_dir(name))
+    env["PATH"] = f"{env_dir(name) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def activated_env(name: str) -> dict[str, str]:
+    """Environment variables that make the backend env's python and launchers first."""
+    return _clean_env(name)
+
+
+def _count_pins(spec: EnvironmentSpec) -> int:
+    lines = spec.lock_file.read_text().splitlines()
+    return sum(1 for ln in lines if ln.strip() and not ln.startswith("#"))
+
+
+def source_root() -> Path | None:
+    """The source checkout ftx runs from (it has pyproject.toml), if any."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").exists() and (root / "backends").is_dir() else None
+
+
+def _ftx_install_command(target: Path) -> list[str]:
+    root = source_root()
+    pip = str(target / "bin/pip")
+    if root is not None:
+        # Editable, so a checkout's changes reach the worker without a rebuild.
+        return [pip, "install", "--no-deps", "-e", str(root)]
+    # Installed from a wheel: reinstall that same distribution without dependencies.
+    from importlib import metadata
+
+    return [pip, "install", "--no-deps", f"ftx=={metadata.version('ftx')}"]
+
+
+def _run_step(name: str, label: str, command: list[str], *, cwd: Path) -> None:
+    log = ftx_home() / "logs" / f"env-{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        handle.write(f"\n$ {' '.join(command)}\n")
+        handle.flush()
+        status = console.status(f"\\[{name}] {label}") if not is_quiet() else None
+        if status:
+            status.start()
+        try:
+            proc = subprocess.run(
+                command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=_clean_env(name)
+            )
+        finally:
+            if status:
+                status.stop()
+    if proc.returncode != 0:
+        tail = _tail(log.read_text(), 6)
+        shutil.rmtree(env_dir(name), ignore_errors=True)
+        raise FtxError(
+            f"setting up the {name} environment failed while {label}: {tail}",
+            where=str(log),
+            fix="read the log; check that PyPI is reachable and rerun `ftx env create "
+            f"{name} --force`",
+        )
+    if not is_quiet():
+        console.print(f"[green]✓[/] \\[{name}] {label}")
+
+
+def _tail(text: str, n: int = 3) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip() and "Location" not in ln]
+    return " | ".join(lines[-n:]) or "(no output)"

@@ -1,0 +1,67 @@
+"""The prepared-data format, readable with numpy alone (backend workers use it).
+
+A prepared folder holds ``manifest.json`` and one sub-folder per split
+(``train``, ``val``): ``input_ids.npy`` and ``labels.npy`` (int32, all examples
+concatenated) and ``offsets.npy`` (int64, example i is ``offsets[i]:offsets[i+1]``).
+Labels are aligned with input_ids (not shifted), -100 where not learned.
+``eval.jsonl`` holds generation prompts: ``{"input_ids": [...], "reference": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+class PreparedSplit:
+    """Random access to one split's examples."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.input_ids = np.load(folder / "input_ids.npy", mmap_mode="r")
+        self.labels = np.load(folder / "labels.npy", mmap_mode="r")
+        self.offsets = np.load(folder / "offsets.npy")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.offsets[index], self.offsets[index + 1]
+        return np.asarray(self.input_ids[start:end]), np.asarray(self.labels[start:end])
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def write_split(folder: Path, examples: list[tuple[list[int], list[int]]]) -> None:
+    """Write examples (input_ids, labels) as one split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lengths = np.array([len(ids) for ids, _ in examples], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat_ids = [t for ids, _ in examples for t in ids]
+    flat_labels = [t for _, labels in examples for t in labels]
+    np.save(folder / "input_ids.npy", np.asarray(flat_ids, dtype=np.int32))
+    np.save(folder / "labels.npy", np.asarray(flat_labels, dtype=np.int32))
+    np.save(folder / "offsets.npy", offsets)
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    return json.loads((root / "manifest.json").read_text())
+
+
+def load_split(root: Path, name: str) -> PreparedSplit | None:
+    """A split of a prepared folder, or None when it has no such split."""
+    folder = root / name
+    return PreparedSplit(folder) if (folder / "offsets.npy").exists() else None
+
+
+def read_eval_prompts(root: Path) -> list[dict[str, Any]]:
+    path = root / "eval.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

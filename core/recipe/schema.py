@@ -1,0 +1,271 @@
+"""The recipe: one backend-neutral YAML file that describes a fine-tuning run.
+
+Every section is a strict pydantic model: unknown keys are rejected (the
+loader turns that into a did-you-mean), types and ranges are checked here, and
+rules that tie several keys together live in ``model_validator`` methods.
+Rules that depend on the chosen backend live in :mod:`ftx.core.capabilities`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RESERVED_STAGES = {"dpo", "kto"}
+DATA_FORMATS = ("alpaca", "sharegpt", "openai", "text", "src_tgt")
+
+
+class Section(BaseModel):
+    """Base of every recipe section: strict about unknown keys, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(Section):
+    path: str = Field(description="Local directory with the model (config, weights, tokenizer).")
+    format: Literal["hf", "paddle", "mindspore"] | None = Field(
+        None, description="Checkpoint format; detected from the files when omitted."
+    )
+    template: str = Field(
+        "auto", description="Chat template name, or 'auto' for the tokenizer's own template."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype the weights are loaded in ('auto': follow train.precision)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code shipped with the model.")
+
+
+class DatasetSpec(Section):
+    """One dataset: a file (``path``) or an entry of dataset_info.json (``name``)."""
+
+    path: str | None = Field(None, description="A json, jsonl, csv or parquet file.")
+    name: str | None = Field(None, description="An entry of dataset_info.json in data.dataset_dir.")
+    format: Literal["alpaca", "sharegpt", "openai", "text", "src_tgt"] | None = Field(
+        None, description="Row format (default alpaca, or the dataset_info.json entry's)."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Canonical name -> column name (LLaMA-Factory)."
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="ShareGPT role/content tags (LLaMA-Factory)."
+    )
+    num_samples: int | None = Field(None, ge=1, description="Take this many rows of this set.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give exactly one of 'path' (a file) or 'name' (dataset_info.json)")
+        return self
+
+
+def _dataset_shorthand(value: Any) -> Any:
+    """A bare string is a dataset_info.json name, or a file path when it has a suffix."""
+    if isinstance(value, str):
+        looks_like_file = any(
+            value.endswith(s) for s in (".json", ".jsonl", ".csv", ".parquet", ".txt")
+        )
+        return {"path": value} if looks_like_file else {"name": value}
+    return value
+
+
+def _expand_datasets(value: Any) -> Any:
+    """Accept ``"a,b"`` and bare strings as well as full dataset objects."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list):
+        return [_dataset_shorthand(v) for v in value]
+    return value
+
+
+class DataSection(Section):
+    datasets: list[DatasetSpec] = Field(min_length=1, description="Training datasets.")
+    dataset_dir: str = Field(".", description="Folder holding dataset_info.json and data files.")
+    val_size: float = Field(
+        0.0, ge=0, description="Held-out share (0 <= x < 1) or count (>= 1) for eval loss."
+    )
+    max_samples: int | None = Field(None, ge=1, description="Cap on rows per dataset.")
+    max_seq_len: int = Field(1024, ge=8, le=1_048_576, description="Tokens per training row.")
+    packing: bool = Field(False, description="Pack several examples into each row.")
+    train_on_prompt: bool = Field(False, description="Also learn the prompt tokens.")
+    mask_history: bool = Field(False, description="Learn only the last assistant turn.")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="Bad rows: stop with an error, or skip and count them."
+    )
+    seed: int = Field(42, description="Seed for shuffling and the validation split.")
+
+    _expand = field_validator("datasets", mode="before")(_expand_datasets)
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError("a count (>= 1) must be a whole number; a share must be < 1")
+        return value
+
+
+class EvaluateSection(Section):
+    """Held-out generation: greedy answers compared with the references (exact match)."""
+
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    max_samples: int | None = Field(200, ge=1)
+    before_training: bool = Field(True, description="Also score the model before training.")
+
+    _expand = field_validator("datasets", mode="before")(_expand_datasets)
+
+
+class LoraSection(Section):
+    rank: int = Field(8, ge=1, le=4096)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] | Literal["all"] = Field(
+        "all", description="Module names (q_proj, v_proj, ...) or 'all' linear layers."
+    )
+    rslora: bool = Field(False, description="Scale by alpha/sqrt(rank) instead of alpha/rank.")
+    dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+
+
+class QuantizationSection(Section):
+    bits: Literal[4, 8] = 4
+    type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+class PrefixSection(Section):
+    num_tokens: int = Field(128, ge=1, le=4096)
+
+
+class FreezeSection(Section):
+    trainable_layers: int = Field(
+        2, description="Train the last N layers (negative: the first N); the rest is frozen."
+    )
+
+    @field_validator("trainable_layers")
+    @classmethod
+    def _nonzero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must not be 0: use N > 0 for the last N layers, N < 0 for the first")
+        return value
+
+
+class MethodSection(Section):
+    stage: Literal["sft", "pt", "dpo", "kto"] = "sft"
+    finetuning: Literal["full", "lora", "qlora", "freeze", "prefix"] = "lora"
+    lora: LoraSection = LoraSection()
+    quantization: QuantizationSection = QuantizationSection()
+    prefix: PrefixSection = PrefixSection()
+    freeze: FreezeSection = FreezeSection()
+
+    @field_validator("stage")
+    @classmethod
+    def _stage_supported(cls, value: str) -> str:
+        if value in RESERVED_STAGES:
+            raise ValueError(
+                f"stage '{value}' is not yet supported by ftx (reserved for preference training);"
+                " use 'sft' or 'pt'"
+            )
+        return value
+
+
+class TrainSection(Section):
+    epochs: float | None = Field(None, gt=0, description="Passes over the data (default 3).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (instead of epochs).")
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0)
+    micro_batch_size: int = Field(1, ge=1, description="Rows per device per forward pass.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps.")
+    save_total_limit: int | None = Field(2, ge=1, description="Keep the newest K checkpoints.")
+    eval_steps: int | None = Field(None, ge=1, description="Eval loss every N steps.")
+    resume: Literal["auto"] | Literal[False] | str = Field(
+        False, description="'auto' (newest checkpoint in the output dir), a path, or false."
+    )
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> TrainSection:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("set either 'epochs' or 'max_steps', not both")
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise ValueError("set either 'warmup_ratio' or 'warmup_steps', not both")
+        return self
+
+    @property
+    def num_epochs(self) -> float:
+        """Epochs to run when max_steps is not set."""
+        return 3.0 if self.epochs is None else self.epochs
+
+
+class ParallelSection(Section):
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0, description="This node's rank (set per node on the CLI).")
+    nproc_per_node: int = Field(1, ge=1)
+    tp: int = Field(1, ge=1, description="Tensor-parallel degree.")
+    pp: int = Field(1, ge=1, description="Pipeline-parallel degree.")
+    zero: Annotated[int, Field(ge=0, le=3)] = Field(
+        0, description="ZeRO stage (DeepSpeed / Paddle sharding / parallel optimizer)."
+    )
+    offload: Literal["none", "optimizer", "all"] = "none"
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29500, ge=1, le=65535)
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree, derived from the world size."""
+        return self.world_size // (self.tp * self.pp)
+
+    @model_validator(mode="after")
+    def _topology(self) -> ParallelSection:
+        if self.world_size % (self.tp * self.pp) != 0:
+            raise ValueError(
+                f"tp*pp = {self.tp * self.pp} must divide the world size "
+                f"nnodes*nproc_per_node = {self.world_size}"
+            )
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if self.offload != "none" and self.zero == 0:
+            raise ValueError("offload needs a ZeRO stage: set 'zero' to 1, 2 or 3")
+        if self.offload == "all" and self.zero != 3:
+            raise ValueError("offloading parameters ('all') needs 'zero: 3'")
+        return self
+
+
+class OutputSection(Section):
+    dir: str = Field("runs/default", description="Run output folder (OUT).")
+    save_format: Literal["hf", "native", "both"] = "hf"
+    merge_lora: bool = Field(False, description="Also write the LoRA-merged model to final/merged.")
+
+
+class Recipe(Section):
+    """A whole run spec. Relative paths are resolved against the recipe file's folder."""
+
+    model: ModelSection
+    data: DataSection
+    method: MethodSection = MethodSection()
+    train: TrainSection = TrainSection()
+    parallel: ParallelSection = ParallelSection()
+    output: OutputSection = OutputSection()
+    evaluate: EvaluateSection | None = None
+    backends: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-backend native overrides (escape hatch)."
+    )
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Recipe:
+        if self.method.stage == "pt" and self.data.train_on_prompt:
+            raise ValueError("data.train_on_prompt has no meaning for stage 'pt' (all is learned)")
+        if self.method.finetuning not in ("lora", "qlora") and self.output.merge_lora:
+            raise ValueError("output.merge_lora needs method.finetuning 'lora' or 'qlora'")
+        return self
