@@ -44,14 +44,18 @@ def list_envs() -> None:
 @env.command()
 @name_arg
 @click.option("--force", is_flag=True, help="Rebuild an existing environment.")
-def create(name: str, force: bool) -> None:
+@click.option("--if-missing", is_flag=True, help="Do nothing when it is ready (for scripts).")
+def create(name: str, force: bool, if_missing: bool) -> None:
     """Build a backend's environment from its pinned lock file.
 
     \b
     Example:
       ftx env create paddle
     """
-    record = envs.create(name, force=force)
+    if if_missing and envs.state(name) == "ready":
+        results.print(f"{name}: ready at {envs.env_dir(name)}")
+        return
+    record = envs.create(name, force=force or if_missing)
     versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v)
     results.print(f"{name}: ready in {record['seconds']} s at {envs.env_dir(name)} ({versions})")
 

@@ -1,0 +1,38 @@
+# ftx: the two commands a new user needs.
+#   make run    set everything up from nothing and run the quickstart (torch, local runtime)
+#   make test   set everything up from nothing and run every test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL := .ftx/models/tiny-llama
+export FTX_HOME ?= $(HOME)/.cache/ftx
+
+.PHONY: setup run test lint format clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(MODEL)/config.json: | setup
+	$(BIN)/ftx init-model --arch llama --size tiny --out $(MODEL) --force
+
+run: setup $(MODEL)/config.json
+	$(BIN)/ftx run recipes/quickstart.yaml --backend torch --force
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/ftx env create torch --if-missing
+	$(BIN)/python -m pytest -ra
+
+lint:
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf runs .ftx .pytest_cache

@@ -1,0 +1,67 @@
+"""Shared fixtures: the real ftx CLI, real backend environments, tiny real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FTX = Path(sys.executable).with_name("ftx")
+
+
+def run_ftx(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the installed `ftx` console script as a user would."""
+    env = dict(os.environ, COLUMNS="200", NO_COLOR="1")
+    return subprocess.run(
+        [str(FTX), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def run_in_env(name: str, code: str, *args: str, timeout: int = 600) -> dict:
+    """Run python code inside a backend's environment; it prints one JSON line last."""
+    from ftx.core import envs
+
+    python = envs.ensure(name)
+    result = subprocess.run(
+        [str(python), "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=envs.activated_env(name),
+        timeout=timeout,
+        cwd="/tmp",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ftx.core.models.init import init_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    init_model("llama", "tiny", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ftx.core.models.init import init_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny-qwen2"
+    init_model("qwen2", "tiny", out)
+    return out
+
+
+def write_recipe(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

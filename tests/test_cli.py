@@ -1,0 +1,144 @@
+"""The CLI as a user runs it: real `ftx` subprocesses, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_ftx
+
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def test_validate_typo_exits_2_with_did_you_mean(tmp_path: Path) -> None:
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(
+        (ROOT / "recipes/quickstart.yaml").read_text().replace("learning_rate:", "learning_rat:")
+    )
+    result = run_ftx("validate", str(bad))
+    assert result.returncode == 2
+    assert "train.learning_rat" in result.stderr
+    assert "did you mean 'learning_rate'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3  # one paragraph, wrapped at most
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_validates(recipe: Path) -> None:
+    result = run_ftx("validate", str(recipe))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_validate_against_backend_capabilities(tmp_path: Path) -> None:
+    result = run_ftx(
+        "validate", "recipes/quickstart.yaml", "--backend", "torch", "method.finetuning=prefix"
+    )
+    assert result.returncode == 2
+    assert "method.finetuning: 'prefix' is not supported by the torch backend" in result.stderr
+
+
+def test_unknown_backend_and_runtime() -> None:
+    result = run_ftx("plan", "recipes/quickstart.yaml", "--backend", "jax")
+    assert result.returncode == 2 and "unknown backend 'jax'" in result.stderr
+    result = run_ftx("plan", "recipes/quickstart.yaml", "--backend", "paddle")
+    assert result.returncode == 2 and "not available yet" in result.stderr
+
+
+def test_plan_writes_launch_script(tmp_path: Path) -> None:
+    result = run_ftx("plan", "recipes/quickstart.yaml", "--backend", "torch", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    launch = tmp_path / "plan" / "launch.sh"
+    assert launch.exists() and launch.stat().st_mode & 0o111
+    text = launch.read_text()
+    assert "torchrun" in text and "--nproc_per_node=1" in text
+    assert "ftx.backends.torch.worker" in text
+    config = json.loads((tmp_path / "plan" / "train_args.json").read_text())
+    assert config["training_args"]["learning_rate"] == pytest.approx(3e-3)
+    assert config["training_args"]["output_dir"] == str(tmp_path)
+    # plan runs nothing: no data, no metrics
+    assert not (tmp_path / "data").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_plan_lora_multinode_writes_peft_config_and_rendezvous(tmp_path: Path) -> None:
+    result = run_ftx(
+        "plan",
+        "recipes/llama2_7b_lora_sft.yaml",
+        "--out",
+        str(tmp_path),
+        "parallel.nnodes=2",
+        "parallel.node_rank=1",
+        "parallel.nproc_per_node=8",
+        "parallel.master_addr=10.0.0.1",
+    )
+    assert result.returncode == 0, result.stderr
+    peft = json.loads((tmp_path / "plan" / "peft_config.json").read_text())
+    assert peft["r"] == 8 and peft["lora_alpha"] == 16 and peft["target_modules"] == "all-linear"
+    launch = (tmp_path / "plan" / "launch.sh").read_text()
+    for flag in ("--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1", "--nproc_per_node=8"):
+        assert flag in launch
+
+
+def test_backend_overrides_are_checked(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        (ROOT / "recipes/quickstart.yaml").read_text().replace("../", str(ROOT) + "/")
+        + "backends:\n  torch:\n    adam_beta2: 0.95\n"
+    )
+    result = run_ftx("plan", str(recipe), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    args = json.loads((tmp_path / "out/plan/train_args.json").read_text())["training_args"]
+    assert args["adam_beta2"] == 0.95
+    recipe.write_text(recipe.read_text().replace("adam_beta2", "adam_beta3"))
+    result = run_ftx("plan", str(recipe), "--out", str(tmp_path / "out2"))
+    assert result.returncode == 2 and "backends.torch: unknown key(s) adam_beta3" in result.stderr
+
+
+def test_backends_table_comes_from_the_capability_matrix() -> None:
+    result = run_ftx("backends")
+    assert result.returncode == 0
+    assert "torch" in result.stdout and "lora" in result.stdout and "transformers" in result.stdout
+
+
+COMMANDS = [
+    ["validate"],
+    ["plan"],
+    ["run"],
+    ["backends"],
+    ["init-model"],
+    ["env"],
+    ["env", "list"],
+    ["env", "create"],
+    ["env", "remove"],
+    ["env", "doctor"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_every_command_help_shows_an_example(command: list[str]) -> None:
+    result = run_ftx(*command, "--help")
+    assert result.returncode == 0
+    assert "Example:" in result.stdout
+    assert f"ftx {command[0]}" in result.stdout
+
+
+def test_run_refuses_a_non_empty_output_folder(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("precious")
+    result = run_ftx("run", "recipes/quickstart.yaml", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "not empty" in result.stderr and "--force" in result.stderr
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_container_runtimes_say_they_are_not_here_yet(tmp_path: Path) -> None:
+    result = run_ftx("run", "recipes/quickstart.yaml", "--runtime", "docker", "--out", str(tmp_path))
+    assert result.returncode == 2 and "--runtime local" in result.stderr
+
+
+def test_init_model_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert run_ftx("init-model", "--arch", "qwen2", "--out", str(out)).returncode == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen2"
+    again = run_ftx("init-model", "--arch", "qwen2", "--out", str(out))
+    assert again.returncode == 2 and "--force" in again.stderr

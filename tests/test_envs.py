@@ -1,0 +1,87 @@
+"""Per-backend local environments: built from the lock file, recorded, inspected."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import run_ftx, run_in_env
+
+from ftx.core import envs
+
+
+def test_torch_env_is_ready_and_doctor_reports_versions_and_devices() -> None:
+    result = run_ftx("env", "create", "torch", "--if-missing")
+    assert result.returncode == 0, result.stderr
+    listing = run_ftx("env", "list")
+    assert "torch" in listing.stdout and "ready" in listing.stdout
+    doctor = run_ftx("env", "doctor", "torch")
+    assert doctor.returncode == 0
+    assert "torch 2.13.0" in doctor.stdout and "cpu" in doctor.stdout
+    record = envs.read_marker("torch")
+    assert record["lock_sha256"] == envs.lock_digest(envs.get_spec("torch"))
+    assert record["versions"]["transformers"] == "5.23.0"
+
+
+def test_env_matches_its_lock_file_exactly() -> None:
+    python = envs.env_python("torch")
+    frozen = subprocess.run(
+        [str(python), "-m", "pip", "freeze"], capture_output=True, text=True, check=True
+    ).stdout
+    installed = {line.split("==")[0].lower(): line for line in frozen.splitlines() if "==" in line}
+    lock = envs.get_spec("torch").lock_file.read_text().splitlines()
+    for pin in (ln for ln in lock if ln and not ln.startswith("#")):
+        assert installed.get(pin.split("==")[0].lower()) == pin
+
+
+def test_worker_side_imports_with_only_the_backend_pins() -> None:
+    # The worker must not pull in the core's own dependencies (pydantic, click, rich,
+    # the recipe schema): backend images only promise their lock file.
+    loaded = run_in_env(
+        "torch",
+        "import json, sys, ftx.backends.torch.worker, ftx.backends.torch.probe;"
+        "print(json.dumps(sorted(m for m in ('pydantic', 'click', 'rich', 'yaml',"
+        " 'ftx.core.recipe', 'ftx.core.cli') if m in sys.modules)))",
+    )
+    assert loaded == []
+
+
+def test_states_missing_incomplete_stale_and_remove(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FTX_HOME", str(tmp_path))
+    assert envs.state("paddle") == "missing"
+    folder = tmp_path / "envs" / "paddle"
+    folder.mkdir(parents=True)
+    assert envs.state("paddle") == "incomplete"  # no marker: a create was interrupted
+    (folder / envs.MARKER).write_text(json.dumps({"lock_sha256": "0" * 64}))
+    assert envs.state("paddle") == "stale"  # the lock file changed since
+    result = run_ftx_with_home(tmp_path, "env", "remove", "paddle")
+    assert result.returncode == 0 and "removed" in result.stdout
+    assert not folder.exists()
+    doctor = run_ftx_with_home(tmp_path, "env", "doctor", "paddle")
+    assert "ftx env create paddle" in doctor.stdout
+
+
+def run_ftx_with_home(home: Path, *args: str) -> subprocess.CompletedProcess:
+    from conftest import FTX
+
+    return subprocess.run(
+        [str(FTX), *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, FTX_HOME=str(home), COLUMNS="200"),
+    )
+
+
+@pytest.mark.env
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("paddle", "paddlepaddle 3.3.1"), ("mindformers", "mindspore 2.9.0")],
+)
+def test_other_backend_envs_build_and_start(name: str, expected: str) -> None:
+    result = run_ftx("env", "create", name, "--if-missing", timeout=1500)
+    assert result.returncode == 0, result.stderr
+    doctor = run_ftx("env", "doctor", name)
+    assert expected in doctor.stdout and "cpu" in doctor.stdout
