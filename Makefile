@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-MODEL := .ftx/models/tiny-llama
+MODEL := .ftx/models/quickstart-llama
 export FTX_HOME ?= $(HOME)/.cache/ftx
 
 .PHONY: setup run test lint format clean
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(MODEL)/config.json: | setup
-	$(BIN)/ftx init-model --arch llama --size tiny --out $(MODEL) --force
+	$(BIN)/ftx init-model --arch llama --size small --out $(MODEL) --force
 
 run: setup $(MODEL)/config.json
 	$(BIN)/ftx run recipes/quickstart.yaml --backend torch --force

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, run_ftx
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -47,7 +48,9 @@ def test_unknown_backend_and_runtime() -> None:
 
 
 def test_plan_writes_launch_script(tmp_path: Path) -> None:
-    result = run_ftx("plan", "recipes/quickstart.yaml", "--backend", "torch", "--out", str(tmp_path))
+    result = run_ftx(
+        "plan", "recipes/quickstart.yaml", "--backend", "torch", "--out", str(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     launch = tmp_path / "plan" / "launch.sh"
     assert launch.exists() and launch.stat().st_mode & 0o111
@@ -55,7 +58,7 @@ def test_plan_writes_launch_script(tmp_path: Path) -> None:
     assert "torchrun" in text and "--nproc_per_node=1" in text
     assert "ftx.backends.torch.worker" in text
     config = json.loads((tmp_path / "plan" / "train_args.json").read_text())
-    assert config["training_args"]["learning_rate"] == pytest.approx(3e-3)
+    assert config["training_args"]["learning_rate"] == pytest.approx(1e-3)
     assert config["training_args"]["output_dir"] == str(tmp_path)
     # plan runs nothing: no data, no metrics
     assert not (tmp_path / "data").exists() and not (tmp_path / "metrics.jsonl").exists()
@@ -132,7 +135,9 @@ def test_run_refuses_a_non_empty_output_folder(tmp_path: Path) -> None:
 
 
 def test_container_runtimes_say_they_are_not_here_yet(tmp_path: Path) -> None:
-    result = run_ftx("run", "recipes/quickstart.yaml", "--runtime", "docker", "--out", str(tmp_path))
+    result = run_ftx(
+        "run", "recipes/quickstart.yaml", "--runtime", "docker", "--out", str(tmp_path)
+    )
     assert result.returncode == 2 and "--runtime local" in result.stderr
 
 

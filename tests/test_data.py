@@ -68,19 +68,27 @@ def test_ids_equal_apply_chat_template_and_only_answers_are_learned(arch, reques
 
 
 def test_mask_history_and_train_on_prompt(tiny_llama: Path) -> None:
-    tok = load_tokenizer(load_recipe(make_recipe(tiny_llama.parent, tiny_llama, "[x.jsonl]")).recipe)
+    tok = load_tokenizer(
+        load_recipe(make_recipe(tiny_llama.parent, tiny_llama, "[x.jsonl]")).recipe
+    )
     encoder = ChatEncoder(tok, "auto", where="test")
     last = encoder.encode(CHAT, max_len=512, train_on_prompt=False, mask_history=True)
-    assert [r.replace(tok.eos_token, "").strip() for r in learned_text(tok, last.input_ids, last.labels)] == ["6"]
+    assert [
+        r.replace(tok.eos_token, "").strip() for r in learned_text(tok, last.input_ids, last.labels)
+    ] == ["6"]
     everything = encoder.encode(CHAT, max_len=512, train_on_prompt=True, mask_history=False)
     assert everything.labels == everything.input_ids
 
 
 def test_truncation_drops_oldest_rounds_and_keeps_system(tiny_llama: Path) -> None:
-    tok = load_tokenizer(load_recipe(make_recipe(tiny_llama.parent, tiny_llama, "[x.jsonl]")).recipe)
+    tok = load_tokenizer(
+        load_recipe(make_recipe(tiny_llama.parent, tiny_llama, "[x.jsonl]")).recipe
+    )
     encoder = ChatEncoder(tok, "auto", where="test")
     full = encoder.encode(CHAT, max_len=512, train_on_prompt=False, mask_history=False)
-    short = encoder.encode(CHAT, max_len=len(full.input_ids) - 1, train_on_prompt=False, mask_history=False)
+    short = encoder.encode(
+        CHAT, max_len=len(full.input_ids) - 1, train_on_prompt=False, mask_history=False
+    )
     assert short.truncated and len(short.input_ids) < len(full.input_ids)
     text = tok.decode(short.input_ids)
     assert "Be brief." in text and "3+3" in text and "2+2" not in text
@@ -97,7 +105,10 @@ def test_prepare_alpaca_sharegpt_and_dataset_info(tmp_path: Path, tiny_llama: Pa
     loaded = load_recipe(recipe)
     manifest = prepare(loaded.recipe, tmp_path / "prepared")
     assert manifest["report"]["rows"] == 8 and manifest["report"]["skipped"] == 0
-    train, val = load_split(tmp_path / "prepared", "train"), load_split(tmp_path / "prepared", "val")
+    train, val = (
+        load_split(tmp_path / "prepared", "train"),
+        load_split(tmp_path / "prepared", "val"),
+    )
     assert len(train) == 6 and len(val) == 2
     assert read_manifest(tmp_path / "prepared")["splits"]["train"]["examples"] == 6
     tok = load_tokenizer(loaded.recipe)
@@ -118,18 +129,24 @@ def test_prepare_alpaca_sharegpt_and_dataset_info(tmp_path: Path, tiny_llama: Pa
     # Deterministic: preparing again gives byte-identical arrays.
     prepare(loaded.recipe, tmp_path / "again")
     for name in ("input_ids.npy", "labels.npy", "offsets.npy"):
-        assert (tmp_path / "prepared/train" / name).read_bytes() == (tmp_path / "again/train" / name).read_bytes()
+        assert (tmp_path / "prepared/train" / name).read_bytes() == (
+            tmp_path / "again/train" / name
+        ).read_bytes()
 
 
 def test_evaluate_prompts_end_with_generation_prompt(tmp_path: Path, tiny_llama: Path) -> None:
     rows = tmp_path / "d.jsonl"
     rows.write_text(json.dumps({"instruction": "Reverse.", "input": "a b", "output": "b a"}) + "\n")
-    recipe = make_recipe(tmp_path, tiny_llama, f"[{rows}]", "evaluate:\n  datasets: [" + str(rows) + "]\n")
+    recipe = make_recipe(
+        tmp_path, tiny_llama, f"[{rows}]", "evaluate:\n  datasets: [" + str(rows) + "]\n"
+    )
     prepare(load_recipe(recipe).recipe, tmp_path / "p")
     (prompt,) = read_eval_prompts(tmp_path / "p")
     tok = load_tokenizer(load_recipe(recipe).recipe)
     assert prompt["reference"] == "b a"
-    assert tok.decode(prompt["input_ids"]).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert tok.decode(prompt["input_ids"]).endswith(
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
 
 
 BAD_ROWS = [
@@ -146,9 +163,11 @@ BAD_ROWS = [
 @pytest.mark.parametrize(("row", "message"), BAD_ROWS)
 def test_bad_rows_name_file_and_line(tmp_path: Path, tiny_llama: Path, row, message: str) -> None:
     fmt = "sharegpt" if isinstance(row, dict) and "conversations" in row else "alpaca"
-    good = {"instruction": "a", "output": "b"} if fmt == "alpaca" else {
-        "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]
-    }
+    good = (
+        {"instruction": "a", "output": "b"}
+        if fmt == "alpaca"
+        else {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}
+    )
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
     recipe = make_recipe(tmp_path, tiny_llama, f"[{{path: {data}, format: {fmt}}}]")
@@ -157,7 +176,9 @@ def test_bad_rows_name_file_and_line(tmp_path: Path, tiny_llama: Path, row, mess
     assert f"{data}:2" in str(info.value) and message in str(info.value)
     assert info.value.exit_code == 2
     assert not (tmp_path / "out").exists()  # nothing half-written
-    skipping = make_recipe(tmp_path, tiny_llama, f"[{{path: {data}, format: {fmt}}}]", "  on_error: skip\n")
+    skipping = make_recipe(
+        tmp_path, tiny_llama, f"[{{path: {data}, format: {fmt}}}]", "  on_error: skip\n"
+    )
     manifest = prepare(load_recipe(skipping).recipe, tmp_path / "out")
     assert manifest["report"]["skipped"] == 1 and manifest["report"]["rows"] == 2
     assert message in manifest["report"]["skipped_examples"][0]

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_ftx, run_in_env
 
+from conftest import run_ftx, run_in_env
 from ftx.core import envs
 
 

@@ -48,12 +48,19 @@ def test_overrides_merge_on_top(tmp_path: Path) -> None:
     assert loaded.recipe.train.learning_rate == pytest.approx(1e-4)
     assert loaded.recipe.data.max_seq_len == 512
     assert loaded.recipe.method.lora.targets == ["q_proj", "v_proj"]
-    assert loaded.digest != load_recipe(recipe_file(tmp_path, "train:\n  learning_rate: 1.0e-5\n")).digest
+    assert (
+        loaded.digest
+        != load_recipe(recipe_file(tmp_path, "train:\n  learning_rate: 1.0e-5\n")).digest
+    )
 
 
 BAD = [
     # (recipe text appended to BASE, override list, expected fragments of the message)
-    ("train:\n  learning_rat: 1.0e-4\n", [], [":6: train.learning_rat", "did you mean 'learning_rate'"]),
+    (
+        "train:\n  learning_rat: 1.0e-4\n",
+        [],
+        [":6: train.learning_rat", "did you mean 'learning_rate'"],
+    ),
     ("trian:\n  epochs: 1\n", [], ["unknown key 'trian'", "did you mean 'train'"]),
     ("train:\n  epochs: 1\n  max_steps: 5\n", [], ["train", "either 'epochs' or 'max_steps'"]),
     ("train:\n  warmup_ratio: 0.1\n  warmup_steps: 5\n", [], ["warmup_ratio' or 'warmup_steps'"]),

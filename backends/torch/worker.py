@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
 from ftx.core.layout import RunLayout
 from ftx.core.prepared import PreparedSplit, load_split, read_eval_prompts, read_manifest
 

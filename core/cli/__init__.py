@@ -6,10 +6,11 @@ import os
 import sys
 
 import click
+from rich.markup import escape
+
 from ftx.core import __version__
 from ftx.core.console import console, set_quiet
 from ftx.core.errors import FtxError
-from rich.markup import escape
 
 
 class FtxGroup(click.Group):

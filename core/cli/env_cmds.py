@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import click
+from rich.table import Table
+
 from ftx.core import envs
 from ftx.core.cli import cli
 from ftx.core.console import results
 from ftx.core.errors import FtxError
-from rich.table import Table
 
 name_arg = click.argument("name", type=click.Choice(envs.env_names()))
 

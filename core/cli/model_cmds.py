@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from ftx.core.cli import cli
 from ftx.core.console import results
 

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import click
+from rich.markup import escape
+from rich.table import Table
+
 from ftx.core.cli import cli
 from ftx.core.console import info, results
 from ftx.core.recipe import load_recipe
-from rich.markup import escape
-from rich.table import Table
 
 recipe_arg = click.argument("recipe", type=click.Path(path_type=Path))
 overrides_arg = click.argument("overrides", nargs=-1)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import staged_dir
 from ftx.core.models.architectures import ARCHITECTURES, parameter_shapes

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
+
 from ftx.core.errors import FtxError
 from ftx.core.recipe.schema import Recipe
-from pydantic import BaseModel, ValidationError
 
 Loc = tuple[str | int, ...]
 

@@ -1,0 +1,48 @@
+"""The quickstart end to end, as `make run` does it: the model must really learn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import ROOT, run_ftx, run_in_env
+
+
+def test_quickstart_learns_the_task(tmp_path: Path) -> None:
+    model = tmp_path / "quickstart-llama"
+    made = run_ftx("init-model", "--arch", "llama", "--size", "small", "--out", str(model))
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "run"
+    result = run_ftx(
+        "run",
+        "recipes/quickstart.yaml",
+        "--backend",
+        "torch",
+        "--out",
+        str(out),
+        f"model.path={model}",
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The summary a user sees.
+    assert "held-out exact match" in result.stdout and "loss" in result.stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "completed"
+    assert run["final_loss"] < 0.25 * run["first_loss"], run
+    before = run["evaluation"]["before"]["exact_match"]
+    after = run["evaluation"]["after"]["exact_match"]
+    assert before <= 0.05 and after >= 0.8, (before, after)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert evals[-1] < evals[0]  # held-out loss falls too
+    # The final model is a plain HF folder that transformers loads as is.
+    found = run_in_env(
+        "torch",
+        "import json, sys; from transformers import AutoModelForCausalLM, AutoTokenizer;"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]);"
+        "t = AutoTokenizer.from_pretrained(sys.argv[1]);"
+        "print(json.dumps({'params': sum(p.numel() for p in m.parameters()),"
+        " 'template': bool(t.chat_template)}))",
+        str(out / "final"),
+    )
+    assert found == {"params": 3_351_808, "template": True}
