@@ -6,6 +6,7 @@ plan -> (run only) set up the runtime -> launch -> collect -> run.json
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -119,12 +120,27 @@ def run(
         "completed" if code == 0 else ("interrupted" if code in (130, 143) else "failed")
     )
     atomic_write_json(layout.run_json, record)
-    if record["status"] == "failed":
-        tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-8:]
+    if record["status"] == "interrupted":
         raise FtxError(
-            f"the {backend.name} worker failed (exit code {code}). Last lines: " + " | ".join(tail),
+            f"the run was interrupted (exit code {code}); a checkpoint was saved",
+            where=str(layout.root),
+            fix="continue it with the same command plus train.resume=auto",
+            exit_code=code,
+        )
+    if record["status"] == "failed":
+        raise FtxError(
+            f"the {backend.name} worker failed (exit code {code}): {failure_reason(log)}",
             where=str(log),
             fix="read the log; rerun with train.resume=auto to continue from the last checkpoint",
             exit_code=1,
         )
     return record
+
+
+def failure_reason(log: Path) -> str:
+    """The worker's own exception line from a launch log (launchers add their own noise)."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [
+        ln for ln in lines if re.search(r"(Error|Exception)\b.*:", ln) and "elastic" not in ln
+    ]
+    return errors[-1] if errors else " | ".join(lines[-5:])

@@ -147,3 +147,13 @@ def test_init_model_refuses_to_overwrite(tmp_path: Path) -> None:
     assert json.loads((out / "config.json").read_text())["model_type"] == "qwen2"
     again = run_ftx("init-model", "--arch", "qwen2", "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_plans_on_every_backend(recipe: Path, tmp_path: Path) -> None:
+    from ftx.core.registry import backend_names
+
+    for backend in backend_names():
+        result = run_ftx("plan", str(recipe), "--backend", backend, "--out", str(tmp_path / backend))
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / backend / "plan" / "launch.sh").exists()

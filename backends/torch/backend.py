@@ -76,12 +76,46 @@ def peft_config(recipe: Recipe) -> dict[str, Any]:
     }
 
 
+def deepspeed_config(recipe: Recipe) -> dict[str, Any]:
+    """A DeepSpeed config for ZeRO stage ``parallel.zero`` (no "auto" values: all explicit)."""
+    t, p = recipe.train, recipe.parallel
+    zero: dict[str, Any] = {"stage": p.zero, "contiguous_gradients": True, "overlap_comm": False}
+    if p.zero == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if p.offload in ("optimizer", "all"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if p.offload == "all":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": zero,
+        # ftx builds its own AdamW (same as without DeepSpeed) and hands it over.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {
+            "enabled": t.precision == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "steps_per_print": 1_000_000_000,
+        "wall_clock_breakdown": False,
+    }
+
+
 def worker_config(recipe: Recipe, layout: RunLayout) -> dict[str, Any]:
     """Everything the worker needs, in one JSON document."""
     m = recipe.method
     dtype = recipe.model.dtype if recipe.model.dtype != "auto" else "float32"
     return {
         "backend": "torch",
+        "precision": recipe.train.precision,
+        "deepspeed": "ds_config.json" if recipe.parallel.zero else None,
         "model": {
             "model_name_or_path": recipe.model.path,
             "torch_dtype": dtype,
@@ -138,12 +172,14 @@ class TorchBackend(Backend):
     name = "torch"
     environment = "torch"
     capabilities = CAPABILITIES
-    description = "PyTorch: transformers + peft, torchrun (DDP)"
+    description = "PyTorch: transformers + peft + DeepSpeed, torchrun"
 
     def translate(self, recipe: Recipe, layout: RunLayout) -> NativePlan:
         files = {"train_args.json": json.dumps(worker_config(recipe, layout), indent=2) + "\n"}
         if recipe.method.finetuning == "lora":
             files["peft_config.json"] = json.dumps(peft_config(recipe), indent=2) + "\n"
+        if recipe.parallel.zero:
+            files["ds_config.json"] = json.dumps(deepspeed_config(recipe), indent=2) + "\n"
         return NativePlan(
             backend=self.name,
             out_dir=layout.root,

@@ -1,4 +1,4 @@
-"""What the torch backend runs today (transformers + peft, torchrun/DDP)."""
+"""What the torch backend runs today (transformers + peft + DeepSpeed, torchrun)."""
 
 from ftx.core.capabilities import Capabilities
 
@@ -6,7 +6,10 @@ CAPABILITIES = Capabilities(
     stages=frozenset({"sft", "pt"}),
     finetuning=frozenset({"full", "lora", "freeze"}),
     precisions=frozenset({"fp32", "bf16", "fp16"}),
-    parallel=frozenset({"dp", "multinode"}),
+    parallel=frozenset({"dp", "zero1", "zero2", "zero3", "offload", "multinode"}),
     packing=False,
-    notes={"prefix": "prefix tuning is the paddle backend's"},
+    notes={
+        "prefix": "prefix tuning is the paddle backend's",
+        "tp": "no tensor parallelism in transformers training: use zero 3 to shard parameters",
+    },
 )

@@ -39,7 +39,10 @@ class LocalRuntime(Runtime):
             )
             previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
+            received: list[int] = []
+
             def forward(signum: int, _frame: object) -> None:
+                received.append(signum)
                 os.killpg(proc.pid, signal.SIGTERM)
 
             for sig in previous:
@@ -51,7 +54,9 @@ class LocalRuntime(Runtime):
                     handle.flush()
                     if not is_quiet() and _worth_showing(line):
                         console.print(line.rstrip("\n"), markup=False)
-                return proc.wait()
+                code = proc.wait()
+                # Launchers report a forwarded signal as a plain failure; say what happened.
+                return 128 + received[0] if received else code
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
