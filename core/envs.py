@@ -188,14 +188,18 @@ def source_root() -> Path | None:
 
 def _ftx_install_command(target: Path) -> list[str]:
     root = source_root()
-    pip = str(target / "bin/pip")
     if root is not None:
         # Editable, so a checkout's changes reach the worker without a rebuild.
-        return [pip, "install", "--no-deps", "-e", str(root)]
-    # Installed from a wheel: reinstall that same distribution without dependencies.
-    from importlib import metadata
-
-    return [pip, "install", "--no-deps", f"ftx=={metadata.version('ftx')}"]
+        return [str(target / "bin/pip"), "install", "--no-deps", "-e", str(root)]
+    # Installed from a wheel: copy the installed ftx package into the environment as is.
+    package = Path(__file__).resolve().parent.parent
+    script = (
+        "import shutil, sys, sysconfig; from pathlib import Path;"
+        "dest = Path(sysconfig.get_paths()['purelib']) / 'ftx';"
+        "shutil.copytree(sys.argv[1], dest, dirs_exist_ok=True,"
+        " ignore=shutil.ignore_patterns('__pycache__'))"
+    )
+    return [str(target / "bin/python"), "-c", script, str(package)]
 
 
 def _run_step(name: str, label: str, command: list[str], *, cwd: Path) -> None:

@@ -154,6 +154,8 @@ def test_every_shipped_recipe_plans_on_every_backend(recipe: Path, tmp_path: Pat
     from ftx.core.registry import backend_names
 
     for backend in backend_names():
-        result = run_ftx("plan", str(recipe), "--backend", backend, "--out", str(tmp_path / backend))
+        result = run_ftx(
+            "plan", str(recipe), "--backend", backend, "--out", str(tmp_path / backend)
+        )
         assert result.returncode == 0, result.stderr
         assert (tmp_path / backend / "plan" / "launch.sh").exists()

@@ -85,3 +85,30 @@ def test_other_backend_envs_build_and_start(name: str, expected: str) -> None:
     assert result.returncode == 0, result.stderr
     doctor = run_ftx("env", "doctor", name)
     assert expected in doctor.stdout and "cpu" in doctor.stdout
+
+
+def test_ftx_from_a_wheel_is_copied_into_the_env(tmp_path: Path, monkeypatch) -> None:
+    """Without a source checkout, ftx's installed package is copied into the environment."""
+    import sys
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path)], check=True)
+    monkeypatch.setattr(envs, "source_root", lambda: None)
+    subprocess.run(envs._ftx_install_command(tmp_path), check=True)
+    found = subprocess.run(
+        [str(tmp_path / "bin/python"), "-c", "import ftx.core.layout, ftx.core.prepared"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert found.returncode != 0 and "numpy" in found.stderr  # ftx is there; numpy is the lock's
+    layout = subprocess.run(
+        [
+            str(tmp_path / "bin/python"),
+            "-c",
+            "import ftx.core.layout; print(ftx.core.layout.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert layout.returncode == 0 and str(tmp_path) in layout.stdout
