@@ -27,6 +27,7 @@ class Capabilities:
     parallel: frozenset[str]
     data_formats: frozenset[str] = frozenset(DATA_FORMATS)
     packing: bool = True
+    model_formats: frozenset[str] = frozenset({"hf"})  # checkpoint formats it trains from
     accelerator_only: frozenset[str] = frozenset()  # methods that need a GPU/NPU
     notes: Mapping[str, str] = field(default_factory=dict)
 
@@ -58,6 +59,7 @@ def check_recipe(
     *,
     source: str,
     accelerator: bool | None = None,
+    model_format: str | None = None,
 ) -> None:
     """Raise an FtxError naming every key the backend cannot honour.
 
@@ -84,6 +86,12 @@ def check_recipe(
             need(f"data.datasets[{i}].format", spec.format, caps.data_formats, "data_formats")
     for mode in parallel_modes(recipe):
         need("parallel", mode, caps.parallel, "parallel")
+    if model_format and model_format not in caps.model_formats:
+        problems.append(
+            f"model.path holds a {model_format} checkpoint and the {backend} backend trains from"
+            f" {', '.join(sorted(caps.model_formats))}: convert it first with"
+            f" `ftx convert {recipe.model.path} OUT --to {sorted(caps.model_formats)[0]}`"
+        )
     if recipe.data.packing and not caps.packing:
         problems.append(f"data.packing: the {backend} backend cannot pack examples; set it false")
     if recipe.method.finetuning in caps.accelerator_only and accelerator is False:

@@ -18,6 +18,7 @@ from ftx.core.console import info
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json
 from ftx.core.layout import RunLayout
+from ftx.core.models.formats import detect_format
 from ftx.core.plan import NativePlan
 from ftx.core.recipe import LoadedRecipe
 from ftx.core.registry import capability_matrix, get_backend
@@ -27,12 +28,16 @@ from ftx.core.runtime import get_runtime
 def check_for_backend(loaded: LoadedRecipe, backend_name: str) -> Backend:
     """The backend, after checking the recipe against its capabilities."""
     backend = get_backend(backend_name)
+    recipe = loaded.recipe
+    model_dir = Path(recipe.model.path)
+    model_format = recipe.model.format or (detect_format(model_dir) if model_dir.exists() else None)
     check_recipe(
-        loaded.recipe,
+        recipe,
         backend_name,
         backend.capabilities,
         capability_matrix(),
         source=str(loaded.source),
+        model_format=model_format,
     )
     return backend
 

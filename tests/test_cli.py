@@ -159,3 +159,21 @@ def test_every_shipped_recipe_plans_on_every_backend(recipe: Path, tmp_path: Pat
         )
         assert result.returncode == 0, result.stderr
         assert (tmp_path / backend / "plan" / "launch.sh").exists()
+
+
+def test_model_format_is_detected_and_checked(tmp_path: Path, tiny_llama: Path) -> None:
+    import shutil
+
+    from ftx.core.models.formats import detect_format
+
+    assert detect_format(tiny_llama) == "hf"
+    paddle = tmp_path / "paddle-model"
+    shutil.copytree(tiny_llama, paddle)
+    (paddle / "model.safetensors").unlink()
+    (paddle / "model_state.pdparams").write_bytes(b"")
+    assert detect_format(paddle) == "paddle"
+    result = run_ftx(
+        "validate", "recipes/quickstart.yaml", "--backend", "torch", f"model.path={paddle}"
+    )
+    assert result.returncode == 2
+    assert "holds a paddle checkpoint" in result.stderr and "ftx convert" in result.stderr
