@@ -4,6 +4,8 @@ A prepared folder holds ``manifest.json`` and one sub-folder per split
 (``train``, ``val``): ``input_ids.npy`` and ``labels.npy`` (int32, all examples
 concatenated) and ``offsets.npy`` (int64, example i is ``offsets[i]:offsets[i+1]``).
 Labels are aligned with input_ids (not shifted), -100 where not learned.
+Packed splits add ``position_ids.npy`` (restarting at 0 for every packed example)
+and ``segment_ids.npy`` (1, 2, ... per example of the row).
 ``eval.jsonl`` holds generation prompts: ``{"input_ids": [...], "reference": "..."}``.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class PreparedSplit:
@@ -26,6 +28,19 @@ class PreparedSplit:
         self.input_ids = np.load(folder / "input_ids.npy", mmap_mode="r")
         self.labels = np.load(folder / "labels.npy", mmap_mode="r")
         self.offsets = np.load(folder / "offsets.npy")
+        packed = (folder / "position_ids.npy").exists()
+        self.position_ids = np.load(folder / "position_ids.npy", mmap_mode="r") if packed else None
+        self.segment_ids = np.load(folder / "segment_ids.npy", mmap_mode="r") if packed else None
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
+
+    def positions(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """position_ids and segment_ids of a packed row."""
+        assert self.position_ids is not None and self.segment_ids is not None
+        start, end = self.offsets[index], self.offsets[index + 1]
+        return np.asarray(self.position_ids[start:end]), np.asarray(self.segment_ids[start:end])
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -38,9 +53,19 @@ class PreparedSplit:
         return np.diff(self.offsets)
 
 
-def write_split(folder: Path, examples: list[tuple[list[int], list[int]]]) -> None:
-    """Write examples (input_ids, labels) as one split."""
+def write_split(
+    folder: Path,
+    examples: list[tuple[list[int], list[int]]],
+    positions: list[tuple[list[int], list[int]]] | None = None,
+) -> None:
+    """Write examples (input_ids, labels) as one split; ``positions`` holds
+    (position_ids, segment_ids) per row for packed splits."""
     folder.mkdir(parents=True, exist_ok=True)
+    if positions is not None:
+        flat_pos = [t for pos, _ in positions for t in pos]
+        flat_seg = [t for _, seg in positions for t in seg]
+        np.save(folder / "position_ids.npy", np.asarray(flat_pos, dtype=np.int32))
+        np.save(folder / "segment_ids.npy", np.asarray(flat_seg, dtype=np.int32))
     lengths = np.array([len(ids) for ids, _ in examples], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat_ids = [t for ids, _ in examples for t in ids]

@@ -7,7 +7,7 @@ CAPABILITIES = Capabilities(
     finetuning=frozenset({"full", "lora", "freeze"}),
     precisions=frozenset({"fp32", "bf16", "fp16"}),
     parallel=frozenset({"dp", "zero1", "zero2", "zero3", "offload", "multinode"}),
-    packing=False,
+    packing=True,
     notes={
         "prefix": "prefix tuning is the paddle backend's",
         "tp": "no tensor parallelism in transformers training: use zero 3 to shard parameters",

@@ -35,7 +35,10 @@ def load_model(
         _ZERO3_CONFIG.append(HfDeepSpeedConfig(ds_config))
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, model_cfg["torch_dtype"]), trust_remote_code=trust
+        path,
+        dtype=getattr(torch, model_cfg["torch_dtype"]),
+        trust_remote_code=trust,
+        attn_implementation=attention_implementation(),
     ).to(device)
     kind = method["finetuning_type"]
     if kind == "lora":
@@ -53,6 +56,19 @@ def load_model(
     return tokenizer, model
 
 
+def attention_implementation() -> str:
+    """FlashAttention-2 where it is installed on a GPU (packed rows isolated through
+    position_ids, varlen); PyTorch sdpa with a block-diagonal mask elsewhere."""
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
 def freeze_layers(model: Any, trainable: int) -> None:
     """Train only the last ``trainable`` decoder layers (the first ones when negative)."""
     layers = model.model.layers
@@ -67,7 +83,11 @@ def freeze_layers(model: Any, trainable: int) -> None:
 def collate(
     split: PreparedSplit, indices: list[int], pad_id: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Pad a micro-batch to its longest example (labels -100 on padding)."""
+    """Pad a micro-batch to its longest row (labels -100 on padding).
+
+    Packed rows also get position_ids (restarting per example) and a 4-D
+    block-diagonal causal mask, so no token attends across examples.
+    """
     rows = [split[i] for i in indices]
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -77,17 +97,57 @@ def collate(
         input_ids[r, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
         labels[r, : len(lab)] = torch.from_numpy(lab.astype(np.int64))
         attention[r, : len(ids)] = 1
-    return {
-        "input_ids": input_ids.to(device),
-        "labels": labels.to(device),
-        "attention_mask": attention.to(device),
+    batch = {
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": attention,
+        "token_mask": attention.clone(),  # real (non-pad) tokens; not a model input
     }
+    if split.packed:
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        segments = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, index in enumerate(indices):
+            pos, seg = split.positions(index)
+            positions[r, : len(pos)] = torch.from_numpy(pos.astype(np.int64))
+            segments[r, : len(seg)] = torch.from_numpy(seg.astype(np.int64))
+        batch["position_ids"] = positions
+        if attention_implementation() == "flash_attention_2":
+            del batch["attention_mask"]  # varlen kernels find the examples from position_ids
+        else:
+            batch["attention_mask"] = block_causal_mask(segments)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, L, L) bool: token i sees token j iff same example and j <= i.
+
+    Padding (segment 0) sees only itself, which keeps softmax finite; its
+    labels are -100, so it never reaches the loss.
+    """
+    length = segments.shape[1]
+    causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
+    same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+    eye = torch.eye(length, dtype=torch.bool)
+    return ((causal & same) | eye)[:, None]
+
+
+def shifted_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token targets; in packed rows an example's first token is never a target."""
+    targets = batch["labels"][:, 1:]
+    if "position_ids" in batch:
+        targets = targets.masked_fill(batch["position_ids"][:, 1:] == 0, IGNORE)
+    return targets
 
 
 def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropy over learned tokens, and their count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
+    """Sum of next-token cross-entropy over learned tokens, and their count.
+
+    In packed rows the first token of an example is never a target of the
+    previous example's last token.
+    """
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "token_mask")}
+    logits = model(**inputs).logits
+    targets = shifted_targets(batch)
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.size(-1)),
         targets.reshape(-1),

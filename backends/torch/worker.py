@@ -38,7 +38,7 @@ from ftx.backends.torch.engines import (
     deepspeed_config,
 )
 from ftx.backends.torch.evaluation import eval_loss, exact_match
-from ftx.backends.torch.modeling import collate, load_model, token_loss_sum
+from ftx.backends.torch.modeling import collate, load_model, shifted_targets, token_loss_sum
 from ftx.core.layout import RunLayout
 from ftx.core.prepared import load_split, read_eval_prompts, read_manifest
 
@@ -325,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             for b in micro
         ]
         local = [
-            float(sum(int((c["labels"][:, 1:] != IGNORE).sum()) for c in mine)),
-            float(sum(int(c["attention_mask"].sum()) for c in mine)),
+            float(sum(int((shifted_targets(c) != IGNORE).sum()) for c in mine)),
+            float(sum(int(c["token_mask"].sum()) for c in mine)),
         ]
         learned, step_tokens = all_reduce_sum(local, rank)
         step_loss = 0.0

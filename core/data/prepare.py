@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ftx.core.data.conversation import Conversation
 from ftx.core.data.formats import RowError, to_conversation
+from ftx.core.data.packing import pack, packing_efficiency, padding_efficiency
 from ftx.core.data.render import IGNORE, ChatEncoder
 from ftx.core.data.sources import Source, resolve
 from ftx.core.errors import FtxError
@@ -198,6 +201,7 @@ def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "key": cache_key(recipe),
         "stage": recipe.method.stage,
+        "tokenizer": recipe.model.path,
         "max_seq_len": data.max_seq_len,
         "packing": data.packing,
         "pad_token_id": tokenizer.pad_token_id
@@ -209,15 +213,33 @@ def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
     }
     with staged_dir(dest, replace=True) as tmp:
         for name, examples in splits.items():
-            write_split(tmp / name, examples)
             tokens = sum(len(ids) for ids, _ in examples)
             learned = sum(sum(1 for t in labels if t != IGNORE) for _, labels in examples)
-            manifest["splits"][name] = {
+            lengths = [len(ids) for ids, _ in examples]
+            batch = recipe.train.micro_batch_size
+            info: dict[str, Any] = {
                 "examples": len(examples),
+                # the baseline packing beats: batches padded to their longest example
+                "padding_efficiency": round(padding_efficiency(lengths, batch), 6),
+                "padding_batch_size": batch,
                 "tokens": tokens,
                 "learnable_tokens": learned,
-                "max_length": max(len(ids) for ids, _ in examples),
+                "max_length": max(lengths),
             }
+            if data.packing and name == "train" and recipe.method.stage != "pt":
+                rows = pack(examples, data.max_seq_len)
+                write_split(
+                    tmp / name,
+                    [(r.input_ids, r.labels) for r in rows],
+                    [(r.position_ids, r.segment_ids) for r in rows],
+                )
+                info["rows"] = len(rows)
+                info["packing_efficiency"] = round(packing_efficiency(rows, data.max_seq_len), 6)
+                np.save(tmp / name / "example_lengths.npy", np.asarray(lengths, dtype=np.int32))
+            else:
+                write_split(tmp / name, examples)
+                info["rows"] = len(examples)
+            manifest["splits"][name] = info
         if eval_rows:
             (tmp / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
             manifest["splits"]["eval"] = {"examples": len(eval_rows)}

@@ -1,0 +1,158 @@
+"""`ftx data prepare|show|stats`: the prepared dataset every backend trains on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.table import Table
+from rich.text import Text
+
+from ftx.core.cli import cli
+from ftx.core.console import info, results
+from ftx.core.recipe import load_recipe
+
+IGNORE = -100
+
+
+@cli.group()
+def data() -> None:
+    """Prepare datasets once (tokenise, mask, pack) and inspect the result.
+
+    \b
+    Example:
+      ftx data prepare recipes/quickstart.yaml --out /tmp/qs-data
+      ftx data show /tmp/qs-data -n 2
+    """
+
+
+@data.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True)
+def prepare(recipe: Path, overrides: tuple[str, ...], out: Path) -> None:
+    """Write the prepared dataset (numpy arrays + manifest.json) to --out.
+
+    \b
+    Example:
+      ftx data prepare recipes/quickstart.yaml data.packing=true --out /tmp/qs-data
+    """
+    from ftx.core.data.prepare import prepared_data
+
+    manifest = prepared_data(load_recipe(recipe, overrides).recipe, out)
+    results.print(f"{out}: {json.dumps(manifest['splits'])}")
+
+
+def _resolve(source: Path, overrides: tuple[str, ...]) -> Path:
+    """A prepared folder as is, or a recipe prepared into the cache first."""
+    if source.is_dir():
+        return source
+    from ftx.core.data.prepare import cache_key
+    from ftx.core.envs import ftx_home
+
+    recipe = load_recipe(source, overrides).recipe
+    folder = ftx_home() / "prepared" / cache_key(recipe)
+    if not (folder / "manifest.json").exists():
+        from ftx.core.data.prepare import prepare as run_prepare
+
+        info("preparing the data (cached by content hash)")
+        run_prepare(recipe, folder)
+    return folder
+
+
+@data.command()
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@click.argument("overrides", nargs=-1)
+@click.option("-n", "count", type=int, default=3, show_default=True, help="How many examples.")
+@click.option("--split", default="train", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def show(source: Path, overrides: tuple[str, ...], count: int, split: str, as_json: bool) -> None:
+    """Print prepared examples: text with the learned tokens highlighted, or --json.
+
+    \b
+    --json prints {"input_ids": [...], "labels": [...]} per example (labels aligned
+    with input_ids, not shifted, -100 where masked) plus position_ids when packed.
+    Example:
+      ftx data show recipes/quickstart.yaml -n 1 --json
+    """
+    from ftx.core.prepared import load_split, read_manifest
+
+    folder = _resolve(source, overrides)
+    rows = load_split(folder, split)
+    if rows is None:
+        raise click.BadParameter(f"{folder} has no '{split}' split", param_hint="--split")
+    if as_json:
+        for i in range(min(count, len(rows))):
+            ids, labels = rows[i]
+            row = {"input_ids": ids.tolist(), "labels": labels.tolist()}
+            if rows.packed:
+                row["position_ids"] = rows.positions(i)[0].tolist()
+            click.echo(json.dumps(row))
+        return
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(read_manifest(folder)["tokenizer"])
+    for i in range(min(count, len(rows))):
+        ids, labels = rows[i]
+        text = Text()
+        for token, label in zip(ids.tolist(), labels.tolist(), strict=True):
+            piece = tokenizer.decode([token])
+            text.append(piece, style="bold green" if label != IGNORE else "dim")
+        results.print(f"[bold]--- example {i} ({len(ids)} tokens, learned in green)[/]")
+        results.print(text)
+
+
+@data.command()
+@click.argument("recipe", type=click.Path(path_type=Path, exists=True))
+@click.argument("overrides", nargs=-1)
+def stats(recipe: Path, overrides: tuple[str, ...]) -> None:
+    """Counts, length histogram, truncations, packing efficiency, learned-token share.
+
+    \b
+    Example:
+      ftx data stats recipes/quickstart.yaml data.packing=true
+    """
+    from ftx.core.prepared import load_split, read_manifest
+
+    folder = _resolve(recipe, overrides)
+    manifest = read_manifest(folder)
+    report = manifest["report"]
+    table = Table(title=f"ftx data stats ({folder})", show_header=False)
+    table.add_row("rows read", str(report["rows"]))
+    table.add_row("skipped (bad rows)", str(report["skipped"]))
+    table.add_row("truncated", str(report["truncated"]))
+    table.add_row("dropped (nothing to learn)", str(report["dropped_no_learnable_tokens"]))
+    for name, split in manifest["splits"].items():
+        if "tokens" not in split:
+            table.add_row(f"{name} examples", str(split["examples"]))
+            continue
+        share = split["learnable_tokens"] / max(1, split["tokens"])
+        table.add_row(f"{name} examples", f"{split['examples']} in {split['rows']} rows")
+        table.add_row(f"{name} tokens", f"{split['tokens']:,} ({share:.1%} learned)")
+        if "packing_efficiency" in split:
+            table.add_row(f"{name} packing efficiency", f"{split['packing_efficiency']:.2%}")
+        if "padding_efficiency" not in split:
+            continue
+        table.add_row(
+            f"{name} padding efficiency",
+            f"{split['padding_efficiency']:.2%} (unpacked batches of {split['padding_batch_size']})",
+        )
+    results.print(table)
+    train = load_split(folder, "train")
+    if train is not None:
+        lengths_file = folder / "train" / "example_lengths.npy"
+        lengths = np.load(lengths_file) if lengths_file.exists() else train.lengths()
+        results.print("train example lengths (tokens):")
+        results.print(_histogram(lengths, manifest["max_seq_len"]))
+
+
+def _histogram(lengths: np.ndarray, max_len: int, bins: int = 8) -> str:
+    edges = np.linspace(0, max_len, bins + 1).astype(int)
+    counts, _ = np.histogram(lengths, bins=edges)
+    peak = max(1, counts.max())
+    return "\n".join(
+        f"{lo:>6}-{hi:<6} {'#' * int(30 * c / peak):<30} {c}"
+        for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)
+    )
