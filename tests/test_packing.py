@@ -137,7 +137,8 @@ def test_data_show_json_is_aligned_and_masked(tmp_path: Path, tiny_llama: Path) 
     data = ROOT / "recipes/data/quickstart_train.jsonl"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        f"model: {{path: {tiny_llama}}}\ndata: {{datasets: [{data}], max_samples: 20, max_seq_len: 128}}\n"
+        f"model: {{path: {tiny_llama}}}\n"
+        f"data: {{datasets: [{data}], max_samples: 20, max_seq_len: 128}}\n"
     )
     out = run_ftx("data", "show", str(recipe), "-n", "2", "--json")
     assert out.returncode == 0, out.stderr
