@@ -137,7 +137,7 @@ def stats(recipe: Path, overrides: tuple[str, ...]) -> None:
             continue
         table.add_row(
             f"{name} padding efficiency",
-            f"{split['padding_efficiency']:.2%} (batches of {split['padding_batch_size']}, unpacked)",
+            f"{split['padding_efficiency']:.2%} (batches of {split['padding_batch_size']})",
         )
     results.print(table)
     train = load_split(folder, "train")
