@@ -26,8 +26,14 @@ class Conversation:
     tools: str | None = None
     text: str | None = None
     source: str = ""  # "file:line", for error messages and reports
+    chosen: Message | None = None  # preference data: the preferred answer
+    rejected: Message | None = None  # ... and the dispreferred one
+    kto_tag: bool | None = None  # KTO data: is this answer desirable
     extra: dict[str, object] = field(default_factory=dict)
 
+    @property
+    def is_preference(self) -> bool:
+        return self.chosen is not None
     def as_chat(self) -> list[dict[str, str]]:
         """Messages in the role/content form chat templates expect."""
         chat = [{"role": "system", "content": self.system}] if self.system else []

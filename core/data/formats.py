@@ -89,7 +89,10 @@ def alpaca(
 
 def _chat(defaults_cols: Mapping[str, str], default_tags: Mapping[str, str]):
     def read(
-        row: Mapping[str, Any], columns: Mapping[str, str], tags: Mapping[str, str]
+        row: Mapping[str, Any],
+        columns: Mapping[str, str],
+        tags: Mapping[str, str],
+        final_role: str = "assistant",
     ) -> Conversation:
         cols = {**defaults_cols, **columns}
         tag = {**default_tags, **tags}
@@ -133,8 +136,9 @@ def _chat(defaults_cols: Mapping[str, str], default_tags: Mapping[str, str]):
             if role == "assistant":
                 _assistant_text(content, f"turn {i}")
             messages.append(Message(role, content))
-        if not messages or messages[-1].role != "assistant":
-            raise RowError("the conversation must end with an assistant turn")
+        if not messages or messages[-1].role != final_role:
+            article = "an" if final_role == "assistant" else "a"
+            raise RowError(f"the conversation must end with {article} {final_role} turn")
         tools = row.get(cols["tools"])
         return Conversation(
             tuple(messages),
@@ -190,10 +194,51 @@ READERS: dict[str, Callable[..., Conversation]] = {
 }
 
 
+def preference(
+    fmt: str, row: Mapping[str, Any], columns: Mapping[str, str], tags: Mapping[str, str]
+) -> Conversation:
+    """A ranked row (LLaMA-Factory ``ranking: true``): a prompt plus chosen/rejected answers."""
+    cols = {"chosen": "chosen", "rejected": "rejected", **columns}
+    answers = []
+    for key in ("chosen", "rejected"):
+        value = row.get(cols[key])
+        if fmt != "alpaca" and isinstance(value, Mapping):  # a turn object, as in sharegpt
+            tag = {**(SHAREGPT_TAGS if fmt == "sharegpt" else OPENAI_TAGS), **tags}
+            value = value.get(tag["content_tag"])
+        if not isinstance(value, str) or not value.strip():
+            raise RowError(f"preference field '{cols[key]}' must be a non-empty string")
+        answers.append(Message("assistant", value))
+    if fmt == "alpaca":
+        response = {**ALPACA_COLUMNS, **columns}["response"]
+        base = alpaca({**row, response: answers[0].content}, columns, tags)
+        prompt = base.messages[:-1]
+    elif fmt in ("sharegpt", "openai"):
+        base = READERS[fmt](row, columns, tags, final_role="user")
+        prompt = base.messages
+    else:
+        raise RowError(f"format '{fmt}' cannot hold preference data (use alpaca or sharegpt)")
+    return Conversation(
+        prompt, system=base.system, tools=base.tools, chosen=answers[0], rejected=answers[1]
+    )
+
+
 def to_conversation(
-    fmt: str, row: Any, columns: Mapping[str, str], tags: Mapping[str, str]
+    fmt: str,
+    row: Any,
+    columns: Mapping[str, str],
+    tags: Mapping[str, str],
+    ranking: bool = False,
 ) -> Conversation:
     """Normalise one row; raise RowError when it is malformed."""
     if not isinstance(row, Mapping):
         raise RowError(f"a row must be a JSON object, got {type(row).__name__}")
-    return READERS[fmt](row, columns, tags)
+    if ranking:
+        return preference(fmt, row, columns, tags)
+    conv = READERS[fmt](row, columns, tags)
+    kto_column = columns.get("kto_tag", "kto_tag")
+    if kto_column in row:
+        tag = row[kto_column]
+        if not isinstance(tag, bool):
+            raise RowError(f"field '{kto_column}' must be true or false")
+        conv = Conversation(conv.messages, conv.system, conv.tools, conv.text, kto_tag=tag)
+    return conv

@@ -13,7 +13,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,9 @@ def read_conversations(source: Source, on_error: str, report: Report) -> list[Co
             report.rows += 1
             where = f"{file}:{line}"
             try:
-                conv = to_conversation(source.format, row, source.columns, source.tags)
+                conv = to_conversation(
+                    source.format, row, source.columns, source.tags, ranking=source.ranking
+                )
             except RowError as exc:
                 if on_error == "skip":
                     report.skipped.append(f"{where}: {exc}")
@@ -102,9 +104,7 @@ def read_conversations(source: Source, on_error: str, report: Report) -> list[Co
                     where=where,
                     fix="fix the row, or set data.on_error: skip to skip and count bad rows",
                 ) from None
-            conversations.append(
-                Conversation(conv.messages, conv.system, conv.tools, conv.text, where)
-            )
+            conversations.append(replace(conv, source=where))
             if source.num_samples and len(conversations) >= source.num_samples:
                 return conversations
     return conversations
@@ -159,6 +159,13 @@ def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
     if not conversations:
         raise FtxError(
             "the datasets hold no usable rows", where="data.datasets", fix="check the files"
+        )
+    if any(c.is_preference for c in conversations):
+        raise FtxError(
+            "the datasets hold preference rows (ranking: true), which need stage dpo or kto;"
+            " those stages are not yet supported",
+            where="data.datasets",
+            fix="train on instruction data, or remove the ranked dataset",
         )
     rng = random.Random(data.seed)
     order = list(range(len(conversations)))
