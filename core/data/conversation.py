@@ -34,6 +34,7 @@ class Conversation:
     @property
     def is_preference(self) -> bool:
         return self.chosen is not None
+
     def as_chat(self) -> list[dict[str, str]]:
         """Messages in the role/content form chat templates expect."""
         chat = [{"role": "system", "content": self.system}] if self.system else []

@@ -10,6 +10,7 @@ prompt) and taking the difference.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,46 +28,81 @@ class Encoded:
 
 
 class ChatEncoder:
-    """Encodes conversations with one tokenizer and its chat template."""
+    """Encodes conversations with one tokenizer and a chat template.
+
+    ``template`` is a registered name (see ftx.core.data.templates) or ``auto``:
+    the jinja ``chat_template`` saved with the tokenizer.
+    """
 
     def __init__(self, tokenizer: Any, template: str, *, where: str):
+        from ftx.core.data.templates import TEMPLATES
+
         self.tokenizer = tokenizer
-        if template != "auto":
+        self.where = where
+        self.template = template
+        if template == "auto":
+            if not getattr(tokenizer, "chat_template", None):
+                raise FtxError(
+                    "model.template is 'auto' but the tokenizer has no chat_template",
+                    where=where,
+                    fix=f"name a template: one of {', '.join(TEMPLATES)}",
+                )
+        elif template not in TEMPLATES:
             raise FtxError(
                 f"unknown chat template '{template}'",
                 where=where,
-                fix="use 'auto' (the template saved with the tokenizer)",
+                fix=f"use 'auto' or one of: {', '.join(TEMPLATES)}",
             )
-        if not getattr(tokenizer, "chat_template", None):
-            raise FtxError(
-                "model.template is 'auto' but the tokenizer has no chat_template",
-                where=where,
-                fix="use a tokenizer that carries a chat template, or name a template",
-            )
-        self.where = where
 
     def _render(self, chat: list[dict[str, str]], generation_prompt: bool) -> str:
+        if self.template != "auto":
+            return self._named(chat, generation_prompt)[0]
         return self.tokenizer.apply_chat_template(
             chat, tokenize=False, add_generation_prompt=generation_prompt
         )
 
+    def _named(self, chat: list[dict[str, str]], generation_prompt: bool):
+        from ftx.core.data.templates import render_named
+
+        tok = self.tokenizer
+        try:
+            return render_named(
+                self.template,
+                chat,
+                bos=tok.bos_token or "",
+                eos=tok.eos_token or "",
+                add_generation_prompt=generation_prompt,
+            )
+        except ValueError as exc:
+            raise FtxError(
+                str(exc), where=self.where, fix="pick a template for this data"
+            ) from None
+
     def _spans(self, chat: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
         """Rendered text and the character span of each assistant turn."""
+        if self.template != "auto":
+            return self._named(chat, False)
+        # A jinja template: an assistant turn starts where the conversation up to it,
+        # with the generation prompt, ends; it ends where the rendering with it stops
+        # agreeing with the whole conversation (templates may close a finished
+        # conversation differently, e.g. with an EOS).
+        full = self._render(chat, False)
         spans = []
         for i, message in enumerate(chat):
             if message["role"] != "assistant":
                 continue
             prompt = self._render(chat[:i], True)
             upto = self._render(chat[: i + 1], False)
-            if not upto.startswith(prompt):
+            if not full.startswith(prompt):
                 raise FtxError(
-                    "the chat template renders a conversation differently depending on what"
-                    " follows, so assistant turns cannot be located",
+                    "the tokenizer's chat template renders earlier turns differently depending"
+                    " on what follows, so assistant turns cannot be located",
                     where=self.where,
-                    fix="use a template whose rendering of earlier turns does not change",
+                    fix="name a registered template in model.template instead of 'auto'",
                 )
-            spans.append((len(prompt), len(upto)))
-        return self._render(chat, False), spans
+            end = len(os.path.commonprefix([upto, full]))  # noqa: RUF071 (strings, by design)
+            spans.append((len(prompt), end))
+        return full, spans
 
     def encode(
         self, conv: Conversation, *, max_len: int, train_on_prompt: bool, mask_history: bool

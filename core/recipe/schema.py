@@ -30,6 +30,18 @@ class ModelSection(Section):
     template: str = Field(
         "auto", description="Chat template name, or 'auto' for the tokenizer's own template."
     )
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        from ftx.core.data.templates import TEMPLATES
+
+        if value != "auto" and value not in TEMPLATES:
+            raise ValueError(
+                f"unknown chat template '{value}'; use 'auto' or one of {', '.join(TEMPLATES)}"
+            )
+        return value
+
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Dtype the weights are loaded in ('auto': follow train.precision)."
     )

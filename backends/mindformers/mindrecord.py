@@ -1,0 +1,80 @@
+"""Write a prepared split as MindRecord for MindFormers (runs in the mindformers env).
+
+    python -m ftx.backends.mindformers.mindrecord PREPARED_DIR OUT_DIR [--split train]
+
+Rows are ``max_seq_len + 1`` int32 tokens (``input_ids``, padded with the pad
+id) and aligned ``labels`` (-100 on masked and padded positions): MindFormers'
+legacy models drop the last input token and the first label themselves.
+Files are written to a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ftx.core.prepared import load_split, read_manifest
+
+IGNORE = -100
+SCHEMA = {"input_ids": {"type": "int32", "shape": [-1]}, "labels": {"type": "int32", "shape": [-1]}}
+
+
+def write_mindrecord(prepared: Path, out: Path, split: str = "train") -> int:
+    """Write OUT/<split>.mindrecord (+ .db); return the number of rows."""
+    from mindspore.mindrecord import FileWriter
+
+    manifest = read_manifest(prepared)
+    rows = load_split(prepared, split)
+    if rows is None:
+        raise SystemExit(f"{prepared}: no '{split}' split")
+    if rows.packed:
+        raise SystemExit(
+            f"{prepared}: packed rows cannot be written as legacy MindRecord (no per-example"
+            " attention there); prepare with data.packing=false"
+        )
+    width = manifest["max_seq_len"] + 1
+    pad = manifest["pad_token_id"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        writer = FileWriter(str(tmp / f"{split}.mindrecord"), shard_num=1, overwrite=True)
+        writer.add_schema(SCHEMA, "ftx prepared data")
+        batch = []
+        for i in range(len(rows)):
+            ids, labels = rows[i]
+            input_ids = np.full(width, pad, dtype=np.int32)
+            target = np.full(width, IGNORE, dtype=np.int32)
+            input_ids[: len(ids)] = ids
+            target[: len(labels)] = labels
+            batch.append({"input_ids": input_ids, "labels": target})
+            if len(batch) == 1000:
+                writer.write_raw_data(batch)
+                batch = []
+        if batch:
+            writer.write_raw_data(batch)
+        writer.commit()
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("prepared", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--split", default="train")
+    args = parser.parse_args()
+    count = write_mindrecord(args.prepared, args.out, args.split)
+    print(f"{args.out}: {count} rows")
+
+
+if __name__ == "__main__":
+    main()

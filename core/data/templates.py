@@ -1,0 +1,397 @@
+"""Chat templates by name: how each model family lays out a conversation.
+
+A template is a handful of format strings ("slots") with ``{content}``,
+``{system}``, ``{bos}`` and ``{eos}`` placeholders, plus the few rules where
+families differ (system prompt folded into the first user turn, trimming, a
+think block on the final answer...). ``render`` turns a conversation into
+text and the character spans of everything the model must learn; the same
+slots produce an HF jinja ``chat_template`` and PaddleNLP's
+``chat_template.json`` for the native tools.
+
+Every template here is tested against the family's official jinja template:
+the token ids ftx produces equal ``tokenizer.apply_chat_template``'s.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """The slots of one family's chat format."""
+
+    name: str
+    user: str  # a user turn
+    assistant: str  # an assistant turn's learned part (content + end-of-turn)
+    generation: str = ""  # the assistant header that precedes it (the generation prompt)
+    system: str = "{content}"  # the system block (system_mode "block")
+    system_mode: Literal["block", "first_user"] = "block"
+    system_merge: str = "{system}\n\n{content}"  # system_mode "first_user"
+    default_system: str | None = None
+    prefix: str = ""  # once, at the very start
+    tool: str | None = None  # a tool/observation turn (None: the family has none)
+    suffix: str = ""  # after the last turn of a finished conversation (not learned)
+    trim: bool = False  # strip message content, as the official template does
+    final_assistant: str | None = None  # the last assistant turn, when it differs
+    final_prefix: str = ""  # before the last answer and in the generation prompt (not learned)
+    next_turn_stop: str = ""  # learn this opening of the next turn as the stop token
+    notes: str = ""
+
+    def fill(self, slot: str, bos: str, eos: str, **values: str) -> str:
+        """A slot with its placeholders replaced (literal text otherwise untouched)."""
+        out = slot.replace("{bos}", bos).replace("{eos}", eos)
+        for key, value in values.items():
+            out = out.replace("{" + key + "}", value)
+        return out
+
+
+def _content(template: ChatTemplate, text: str) -> str:
+    return text.strip() if template.trim else text
+
+
+def render(
+    template: ChatTemplate,
+    messages: list[dict[str, str]],
+    *,
+    bos: str = "",
+    eos: str = "",
+    add_generation_prompt: bool = False,
+) -> tuple[str, list[Span]]:
+    """Text of a conversation and the spans of its assistant turns (to learn).
+
+    ``messages`` is role/content dicts; an optional leading system message.
+    """
+    system = template.default_system
+    if messages and messages[0]["role"] == "system":
+        system, messages = messages[0]["content"], messages[1:]
+    text = template.fill(template.prefix, bos, eos)
+    if system is not None and template.system_mode == "block":
+        text += template.fill(template.system, bos, eos, content=_content(template, system))
+    spans: list[Span] = []
+    last = len(messages) - 1
+    for i, message in enumerate(messages):
+        role, content = message["role"], message["content"]
+        if role == "user":
+            if i == 0 and system is not None and template.system_mode == "first_user":
+                content = template.system_merge.replace("{system}", system).replace(
+                    "{content}", content
+                )
+            text += template.fill(template.user, bos, eos, content=_content(template, content))
+        elif role == "tool":
+            if template.tool is None:
+                raise ValueError(f"the {template.name} template has no tool/observation turn")
+            text += template.fill(template.tool, bos, eos, content=_content(template, content))
+        elif role == "assistant":
+            text += template.fill(template.generation, bos, eos)
+            if i == last:
+                text += template.fill(template.final_prefix, bos, eos)
+            slot = template.final_assistant if (i == last and template.final_assistant) else None
+            start = len(text)
+            text += template.fill(
+                slot or template.assistant, bos, eos, content=_content(template, content)
+            )
+            spans.append((start, len(text)))
+        else:
+            raise ValueError(f"unknown role {role!r}")
+    if add_generation_prompt:
+        text += template.fill(template.generation + template.final_prefix, bos, eos)
+    elif messages and messages[-1]["role"] == "assistant":
+        text += template.fill(template.suffix, bos, eos)
+    if template.next_turn_stop:
+        # Families without an end-of-turn token stop by emitting the next turn's tag.
+        spans = [
+            (a, b + len(template.next_turn_stop))
+            if text.startswith(template.next_turn_stop, b)
+            else (a, b)
+            for a, b in spans
+        ]
+    return text, spans
+
+
+def thinking_split(content: str) -> tuple[str, str]:
+    """Qwen3: (reasoning, answer) of an assistant message that carries <think>...</think>."""
+    if "</think>" not in content:
+        return "", content
+    reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+    return reasoning, content.split("</think>")[-1].lstrip("\n")
+
+
+CHATML_USER = "<|im_start|>user\n{content}<|im_end|>\n"
+CHATML_SYSTEM = "<|im_start|>system\n{content}<|im_end|>\n"
+CHATML_ANSWER = "{content}<|im_end|>\n"
+
+TEMPLATES: dict[str, ChatTemplate] = {
+    t.name: t
+    for t in (
+        ChatTemplate(
+            name="llama2",
+            user="{bos}[INST] {content} [/INST]",
+            assistant=" {content} {eos}",
+            system_mode="first_user",
+            system_merge="<<SYS>>\n{system}\n<</SYS>>\n\n{content}",
+            trim=True,
+        ),
+        ChatTemplate(
+            name="llama3",
+            prefix="{bos}",
+            system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+            user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+            generation="<|start_header_id|>assistant<|end_header_id|>\n\n",
+            assistant="{content}<|eot_id|>",
+            tool="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
+            trim=True,
+        ),
+        ChatTemplate(
+            name="qwen",
+            system=CHATML_SYSTEM,
+            default_system="You are a helpful assistant.",
+            user=CHATML_USER,
+            generation="<|im_start|>assistant\n",
+            assistant=CHATML_ANSWER,
+            tool="<|im_start|>tool\n{content}<|im_end|>\n",
+            notes="ChatML: Qwen1.5, Qwen2, Qwen2.5",
+        ),
+        ChatTemplate(
+            name="qwen3",
+            system=CHATML_SYSTEM,
+            user=CHATML_USER,
+            generation="<|im_start|>assistant\n",
+            assistant=CHATML_ANSWER,
+            final_assistant="<think>\n{reasoning}\n</think>\n\n{content}<|im_end|>\n",
+            tool="<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
+            notes="thinking mode: the final answer carries its (possibly empty) think block",
+        ),
+        ChatTemplate(
+            name="qwen3_nothink",
+            system=CHATML_SYSTEM,
+            user=CHATML_USER,
+            generation="<|im_start|>assistant\n",
+            assistant=CHATML_ANSWER,
+            final_prefix="<think>\n\n</think>\n\n",
+            tool="<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
+            notes="enable_thinking=false: the empty think block is prompt, not learned",
+        ),
+        ChatTemplate(
+            name="chatglm3",
+            prefix="[gMASK]sop",
+            system="<|system|>\n {content}",
+            user="<|user|>\n {content}",
+            generation="<|assistant|>",
+            assistant="\n {content}",
+            tool="<|observation|>\n {content}",
+            next_turn_stop="<|user|>",
+        ),
+        ChatTemplate(
+            name="glm4",
+            prefix="[gMASK]<sop>",
+            system="<|system|>\n{content}",
+            user="<|user|>\n{content}",
+            generation="<|assistant|>",
+            assistant="\n{content}",
+            tool="<|observation|>\n{content}",
+            next_turn_stop="<|user|>",
+        ),
+        ChatTemplate(
+            name="baichuan2",
+            user="<reserved_106>{content}",
+            generation="<reserved_107>",
+            assistant="{content}{eos}",
+            notes="Baichuan2 publishes no jinja template; this follows its chat code",
+        ),
+        ChatTemplate(
+            name="mistral",
+            prefix="{bos}",
+            user=" [INST] {content} [/INST]",
+            assistant=" {content}{eos}",
+            system_mode="first_user",
+            system_merge="{system}\n\n{content}",
+        ),
+        ChatTemplate(
+            name="gemma",
+            prefix="{bos}",
+            user="<start_of_turn>user\n{content}<end_of_turn>\n",
+            generation="<start_of_turn>model\n",
+            assistant="{content}<end_of_turn>\n",
+            system_mode="first_user",
+            system_merge="{system}\n\n{content}",
+            trim=True,
+            notes="Gemma has no system role: a system prompt is folded into the first user turn",
+        ),
+        ChatTemplate(
+            name="phi3",
+            system="<|system|>\n{content}<|end|>\n",
+            user="<|user|>\n{content}<|end|>\n",
+            generation="<|assistant|>\n",
+            assistant="{content}<|end|>\n",
+            suffix="{eos}",
+        ),
+        ChatTemplate(
+            name="deepseek",
+            prefix="{bos}",
+            system="{content}\n\n",
+            user="User: {content}\n\n",
+            generation="Assistant:",
+            assistant=" {content}{eos}",
+        ),
+        ChatTemplate(
+            name="yi",
+            system="{content}",
+            user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
+            assistant=CHATML_ANSWER,
+            notes="Yi-1.5: the assistant header is part of the user turn",
+        ),
+        ChatTemplate(
+            name="default",
+            prefix="{bos}",
+            system="{content}\n\n",
+            user="Human: {content}\n",
+            generation="Assistant:",
+            assistant=" {content}{eos}\n",
+            notes="for base models without a chat format",
+        ),
+        ChatTemplate(
+            name="alpaca",
+            prefix="{bos}",
+            system="{content}\n\n",
+            default_system=(
+                "Below is an instruction that describes a task. "
+                "Write a response that appropriately completes the request."
+            ),
+            user="### Instruction:\n{content}\n\n",
+            generation="### Response:\n",
+            assistant="{content}{eos}\n\n",
+        ),
+    )
+}
+
+
+def render_qwen3(
+    template: ChatTemplate, messages: list[dict[str, str]], **kwargs: object
+) -> tuple[str, list[Span]]:
+    """Qwen3 moves reasoning (<think>...</think>) into the final answer's think block
+    and drops it from earlier answers, as its official template does."""
+    final = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    reasoning = ""
+    cleaned = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            thought, answer = thinking_split(m["content"])
+            if i == final and i == len(messages) - 1:
+                reasoning = thought.strip("\n")
+                answer = answer.lstrip("\n")
+            m = {**m, "content": answer}
+        cleaned.append(m)
+    slot = (template.final_assistant or "").replace("{reasoning}", reasoning)
+    return render(
+        ChatTemplate(**{**template.__dict__, "final_assistant": slot or None}), cleaned, **kwargs
+    )
+
+
+def render_named(
+    name: str,
+    messages: list[dict[str, str]],
+    *,
+    bos: str = "",
+    eos: str = "",
+    add_generation_prompt: bool = False,
+) -> tuple[str, list[Span]]:
+    """Render with a registered template (text, assistant spans)."""
+    template = TEMPLATES[name]
+    kwargs = {"bos": bos, "eos": eos, "add_generation_prompt": add_generation_prompt}
+    if name.startswith("qwen3"):
+        return render_qwen3(template, messages, **kwargs)
+    return render(template, messages, **kwargs)
+
+
+def _expr(text: str, variables: dict[str, str]) -> str:
+    """A jinja expression concatenating literal text and variables for the placeholders."""
+    pieces, rest = [], text
+    while rest:
+        hits = [(rest.find("{" + k + "}"), k) for k in variables if "{" + k + "}" in rest]
+        if not hits:
+            pieces.append(json.dumps(rest))
+            break
+        at, key = min(hits)
+        if at:
+            pieces.append(json.dumps(rest[:at]))
+        pieces.append(variables[key])
+        rest = rest[at + len(key) + 2 :]
+    return " + ".join(pieces) or '""'
+
+
+def to_jinja(template: ChatTemplate) -> str:
+    """An HF ``chat_template`` (jinja) that renders like ``render`` (reasoning aside)."""
+    names = {"content": "content", "bos": "bos_token", "eos": "eos_token"}
+
+    def out(slot: str) -> str:
+        return "{{- " + _expr(slot, names) + " -}}"
+
+    trim = " | trim" if template.trim else ""
+    default = json.dumps(template.default_system) if template.default_system is not None else "none"
+    final = (template.final_assistant or "").replace("{reasoning}", "")
+    merge = _expr(template.system_merge, {"system": "system", "content": "m['content']"})
+    parts = [
+        "{%- set system = " + default + " -%}{%- set msgs = messages -%}",
+        "{%- if messages and messages[0]['role'] == 'system' -%}",
+        "{%- set system = messages[0]['content'] -%}{%- set msgs = messages[1:] -%}{%- endif -%}",
+        out(template.prefix),
+    ]
+    if template.system_mode == "block":
+        parts.append(
+            "{%- if system is not none -%}{%- set content = system"
+            + trim
+            + " -%}"
+            + out(template.system)
+            + "{%- endif -%}"
+        )
+    parts.append("{%- for m in msgs -%}{%- set content = m['content'] -%}")
+    if template.system_mode == "first_user":
+        parts.append(
+            "{%- if loop.first and system is not none -%}{%- set content = "
+            + merge
+            + " -%}{%- endif -%}"
+        )
+    parts.append("{%- set content = content" + trim + " -%}")
+    parts.append("{%- if m['role'] == 'user' -%}" + out(template.user))
+    if template.tool is not None:
+        parts.append("{%- elif m['role'] == 'tool' -%}" + out(template.tool))
+    answer = out(template.generation)
+    if template.final_prefix:
+        answer += "{%- if loop.last -%}" + out(template.final_prefix) + "{%- endif -%}"
+    if final:
+        answer += "{%- if loop.last -%}" + out(final) + "{%- else -%}"
+        answer += out(template.assistant) + "{%- endif -%}"
+    else:
+        answer += out(template.assistant)
+    parts.append("{%- elif m['role'] == 'assistant' -%}" + answer + "{%- endif -%}{%- endfor -%}")
+    parts.append(
+        "{%- if add_generation_prompt -%}"
+        + out(template.generation + template.final_prefix)
+        + "{%- elif msgs and msgs[-1]['role'] == 'assistant' -%}"
+        + out(template.suffix)
+        + "{%- endif -%}"
+    )
+    return "".join(parts)
+
+
+def to_paddlenlp(template: ChatTemplate, bos: str = "", eos: str = "") -> dict[str, object]:
+    """PaddleNLP's chat_template.json: system, a [user part, bot part] conversation pair,
+    and the query format (jinja with {{user}}, {{bot}}, {{system}})."""
+    user = template.fill(template.user, bos, eos, content="{{user}}")
+    bot = template.fill(template.generation, bos, eos) + template.fill(
+        template.assistant, bos, eos, content="{{bot}}"
+    )
+    system = ""
+    if template.system_mode == "block":
+        system = template.fill(template.prefix, bos, eos) + template.fill(
+            template.system, bos, eos, content="{{system}}"
+        )
+    else:
+        system = template.fill(template.prefix, bos, eos)
+    query = user + template.fill(template.generation, bos, eos)
+    return {"system": system, "conversation": [user, bot], "query": query}
