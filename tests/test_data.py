@@ -197,3 +197,21 @@ def test_unknown_dataset_name_lists_the_known_ones(tmp_path: Path, tiny_llama: P
     recipe = make_recipe(tmp_path, tiny_llama, "[alpaka_demo]", f"  dataset_dir: {data_dir}\n")
     with pytest.raises(FtxError, match="alpaca_demo"):
         prepare(load_recipe(recipe).recipe, tmp_path / "out")
+
+
+def test_batched_encoding_equals_one_by_one(tiny_llama: Path) -> None:
+    tok = load_tokenizer(
+        load_recipe(make_recipe(tiny_llama.parent, tiny_llama, "[x.jsonl]")).recipe
+    )
+    encoder = ChatEncoder(tok, "auto", where="test")
+    convs = [CHAT, Conversation((Message("user", "x " * 50), Message("assistant", "y"))), CHAT]
+    for max_len in (512, 40):
+        for flags in ((False, False), (True, False), (False, True)):
+            batch = encoder.encode_many(
+                convs, max_len=max_len, train_on_prompt=flags[0], mask_history=flags[1]
+            )
+            single = [
+                encoder.encode(c, max_len=max_len, train_on_prompt=flags[0], mask_history=flags[1])
+                for c in convs
+            ]
+            assert batch == single

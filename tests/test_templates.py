@@ -221,12 +221,49 @@ def test_glm_families_learn_the_next_turn_tag_as_stop_token() -> None:
     assert [text[a:b] for a, b in spans] == ["\na<|user|>", "\nb"]
 
 
-def test_paddlenlp_chat_template_json() -> None:
-    exported = to_paddlenlp(TEMPLATES["qwen"])
-    assert exported["conversation"] == [
-        "<|im_start|>user\n{{user}}<|im_end|>\n",
-        "<|im_start|>assistant\n{{bot}}<|im_end|>\n",
-    ]
-    assert exported["system"] == "<|im_start|>system\n{{system}}<|im_end|>\n"
-    assert exported["query"] == "<|im_start|>user\n{{user}}<|im_end|>\n<|im_start|>assistant\n"
-    json.dumps(exported)  # plain JSON
+PADDLENLP_RENDER = """
+import json, sys
+from paddlenlp.transformers.tokenizer_utils import ChatTemplate
+cases = json.loads(sys.argv[1])
+out = []
+for case in cases:
+    chat = ChatTemplate.from_dict(case["template"])
+    context = {"system": case["system"]} if case["system"] else {}
+    pairs = case["pairs"]
+    prompt = chat([*pairs[:-1], [pairs[-1][0]]], context_data=dict(context))
+    training = chat.render_system(dict(context)) + "".join(
+        "".join(chat.render_conversation(p, index=i, context_data=dict(context)))
+        for i, p in enumerate(pairs)
+    )
+    out.append({"prompt": prompt, "training": training})
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.env
+def test_paddlenlp_renders_the_exported_chat_template_like_ftx() -> None:
+    from conftest import run_in_env
+
+    cases, expected = [], []
+    for name in ("llama3", "qwen", "llama2", "mistral", "phi3", "deepseek", "yi", "alpaca"):
+        exported = to_paddlenlp(TEMPLATES[name], bos="<s>", eos="</s>")
+        for conv in CONVERSATIONS[:2]:
+            chat = conv.as_chat()
+            pairs = [
+                [u["content"], a["content"]]
+                for u, a in zip(
+                    chat[-len(conv.messages) :: 2], chat[-len(conv.messages) + 1 :: 2], strict=True
+                )
+            ]
+            cases.append({"template": exported, "system": conv.system, "pairs": pairs})
+            prompt, _ = render_named(
+                name, chat[:-1], bos="<s>", eos="</s>", add_generation_prompt=True
+            )
+            full, _ = render_named(name, chat, bos="<s>", eos="</s>")
+            suffix = TEMPLATES[name].fill(TEMPLATES[name].suffix, "<s>", "</s>")
+            expected.append(
+                {"prompt": prompt, "training": full.removesuffix(suffix) if suffix else full}
+            )
+    found = run_in_env("paddle", PADDLENLP_RENDER, json.dumps(cases))
+    for case, got, want in zip(cases, found, expected, strict=True):
+        assert got == want, case["template"]

@@ -156,3 +156,63 @@ def _histogram(lengths: np.ndarray, max_len: int, bins: int = 8) -> str:
         f"{lo:>6}-{hi:<6} {'#' * int(30 * c / peak):<30} {c}"
         for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)
     )
+
+
+@data.command()
+@click.argument("recipe", type=click.Path(path_type=Path, exists=True))
+@click.argument("overrides", nargs=-1)
+@click.option("--to", "target", type=click.Choice(["paddlenlp", "mindrecord"]), required=True)
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="Replace an existing --out folder.")
+def export(recipe: Path, overrides: tuple[str, ...], target: str, out: Path, force: bool) -> None:
+    """Write the recipe's data in a native tool's own format.
+
+    \b
+    paddlenlp:  train.json / dev.json (src/tgt JSON Lines) + chat_template.json
+    mindrecord: train.mindrecord rows of max_seq_len + 1 (input_ids, labels), written
+                by mindspore in the mindformers environment
+    Example:
+      ftx data export recipes/quickstart.yaml --to mindrecord --out /tmp/qs-mindrecord
+    """
+    from ftx.core.errors import FtxError
+    from ftx.core.fsutil import staged_dir
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FtxError("the output folder is not empty", where=str(out), fix="pass --force")
+    loaded = load_recipe(recipe, overrides).recipe
+    if target == "paddlenlp":
+        from ftx.backends.paddle.export import write_paddlenlp
+        from ftx.core.data.prepare import Report, split_conversations
+
+        train, val = split_conversations(loaded, Report())
+        bos = eos = None
+        if (Path(loaded.model.path) / "tokenizer_config.json").exists():
+            from ftx.core.data.prepare import load_tokenizer
+
+            tokenizer = load_tokenizer(loaded)
+            bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+        with staged_dir(out, replace=True) as tmp:
+            counts = write_paddlenlp(train, val, loaded.model.template, tmp, bos, eos)
+        results.print(f"{out}: PaddleNLP data, {counts['train']} train / {counts['dev']} dev rows")
+        return
+    import subprocess
+
+    from ftx.core import envs
+
+    prepared = _resolve(recipe, (*overrides, "data.packing=false"))
+    python = envs.ensure("mindformers")
+    result = subprocess.run(
+        [str(python), "-m", "ftx.backends.mindformers.mindrecord", str(prepared), str(out)],
+        capture_output=True,
+        text=True,
+        env=envs.activated_env("mindformers"),
+        cwd=out.parent if out.parent.exists() else None,
+    )
+    if result.returncode != 0:
+        raise FtxError(
+            f"writing MindRecord failed: {result.stderr.strip().splitlines()[-1:]}",
+            where=str(out),
+            fix="run `ftx env doctor mindformers`",
+            exit_code=1,
+        )
+    results.print(result.stdout.strip().splitlines()[-1])

@@ -29,6 +29,8 @@ from ftx.core.fsutil import atomic_write_json, staged_dir
 from ftx.core.prepared import FORMAT_VERSION, write_split
 from ftx.core.recipe.schema import DatasetSpec, Recipe
 
+BATCH = 1000  # conversations tokenised per call of the fast tokenizer
+
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -147,11 +149,12 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
-    """Prepare the recipe's data into ``dest`` (written atomically); return the manifest."""
-    tokenizer = load_tokenizer(recipe)
+def split_conversations(
+    recipe: Recipe, report: Report
+) -> tuple[list[Conversation], list[Conversation]]:
+    """The recipe's rows as (train, val) conversations: read, capped by max_samples,
+    split by val_size with the data seed. Every exporter uses this same selection."""
     data = recipe.data
-    report = Report()
     conversations: list[Conversation] = []
     for source in _sources(list(data.datasets), recipe, "data.datasets"):
         rows = read_conversations(source, data.on_error, report)
@@ -167,9 +170,8 @@ def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
             where="data.datasets",
             fix="train on instruction data, or remove the ranked dataset",
         )
-    rng = random.Random(data.seed)
     order = list(range(len(conversations)))
-    rng.shuffle(order)
+    random.Random(data.seed).shuffle(order)
     n_val = int(data.val_size) if data.val_size >= 1 else round(len(order) * data.val_size)
     if n_val >= len(order):
         raise FtxError(
@@ -177,7 +179,17 @@ def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
             where="data.val_size",
             fix="use a smaller share or count",
         )
-    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    train = [conversations[i] for i in sorted(order[n_val:])]
+    val = [conversations[i] for i in sorted(order[:n_val])]
+    return train, val
+
+
+def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
+    """Prepare the recipe's data into ``dest`` (written atomically); return the manifest."""
+    tokenizer = load_tokenizer(recipe)
+    data = recipe.data
+    report = Report()
+    train_convs, val_convs = split_conversations(recipe, report)
 
     if recipe.method.stage == "pt":
         encoder = None
@@ -185,9 +197,9 @@ def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
     else:
         encoder = ChatEncoder(tokenizer, recipe.model.template, where="model.template")
         encode = lambda convs: _encode_chats(convs, encoder, recipe, report)  # noqa: E731
-    splits = {"train": encode([conversations[i] for i in train_idx])}
-    if val_idx:
-        splits["val"] = encode([conversations[i] for i in val_idx])
+    splits = {"train": encode(train_convs)}
+    if val_convs:
+        splits["val"] = encode(val_convs)
     if not splits["train"]:
         raise FtxError(
             "no training example has a learnable token after truncation",
@@ -258,7 +270,6 @@ def _encode_chats(
     convs: list[Conversation], encoder: ChatEncoder, recipe: Recipe, report: Report
 ) -> list[tuple[list[int], list[int]]]:
     data = recipe.data
-    examples = []
     for conv in convs:
         if conv.text is not None:
             raise FtxError(
@@ -266,17 +277,20 @@ def _encode_chats(
                 where=conv.source,
                 fix="use method.stage: pt for text data, or a chat format",
             )
-        enc = encoder.encode(
-            conv,
+    examples = []
+    for start in range(0, len(convs), BATCH):
+        encoded = encoder.encode_many(
+            convs[start : start + BATCH],
             max_len=data.max_seq_len,
             train_on_prompt=data.train_on_prompt,
             mask_history=data.mask_history,
         )
-        report.truncated += enc.truncated
-        if all(t == IGNORE for t in enc.labels):
-            report.no_learnable += 1
-            continue
-        examples.append((enc.input_ids, enc.labels))
+        for enc in encoded:
+            report.truncated += enc.truncated
+            if all(t == IGNORE for t in enc.labels):
+                report.no_learnable += 1
+                continue
+            examples.append((enc.input_ids, enc.labels))
     return examples
 
 

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ftx.core.data.conversation import Conversation
 from ftx.core.errors import FtxError
 
@@ -127,17 +129,42 @@ class ChatEncoder:
         self, chat: list[dict[str, str]], train_on_prompt: bool, mask_history: bool
     ) -> tuple[list[int], list[int]]:
         text, spans = self._spans(chat)
-        if mask_history:
-            spans = spans[-1:]
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
-        if train_on_prompt:
-            return ids, list(ids)
-        labels = []
-        for token, (start, end) in zip(ids, enc["offset_mapping"], strict=False):
-            learned = any(a <= start < b or (start == end and a < end <= b) for a, b in spans)
-            labels.append(token if learned else IGNORE)
-        return ids, labels
+        return ids, _labels(ids, enc["offset_mapping"], spans, train_on_prompt, mask_history)
+
+    def encode_many(
+        self,
+        convs: list[Conversation],
+        *,
+        max_len: int,
+        train_on_prompt: bool,
+        mask_history: bool,
+    ) -> list[Encoded]:
+        """``encode`` for many conversations: rendered, then tokenised in one batch by the
+        fast tokenizer (in parallel, in Rust); only over-long ones take the slow path."""
+        rendered = [self._spans(conv.as_chat()) for conv in convs]
+        enc = self.tokenizer(
+            [text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True
+        )
+        out = []
+        for i, conv in enumerate(convs):
+            ids = list(enc["input_ids"][i])
+            if len(ids) > max_len:
+                out.append(
+                    self.encode(
+                        conv,
+                        max_len=max_len,
+                        train_on_prompt=train_on_prompt,
+                        mask_history=mask_history,
+                    )
+                )
+                continue
+            labels = _labels(
+                ids, enc["offset_mapping"][i], rendered[i][1], train_on_prompt, mask_history
+            )
+            out.append(Encoded(ids, labels, False))
+        return out
 
     def encode_prompt(self, conv: Conversation) -> tuple[list[int], str]:
         """Ids of everything before the last assistant turn (plus the generation prompt)
@@ -152,3 +179,25 @@ class ChatEncoder:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         eos = self.tokenizer.eos_token_id
         return ids + ([eos] if eos is not None else [])
+
+
+def _labels(
+    ids: list[int],
+    offsets: list[tuple[int, int]],
+    spans: list[tuple[int, int]],
+    train_on_prompt: bool,
+    mask_history: bool,
+) -> list[int]:
+    """Token ids where a token starts inside a learned span, -100 elsewhere."""
+    if train_on_prompt:
+        return list(ids)
+    if mask_history:
+        spans = spans[-1:]
+    if not spans:
+        return [IGNORE] * len(ids)
+    starts = np.asarray([a for a, _ in spans])
+    ends = np.asarray([b for _, b in spans])
+    token_starts = np.asarray([a for a, _ in offsets], dtype=np.int64)
+    which = np.searchsorted(starts, token_starts, side="right") - 1
+    inside = (which >= 0) & (token_starts < ends[np.clip(which, 0, None)])
+    return np.where(inside, np.asarray(ids), IGNORE).tolist()

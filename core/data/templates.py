@@ -380,18 +380,40 @@ def to_jinja(template: ChatTemplate) -> str:
 
 
 def to_paddlenlp(template: ChatTemplate, bos: str = "", eos: str = "") -> dict[str, object]:
-    """PaddleNLP's chat_template.json: system, a [user part, bot part] conversation pair,
-    and the query format (jinja with {{user}}, {{bot}}, {{system}})."""
-    user = template.fill(template.user, bos, eos, content="{{user}}")
-    bot = template.fill(template.generation, bos, eos) + template.fill(
-        template.assistant, bos, eos, content="{{bot}}"
-    )
-    system = ""
-    if template.system_mode == "block":
-        system = template.fill(template.prefix, bos, eos) + template.fill(
-            template.system, bos, eos, content="{{system}}"
+    """PaddleNLP's chat_template.json (jinja, rendered by paddlenlp's ChatTemplate).
+
+    ``conversation`` is [user part, bot part]; the assistant header goes with the
+    user part, so PaddleNLP learns exactly what ftx learns (the answer and what
+    ends it). Variables: ``user``, ``bot``, ``query``, ``index`` and ``system``
+    from each record's context.
+    """
+
+    def fill(slot: str, content: str) -> str:
+        return template.fill(slot, bos, eos, content=content)
+
+    def var(name: str) -> str:
+        return "{{ " + name + (" | trim" if template.trim else "") + " }}"
+
+    def user_part(name: str) -> str:
+        plain = fill(template.user, var(name)) + fill(template.generation, "")
+        if template.system_mode != "first_user":
+            return plain
+        merged = template.system_merge.replace("{system}", "{{ system }}").replace(
+            "{content}", "{{ " + name + " }}"
         )
-    else:
-        system = template.fill(template.prefix, bos, eos)
-    query = user + template.fill(template.generation, bos, eos)
-    return {"system": system, "conversation": [user, bot], "query": query}
+        if template.trim:
+            merged = "{% filter trim %}" + merged + "{% endfilter %}"
+        first = fill(template.user, merged) + fill(template.generation, "")
+        return "{% if index == 0 and system %}" + first + "{% else %}" + plain + "{% endif %}"
+
+    system = fill(template.prefix, "")
+    if template.system_mode == "block":
+        block = fill(template.system, var("system"))
+        default = template.default_system
+        fallback = "" if default is None else fill(template.system, default)
+        system += "{% if system %}" + block + "{% else %}" + fallback + "{% endif %}"
+    return {
+        "system": system,
+        "conversation": [user_part("user"), fill(template.assistant, var("bot"))],
+        "query": user_part("query"),
+    }
