@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class PreparedSplit:
@@ -62,17 +62,20 @@ def write_split(
     (position_ids, segment_ids) per row for packed splits."""
     folder.mkdir(parents=True, exist_ok=True)
     if positions is not None:
-        flat_pos = [t for pos, _ in positions for t in pos]
-        flat_seg = [t for _, seg in positions for t in seg]
-        np.save(folder / "position_ids.npy", np.asarray(flat_pos, dtype=np.int32))
-        np.save(folder / "segment_ids.npy", np.asarray(flat_seg, dtype=np.int32))
+        np.save(folder / "position_ids.npy", _flat([pos for pos, _ in positions]))
+        np.save(folder / "segment_ids.npy", _flat([seg for _, seg in positions]))
     lengths = np.array([len(ids) for ids, _ in examples], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat_ids = [t for ids, _ in examples for t in ids]
-    flat_labels = [t for _, labels in examples for t in labels]
-    np.save(folder / "input_ids.npy", np.asarray(flat_ids, dtype=np.int32))
-    np.save(folder / "labels.npy", np.asarray(flat_labels, dtype=np.int32))
+    np.save(folder / "input_ids.npy", _flat([ids for ids, _ in examples]))
+    np.save(folder / "labels.npy", _flat([labels for _, labels in examples]))
     np.save(folder / "offsets.npy", offsets)
+
+
+def _flat(rows: list[list[int]]) -> np.ndarray:
+    """All rows end to end as one int32 array."""
+    if not rows:
+        return np.zeros(0, dtype=np.int32)
+    return np.concatenate([np.asarray(r, dtype=np.int32) for r in rows])
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

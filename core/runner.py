@@ -6,6 +6,7 @@ plan -> (run only) set up the runtime -> launch -> collect -> run.json
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -94,6 +95,9 @@ def run(
         f"  {train['examples']} training examples, {train['tokens']:,} tokens"
         f" ({train['learnable_tokens']:,} learned)"
     )
+    # The tokenizer ran in parallel threads above; saying so explicitly keeps it from
+    # warning in every process forked from here on (launchers, pip).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     plan = backend.translate(recipe, layout)
     launch = plan.write()
     info(f"[bold]Plan[/] written to {plan.plan_dir} ({', '.join(plan.files)}, {launch.name})")

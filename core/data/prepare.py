@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import random
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -132,11 +134,20 @@ def cache_key(recipe: Recipe) -> str:
     for source in _sources(specs, recipe, "data.datasets"):
         for file in source.files:
             digest.update(_file_hash(file).encode())
-    model = Path(recipe.model.path)
+    digest.update(_tokenizer_hash(Path(recipe.model.path)).encode())
+    return digest.hexdigest()[:24]
+
+
+def _json_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _tokenizer_hash(model: Path) -> str:
+    digest = hashlib.sha256()
     for name in TOKENIZER_FILES:
         if (model / name).exists():
             digest.update(name.encode() + _file_hash(model / name).encode())
-    return digest.hexdigest()[:24]
+    return digest.hexdigest()
 
 
 def _file_hash(path: Path) -> str:
@@ -219,6 +230,10 @@ def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "key": cache_key(recipe),
+        "recipe_data_sha256": _json_hash(
+            {"data": recipe.data.model_dump(mode="json"), "template": recipe.model.template}
+        ),
+        "tokenizer_sha256": _tokenizer_hash(Path(recipe.model.path)),
         "stage": recipe.method.stage,
         "tokenizer": recipe.model.path,
         "max_seq_len": data.max_seq_len,
@@ -233,7 +248,7 @@ def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
     with staged_dir(dest, replace=True) as tmp:
         for name, examples in splits.items():
             tokens = sum(len(ids) for ids, _ in examples)
-            learned = sum(sum(1 for t in labels if t != IGNORE) for _, labels in examples)
+            learned = tokens - sum(labels.count(IGNORE) for _, labels in examples)
             lengths = [len(ids) for ids, _ in examples]
             batch = recipe.train.micro_batch_size
             info: dict[str, Any] = {
@@ -277,21 +292,51 @@ def _encode_chats(
                 where=conv.source,
                 fix="use method.stage: pt for text data, or a chat format",
             )
+    options = {
+        "max_len": data.max_seq_len,
+        "train_on_prompt": data.train_on_prompt,
+        "mask_history": data.mask_history,
+    }
+    chunks = [convs[i : i + BATCH] for i in range(0, len(convs), BATCH)]
     examples = []
-    for start in range(0, len(convs), BATCH):
-        encoded = encoder.encode_many(
-            convs[start : start + BATCH],
-            max_len=data.max_seq_len,
-            train_on_prompt=data.train_on_prompt,
-            mask_history=data.mask_history,
-        )
+    for encoded in _map_chunks(encoder, chunks, options):
         for enc in encoded:
             report.truncated += enc.truncated
-            if all(t == IGNORE for t in enc.labels):
+            if max(enc.labels, default=IGNORE) == IGNORE:  # ids are >= 0: nothing learned
                 report.no_learnable += 1
                 continue
             examples.append((enc.input_ids, enc.labels))
     return examples
+
+
+_WORKER_ENCODER: ChatEncoder | None = None
+
+
+def _encode_chunk(chunk: list[Conversation], options: dict[str, Any]) -> list[Any]:
+    assert _WORKER_ENCODER is not None
+    return _WORKER_ENCODER.encode_many(chunk, **options)
+
+
+def _map_chunks(encoder: ChatEncoder, chunks: list[list[Conversation]], options: dict) -> Any:
+    """Encode chunks in order: in this process for small data, otherwise in forked worker
+    processes (rendering and masking are Python; one process per core). Results come back
+    in chunk order, so the output does not depend on the number of workers."""
+    global _WORKER_ENCODER
+    workers = min(os.cpu_count() or 1, 4, len(chunks))
+    _WORKER_ENCODER = encoder
+    if workers < 2 or len(chunks) < 4 or "fork" not in mp.get_all_start_methods():
+        yield from (_encode_chunk(chunk, options) for chunk in chunks)
+        return
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one tokenizer thread per worker
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            yield from pool.map(_encode_chunk, chunks, [options] * len(chunks))
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
 def _pack_text(

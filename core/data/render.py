@@ -11,10 +11,9 @@ prompt) and taking the difference.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from ftx.core.data.conversation import Conversation
 from ftx.core.errors import FtxError
@@ -144,12 +143,10 @@ class ChatEncoder:
         """``encode`` for many conversations: rendered, then tokenised in one batch by the
         fast tokenizer (in parallel, in Rust); only over-long ones take the slow path."""
         rendered = [self._spans(conv.as_chat()) for conv in convs]
-        enc = self.tokenizer(
-            [text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True
-        )
+        ids_batch, offsets_batch = self._tokenize_batch([text for text, _ in rendered])
         out = []
         for i, conv in enumerate(convs):
-            ids = list(enc["input_ids"][i])
+            ids = ids_batch[i]
             if len(ids) > max_len:
                 out.append(
                     self.encode(
@@ -160,11 +157,19 @@ class ChatEncoder:
                     )
                 )
                 continue
-            labels = _labels(
-                ids, enc["offset_mapping"][i], rendered[i][1], train_on_prompt, mask_history
-            )
+            labels = _labels(ids, offsets_batch[i], rendered[i][1], train_on_prompt, mask_history)
             out.append(Encoded(ids, labels, False))
         return out
+
+    def _tokenize_batch(self, texts: list[str]) -> tuple[list[list[int]], list[list[tuple]]]:
+        """Ids and character offsets of many texts, straight from the Rust tokenizer when
+        there is one (the transformers wrapper adds seconds of Python per 20k texts)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
+            return [e.ids for e in encodings], [e.offsets for e in encodings]
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [list(x) for x in enc["input_ids"]], list(enc["offset_mapping"])
 
     def encode_prompt(self, conv: Conversation) -> tuple[list[int], str]:
         """Ids of everything before the last assistant turn (plus the generation prompt)
@@ -193,11 +198,9 @@ def _labels(
         return list(ids)
     if mask_history:
         spans = spans[-1:]
-    if not spans:
-        return [IGNORE] * len(ids)
-    starts = np.asarray([a for a, _ in spans])
-    ends = np.asarray([b for _, b in spans])
-    token_starts = np.asarray([a for a, _ in offsets], dtype=np.int64)
-    which = np.searchsorted(starts, token_starts, side="right") - 1
-    inside = (which >= 0) & (token_starts < ends[np.clip(which, 0, None)])
-    return np.where(inside, np.asarray(ids), IGNORE).tolist()
+    starts = [a for a, _ in offsets]
+    labels = [IGNORE] * len(ids)
+    for a, b in spans:
+        first, last = bisect_left(starts, a), bisect_left(starts, b)
+        labels[first:last] = ids[first:last]
+    return labels
