@@ -21,7 +21,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,9 +167,7 @@ def main() -> None:
         )
     print(f"\nData preparation, {args.rows} alpaca-like rows, qwen template, cutoff 1024,")
     print(f"2 CPU cores; LLaMA-Factory {version.stdout.strip()} with 2 preprocessing workers\n")
-    print(
-        f"| mode | ftx examples/s | LLaMA-Factory examples/s | ratio | ftx packing | LF packing |"
-    )
+    print("| mode | ftx examples/s | LLaMA-Factory examples/s | ratio | ftx packing | LF packing |")
     print("| --- | --- | --- | --- | --- | --- |")
     for mode, ours_rate, theirs_rate, ours_eff, theirs_eff in rows:
         eff = f"{ours_eff:.2%}" if ours_eff else "-"
