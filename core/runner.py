@@ -21,7 +21,8 @@ from ftx.core.fsutil import atomic_write_json
 from ftx.core.layout import RunLayout
 from ftx.core.models.formats import detect_format
 from ftx.core.plan import NativePlan
-from ftx.core.recipe import LoadedRecipe
+from ftx.core.preflight import Topology, run_preflight
+from ftx.core.recipe import LoadedRecipe, recipe_digest
 from ftx.core.registry import capability_matrix, get_backend
 from ftx.core.runtime import get_runtime
 
@@ -103,6 +104,20 @@ def run(
     info(f"[bold]Plan[/] written to {plan.plan_dir} ({', '.join(plan.files)}, {launch.name})")
 
     environment = runtime.prepare(backend.environment)
+    if recipe.parallel.nnodes > 1:
+        info(f"[bold]Preflight[/]: meeting the other nodes at {recipe.parallel.master_addr}")
+        same_on_every_node = recipe.model_copy(
+            update={"parallel": recipe.parallel.model_copy(update={"node_rank": 0})}
+        )
+        run_preflight(
+            Topology(
+                recipe.parallel.nnodes,
+                recipe.parallel.node_rank,
+                recipe.parallel.master_addr,
+                recipe.parallel.master_port,
+            ),
+            recipe_digest(same_on_every_node),
+        )
     record: dict[str, Any] = {
         "status": "running",
         "backend": backend.name,
