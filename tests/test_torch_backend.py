@@ -133,3 +133,43 @@ output: {{dir: {tmp_path / "out"}}}
     assert "training 184,576 of 569,472 parameters" in log
     found = run_in_env("torch", LOAD_AND_COMPARE, str(tmp_path / "out/final"))
     assert found["finite"]
+
+
+READ_EVENTS = """
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1]); acc.Reload()
+print(json.dumps({tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}))
+"""
+
+
+def test_dora_tensorboard_and_report(tmp_path: Path, tiny_llama: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"""
+model: {{path: {tiny_llama}}}
+data:
+  datasets: [{ROOT / "recipes/data/quickstart_train.jsonl"}]
+  max_seq_len: 64
+  max_samples: 40
+  val_size: 8
+method: {{finetuning: lora, lora: {{rank: 4, dora: true}}}}
+train: {{max_steps: 4, micro_batch_size: 4, logging_steps: 1, eval_steps: 2, learning_rate: 1.0e-3}}
+output: {{dir: {tmp_path / "out"}, report_to: tensorboard}}
+"""
+    )
+    result = run_ftx("run", str(recipe))
+    assert result.returncode == 0, result.stderr[-2000:]
+    adapter = json.loads((tmp_path / "out/final/adapter_config.json").read_text())
+    assert adapter["use_dora"] is True and adapter["r"] == 4
+    events = run_in_env("torch", READ_EVENTS, str(tmp_path / "out/logs/tensorboard"))
+    assert len(events["train/loss"]) == 4 and len(events["train/eval_loss"]) == 2
+    report = run_ftx("report", str(tmp_path / "out"))
+    assert report.returncode == 0, report.stderr
+    png = tmp_path / "out/loss.png"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (960, 540)
+    empty = run_ftx("report", str(tmp_path))
+    assert empty.returncode == 2 and "no logged steps" in empty.stderr

@@ -116,6 +116,7 @@ def worker_config(recipe: Recipe, layout: RunLayout) -> dict[str, Any]:
         "backend": "torch",
         "precision": recipe.train.precision,
         "deepspeed": "ds_config.json" if recipe.parallel.zero else None,
+        "report_to": recipe.output.report_to,
         "model": {
             "model_name_or_path": recipe.model.path,
             "torch_dtype": dtype,

@@ -316,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # 5. The loop: one optimizer step = grad_accum micro-batches on every rank.
+    tensorboard = None
+    if rank.main and cfg.get("report_to") == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        tensorboard = SummaryWriter(str(layout.logs / "tensorboard"))
     engine.model.train()
     window = {"loss": 0.0, "learned": 0, "tokens": 0, "start": time.time()}
     while step < total_steps:
@@ -363,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if rank.main:
                 append_metrics(layout, row)
+                if tensorboard is not None:
+                    for key, value in row.items():
+                        if key not in ("step", "backend"):
+                            tensorboard.add_scalar(f"train/{key}", value, step)
                 print(
                     f"[ftx] step {step}/{total_steps} loss {row['loss']:.4f} lr {row['lr']:.2e}",
                     flush=True,
@@ -384,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 128 + stop.signal
 
     # 6. Final eval loss, exact match after training, the HF output.
-    if val is not None:
+    if val is not None and not (args["eval_steps"] and step % args["eval_steps"] == 0):
         final_eval = eval_loss(engine, val, args["per_device_eval_batch_size"], pad_id, device)
         if rank.main:
             append_metrics(
@@ -405,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"[ftx] exact match after training: {results['after']['exact_match']:.3f}",
                 flush=True,
             )
+    if tensorboard is not None:
+        tensorboard.close()
     write_final(layout, engine, tokenizer, cfg["method"]["merge_lora"])
     rank.barrier()
     return 0

@@ -149,3 +149,20 @@ def backends() -> None:
     for label, cells in rows.items():
         table.add_row(label, *cells)
     results.print(table)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--png", type=click.Path(path_type=Path), help="Where to write (default OUT/loss.png)."
+)
+def report(out: Path, png: Path | None) -> None:
+    """Plot a run's loss (and eval loss) against the step as a PNG.
+
+    \b
+    Example:
+      ftx report runs/quickstart
+    """
+    from ftx.core.report import plot_run
+
+    results.print(str(plot_run(out, png)))

@@ -258,6 +258,9 @@ class OutputSection(Section):
     dir: str = Field("runs/default", description="Run output folder (OUT).")
     save_format: Literal["hf", "native", "both"] = "hf"
     merge_lora: bool = Field(False, description="Also write the LoRA-merged model to final/merged.")
+    report_to: Literal["none", "tensorboard"] = Field(
+        "none", description="Also log metrics for TensorBoard (OUT/logs/tensorboard)."
+    )
 
 
 class Recipe(Section):

@@ -1,0 +1,53 @@
+"""`ftx report`: a PNG of the loss (and eval loss) against the step, from metrics.jsonl."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ftx.core.backend import read_metrics
+from ftx.core.errors import FtxError
+from ftx.core.layout import RunLayout
+
+
+def plot_run(out_dir: Path, png: Path | None = None) -> Path:
+    """Write the loss curve of a run to ``png`` (default OUT/loss.png); return its path."""
+    layout = RunLayout(out_dir)
+    rows = read_metrics(layout)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train:
+        raise FtxError(
+            "no logged steps to plot",
+            where=str(layout.metrics),
+            fix="point ftx report at a run folder (OUT) that has trained at least logging_steps",
+        )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise FtxError(
+            "ftx report needs matplotlib",
+            fix="pip install 'ftx[report]' (or matplotlib) into the environment that runs ftx",
+        ) from None
+    backend = next((r.get("backend") for r in rows if r.get("backend")), "?")
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.5)
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{out_dir.name} ({backend} backend)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    target = png or layout.root / "loss.png"
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=target.parent)
+    os.close(fd)
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, target)
+    return target
