@@ -27,8 +27,9 @@ from ftx.core.registry import capability_matrix, get_backend
 from ftx.core.runtime import get_runtime
 
 
-def check_for_backend(loaded: LoadedRecipe, backend_name: str) -> Backend:
-    """The backend, after checking the recipe against its capabilities."""
+def check_for_backend(loaded: LoadedRecipe, backend_name: str, *, here: bool = True) -> Backend:
+    """The backend, after checking the recipe against its capabilities (and, when
+    ``here``, against the devices this machine's environment has)."""
     backend = get_backend(backend_name)
     recipe = loaded.recipe
     model_dir = Path(recipe.model.path)
@@ -40,8 +41,20 @@ def check_for_backend(loaded: LoadedRecipe, backend_name: str) -> Backend:
         capability_matrix(),
         source=str(loaded.source),
         model_format=model_format,
+        accelerator=accelerator_seen(backend.environment) if here else None,
     )
     return backend
+
+
+def accelerator_seen(environment: str) -> bool | None:
+    """Whether the backend's local environment saw a GPU/NPU when it was built
+    (None when there is no environment yet, so nothing is known)."""
+    from ftx.core.envs import read_marker
+
+    record = read_marker(environment)
+    if record is None:
+        return None
+    return any(not d.startswith("cpu") for d in record.get("devices", []))
 
 
 def layout_for(loaded: LoadedRecipe, out: Path | None) -> RunLayout:
@@ -49,8 +62,8 @@ def layout_for(loaded: LoadedRecipe, out: Path | None) -> RunLayout:
 
 
 def make_plan(loaded: LoadedRecipe, backend_name: str, out: Path | None) -> NativePlan:
-    """Translate and write the plan under OUT/plan (runs nothing)."""
-    backend = check_for_backend(loaded, backend_name)
+    """Translate and write the plan under OUT/plan (runs nothing, maybe elsewhere)."""
+    backend = check_for_backend(loaded, backend_name, here=False)
     layout = layout_for(loaded, out)
     plan = backend.translate(loaded.recipe, layout)
     plan.write()
@@ -104,6 +117,7 @@ def run(
     info(f"[bold]Plan[/] written to {plan.plan_dir} ({', '.join(plan.files)}, {launch.name})")
 
     environment = runtime.prepare(backend.environment)
+    check_for_backend(loaded, backend_name)  # again, now that the devices are known
     if recipe.parallel.nnodes > 1:
         info(f"[bold]Preflight[/]: meeting the other nodes at {recipe.parallel.master_addr}")
         same_on_every_node = recipe.model_copy(

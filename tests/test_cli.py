@@ -177,3 +177,31 @@ def test_model_format_is_detected_and_checked(tmp_path: Path, tiny_llama: Path) 
     )
     assert result.returncode == 2
     assert "holds a paddle checkpoint" in result.stderr and "ftx convert" in result.stderr
+
+
+def test_qlora_is_refused_on_a_cpu_only_machine_but_plans(tmp_path: Path) -> None:
+    from ftx.core import envs
+
+    envs.ensure("torch")
+    assert envs.read_marker("torch")["devices"] == ["cpu"]
+    result = run_ftx(
+        "validate", "recipes/quickstart.yaml", "--backend", "torch", "method.finetuning=qlora"
+    )
+    assert result.returncode == 2
+    assert "'qlora' cannot run on this machine" in result.stderr and "CUDA GPU" in result.stderr
+    planned = run_ftx(
+        "plan",
+        "recipes/llama2_7b_lora_sft.yaml",
+        "--out",
+        str(tmp_path),
+        "method.finetuning=qlora",
+        "method.quantization.type=fp4",
+    )
+    assert planned.returncode == 0, planned.stderr
+    config = json.loads((tmp_path / "plan/train_args.json").read_text())
+    assert config["method"]["quantization"] == {
+        "bits": 4,
+        "quant_type": "fp4",
+        "double_quant": True,
+    }
+    assert (tmp_path / "plan/peft_config.json").exists()

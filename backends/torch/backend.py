@@ -126,7 +126,16 @@ def worker_config(recipe: Recipe, layout: RunLayout) -> dict[str, Any]:
             "stage": m.stage,
             "finetuning_type": m.finetuning,
             "freeze_trainable_layers": m.freeze.trainable_layers,
-            "peft_config": "peft_config.json" if m.finetuning == "lora" else None,
+            "peft_config": "peft_config.json" if m.finetuning in ("lora", "qlora") else None,
+            "quantization": (
+                {
+                    "bits": m.quantization.bits,
+                    "quant_type": m.quantization.type,
+                    "double_quant": m.quantization.double_quant,
+                }
+                if m.finetuning == "qlora"
+                else None
+            ),
             "merge_lora": recipe.output.merge_lora,
         },
         "data": {
@@ -177,7 +186,7 @@ class TorchBackend(Backend):
 
     def translate(self, recipe: Recipe, layout: RunLayout) -> NativePlan:
         files = {"train_args.json": json.dumps(worker_config(recipe, layout), indent=2) + "\n"}
-        if recipe.method.finetuning == "lora":
+        if recipe.method.finetuning in ("lora", "qlora"):
             files["peft_config.json"] = json.dumps(peft_config(recipe), indent=2) + "\n"
         if recipe.parallel.zero:
             files["ds_config.json"] = json.dumps(deepspeed_config(recipe), indent=2) + "\n"

@@ -34,14 +34,29 @@ def load_model(
 
         _ZERO3_CONFIG.append(HfDeepSpeedConfig(ds_config))
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    kind = method["finetuning_type"]
+    extra: dict[str, Any] = {}
+    if kind == "qlora":
+        extra = {
+            "quantization_config": quantization_config(method["quantization"], cfg["precision"]),
+            "device_map": {"": device.index or 0},
+        }
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=getattr(torch, model_cfg["torch_dtype"]),
         trust_remote_code=trust,
         attn_implementation=attention_implementation(),
-    ).to(device)
-    kind = method["finetuning_type"]
-    if kind == "lora":
+        **extra,
+    )
+    if kind == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg["training_args"]["gradient_checkpointing"]
+        )
+    else:
+        model = model.to(device)
+    if kind in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
         peft_kwargs = json.loads((plan_dir / method["peft_config"]).read_text())
@@ -50,10 +65,25 @@ def load_model(
         freeze_layers(model, method["freeze_trainable_layers"])
     if cfg["training_args"]["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if kind == "lora":
+        if kind in ("lora", "qlora"):
             model.enable_input_require_grads()
         model.config.use_cache = False
     return tokenizer, model
+
+
+def quantization_config(spec: dict[str, Any], precision: str) -> Any:
+    """bitsandbytes settings for QLoRA: 4-bit nf4/fp4 (optionally double-quantised) or 8-bit."""
+    from transformers import BitsAndBytesConfig
+
+    if spec["bits"] == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=spec["quant_type"],
+        bnb_4bit_use_double_quant=spec["double_quant"],
+        bnb_4bit_compute_dtype=compute,
+    )
 
 
 def attention_implementation() -> str:
