@@ -45,6 +45,10 @@ class Backend(ABC):
         }
         if layout.eval_json.exists():
             summary["evaluation"] = json.loads(layout.eval_json.read_text())
+        timing = layout.logs / "train_timing.json"
+        if timing.exists():
+            # seconds spent in the training loop alone, and the real tokens it processed
+            summary["training"] = json.loads(timing.read_text())
         return summary
 
 

@@ -125,3 +125,18 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_identically(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert losses(out) == pytest.approx(losses(reference), abs=1e-5)
     assert (out / "final/model.safetensors").exists()
+
+
+def test_mfu_formula() -> None:
+    found = run_in_env(
+        "torch",
+        "import json; from ftx.backends.torch.flops import flops_per_token, mfu, peak_flops;"
+        "per = flops_per_token(500_000_000, 24, 896, 2048, full=True);"
+        "print(json.dumps({'per': per, 'peak': peak_flops('NVIDIA H100 80GB HBM3'),"
+        " 'mfu': mfu(10_000, per, 989e12), 'lora': flops_per_token(10, 1, 1, 1, full=False),"
+        " 'unknown': peak_flops('Tesla T4')}))",
+    )
+    assert found["per"] == 6 * 500_000_000 + 12 * 24 * 896 * 2048
+    assert found["peak"] == 989e12 and found["unknown"] is None
+    assert found["mfu"] == pytest.approx(10_000 * found["per"] / 989e12)
+    assert found["lora"] == 4 * 10 + 12

@@ -38,6 +38,7 @@ from ftx.backends.torch.engines import (
     deepspeed_config,
 )
 from ftx.backends.torch.evaluation import eval_loss, exact_match
+from ftx.backends.torch.flops import flops_per_token, mfu, peak_flops
 from ftx.backends.torch.modeling import collate, load_model, shifted_targets, token_loss_sum
 from ftx.core.layout import RunLayout
 from ftx.core.prepared import load_split, read_eval_prompts, read_manifest
@@ -102,6 +103,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: dict[str, Any], tota
     kind = args["lr_scheduler_type"]
     name = "constant_with_warmup" if kind == "constant" else kind
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def new_window() -> dict[str, float]:
+    """Running sums between two logged steps."""
+    return {"loss": 0.0, "learned": 0, "tokens": 0, "rows": 0, "start": time.time()}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -269,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     total_steps = math.ceil(len(batches) / ga)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     every = sum(p.numel() for p in model.parameters())
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    config = getattr(model, "config", None)
+    shape = (config.num_hidden_layers, config.hidden_size) if config is not None else None
 
     # 3. Optimizer, schedule and the engine that applies them.
     optimizer = build_optimizer(model, args)
@@ -322,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
 
         tensorboard = SummaryWriter(str(layout.logs / "tensorboard"))
     engine.model.train()
-    window = {"loss": 0.0, "learned": 0, "tokens": 0, "start": time.time()}
+    train_started, steps_at_start, tokens_at_start = time.time(), step, tokens_seen
+    window = new_window()
     while step < total_steps:
         micro = batches[step * ga : (step + 1) * ga]
         mine = [
@@ -349,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         window["loss"] += global_loss
         window["learned"] += int(learned)
         window["tokens"] += int(step_tokens)
+        window["rows"] += ga * mbs * rank.world
 
         if step % args["logging_steps"] == 0 or step == total_steps:
             elapsed = max(time.time() - window["start"], 1e-9)
@@ -362,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
                 "tokens_per_s": round(window["tokens"] / elapsed, 1),
                 "backend": "torch",
             }
+            if peak and shape:
+                mean_len = window["tokens"] / max(1, window["rows"])
+                per_token = flops_per_token(every, *shape, mean_len, full=trainable == every)
+                row["mfu"] = round(mfu(row["tokens_per_s"] / rank.world, per_token, peak), 4)
             if val is not None and args["eval_steps"] and step % args["eval_steps"] == 0:
                 row["eval_loss"] = round(
                     eval_loss(engine, val, args["per_device_eval_batch_size"], pad_id, device), 6
@@ -376,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"[ftx] step {step}/{total_steps} loss {row['loss']:.4f} lr {row['lr']:.2e}",
                     flush=True,
                 )
-            window = {"loss": 0.0, "learned": 0, "tokens": 0, "start": time.time()}
+            window = new_window()
 
         stopping = stop.signal is not None
         if stopping or (args["save_steps"] and step % args["save_steps"] == 0):
@@ -391,6 +406,14 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
                 return 128 + stop.signal
+
+    if rank.main:
+        timing = {
+            "train_seconds": round(time.time() - train_started, 3),
+            "steps": step - steps_at_start,
+            "tokens": tokens_seen - tokens_at_start,
+        }
+        write_json(layout.logs / "train_timing.json", timing)
 
     # 6. Final eval loss, exact match after training, the HF output.
     if val is not None and not (args["eval_steps"] and step % args["eval_steps"] == 0):
