@@ -40,36 +40,46 @@ ISOLATION = """
 import json, sys, torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM
-from ftx.backends.torch.modeling import collate, token_loss_sum
+from ftx.backends.torch import modeling
+from ftx.backends.torch.modeling import block_causal_mask, collate, token_loss_sum
 from ftx.core.prepared import load_split
 packed = load_split(Path(sys.argv[2]), "train")
 alone = load_split(Path(sys.argv[3]), "train")
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], attn_implementation="sdpa").eval()
+modeling._register_segment_attention()
 cpu = torch.device("cpu")
-worst, rows_checked = 0.0, 0
-with torch.no_grad():
-    for r in range(len(packed)):
-        ids, _ = packed[r]
-        _, segments = packed.positions(r)
-        if segments.max() < 2:
-            continue
-        rows_checked += 1
-        batch = collate(packed, [r], 0, cpu)
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "token_mask")}
-        logits = model(**inputs).logits[0]
-        loss_packed, n_packed = token_loss_sum(model, batch)
-        loss_alone, n_alone = 0.0, 0
-        for seg in range(1, int(segments.max()) + 1):
-            piece = ids[segments == seg].tolist()
-            match = [i for i in range(len(alone)) if alone[i][0].tolist() == piece]
-            single = collate(alone, match[:1], 0, cpu)
-            ref = model(input_ids=single["input_ids"]).logits[0]
-            worst = max(worst, float((logits[segments == seg] - ref).abs().max()))
-            l, n = token_loss_sum(model, single)
-            loss_alone, n_alone = loss_alone + float(l), n_alone + n
-        worst = max(worst, abs(float(loss_packed) - loss_alone) / max(n_alone, 1))
-        assert n_packed == n_alone
-print(json.dumps({"worst": worst, "rows": rows_checked}))
+found = {}
+for mode in ("segments", "block_mask"):
+    implementation = modeling.SEGMENT_ATTENTION if mode == "segments" else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], attn_implementation=implementation)
+    model.eval()
+    worst, rows_checked = 0.0, 0
+    with torch.no_grad():
+        for r in range(len(packed)):
+            ids, _ = packed[r]
+            _, segments = packed.positions(r)
+            if segments.max() < 2:
+                continue
+            rows_checked += 1
+            batch = collate(packed, [r], 0, cpu)
+            if mode == "block_mask":
+                batch.pop("ftx_segments")
+                batch["attention_mask"] = block_causal_mask(torch.as_tensor(segments)[None].long())
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", "token_mask")}
+            logits = model(**inputs).logits[0]
+            loss_packed, n_packed = token_loss_sum(model, batch)
+            loss_alone, n_alone = 0.0, 0
+            for seg in range(1, int(segments.max()) + 1):
+                piece = ids[segments == seg].tolist()
+                match = [i for i in range(len(alone)) if alone[i][0].tolist() == piece]
+                single = collate(alone, match[:1], 0, cpu)
+                ref = model(input_ids=single["input_ids"]).logits[0]
+                worst = max(worst, float((logits[segments == seg] - ref).abs().max()))
+                l, n = token_loss_sum(model, single)
+                loss_alone, n_alone = loss_alone + float(l), n_alone + n
+            worst = max(worst, abs(float(loss_packed) - loss_alone) / max(n_alone, 1))
+            assert n_packed == n_alone
+    found[mode] = {"worst": worst, "rows": rows_checked}
+print(json.dumps(found))
 """
 
 
@@ -86,8 +96,9 @@ def test_examples_inside_a_pack_see_only_themselves(tmp_path: Path, tiny_llama: 
     found = run_in_env(
         "torch", ISOLATION, str(tiny_llama), str(tmp_path / "packed"), str(tmp_path / "alone")
     )
-    assert found["rows"] >= 5
-    assert found["worst"] < 1e-5
+    for mode in ("segments", "block_mask"):  # both ways of isolating examples
+        assert found[mode]["rows"] >= 5
+        assert found[mode]["worst"] < 1e-5, (mode, found)
 
 
 def test_packed_training_runs_and_stats_report_efficiency(tmp_path: Path, tiny_llama: Path) -> None:

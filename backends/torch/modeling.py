@@ -16,13 +16,18 @@ _ZERO3_CONFIG: list[Any] = []  # keeps transformers' ZeRO-3 hook alive during fr
 
 
 def load_model(
-    cfg: dict[str, Any], plan_dir: Path, device: torch.device, ds_config: dict | None
+    cfg: dict[str, Any],
+    plan_dir: Path,
+    device: torch.device,
+    ds_config: dict | None,
+    packed: bool = False,
 ) -> tuple[Any, Any]:
-    """Tokenizer and model, with full / lora / freeze applied."""
+    """Tokenizer and model, with full / lora / qlora / freeze applied."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    _register_segment_attention()
     hf_logging.disable_progress_bar()
     model_cfg, method = cfg["model"], cfg["method"]
     path = model_cfg["model_name_or_path"]
@@ -45,7 +50,7 @@ def load_model(
         path,
         dtype=getattr(torch, model_cfg["torch_dtype"]),
         trust_remote_code=trust,
-        attn_implementation=attention_implementation(),
+        attn_implementation=attention_implementation(packed),
         **extra,
     )
     if kind == "qlora":
@@ -86,9 +91,9 @@ def quantization_config(spec: dict[str, Any], precision: str) -> Any:
     )
 
 
-def attention_implementation() -> str:
+def attention_implementation(packed: bool = False) -> str:
     """FlashAttention-2 where it is installed on a GPU (packed rows isolated through
-    position_ids, varlen); PyTorch sdpa with a block-diagonal mask elsewhere."""
+    position_ids, varlen); elsewhere sdpa, run example by example for packed rows."""
     if torch.cuda.is_available():
         try:
             import flash_attn  # noqa: F401
@@ -96,7 +101,58 @@ def attention_implementation() -> str:
             return "flash_attention_2"
         except ImportError:
             pass
-    return "sdpa"
+    return SEGMENT_ATTENTION if packed else "sdpa"
+
+
+SEGMENT_ATTENTION = "ftx_segments"
+
+
+def segment_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention computed separately for each example of a packed row.
+
+    A block-diagonal mask gives the same result but still computes every
+    cross-example score; this skips them (a CPU stand-in for varlen kernels).
+    Without ``ftx_segments`` (generation, unpacked evaluation) it is plain sdpa.
+    """
+    spans = kwargs.get("ftx_segments")
+    if spans is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: share each key/value head
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    out = torch.zeros_like(query)
+    p = dropout if module.training else 0.0
+    for row, row_spans in enumerate(spans):
+        for start, end in row_spans:
+            out[row : row + 1, :, start:end] = torch.nn.functional.scaled_dot_product_attention(
+                query[row : row + 1, :, start:end],
+                key[row : row + 1, :, start:end],
+                value[row : row + 1, :, start:end],
+                is_causal=True,
+                dropout_p=p,
+                scale=scaling,
+            )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_segment_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
 
 
 def freeze_layers(model: Any, trainable: int) -> None:
@@ -141,11 +197,31 @@ def collate(
             positions[r, : len(pos)] = torch.from_numpy(pos.astype(np.int64))
             segments[r, : len(seg)] = torch.from_numpy(seg.astype(np.int64))
         batch["position_ids"] = positions
-        if attention_implementation() == "flash_attention_2":
+        implementation = attention_implementation(packed=True)
+        if implementation == "flash_attention_2":
             del batch["attention_mask"]  # varlen kernels find the examples from position_ids
+        elif implementation == SEGMENT_ATTENTION:
+            del batch["attention_mask"]
+            moved = {k: v.to(device) for k, v in batch.items()}
+            moved["ftx_segments"] = segment_spans(segments)
+            return moved
         else:
             batch["attention_mask"] = block_causal_mask(segments)
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def segment_spans(segments: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """(start, end) of every example in each packed row (segment 0 is padding)."""
+    spans = []
+    for row in segments.tolist():
+        row_spans, start = [], 0
+        for i in range(1, len(row) + 1):
+            if i == len(row) or row[i] != row[start]:
+                if row[start] > 0:
+                    row_spans.append((start, i))
+                start = i
+        spans.append(row_spans)
+    return spans
 
 
 def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:

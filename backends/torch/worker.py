@@ -105,6 +105,31 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: dict[str, Any], tota
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
+def score_exact_match(
+    when: str,
+    results: dict[str, Any],
+    engine: Any,
+    tokenizer: Any,
+    prompts: list[dict[str, Any]],
+    evaluate: dict[str, Any],
+    layout: RunLayout,
+) -> None:
+    """Held-out exact match ``before`` or ``after`` training, into OUT/eval.json."""
+    device = next(engine.inner.parameters()).device
+    results[when] = exact_match(
+        engine.inner,
+        tokenizer,
+        prompts,
+        evaluate["max_new_tokens"],
+        device,
+        synced=engine.gathers_for_forward,
+    )
+    if engine.rank.main:
+        write_json(layout.eval_json, results)
+        score = results[when]["exact_match"]
+        print(f"[ftx] exact match {when} training: {score:.3f}", flush=True)
+
+
 def new_window() -> dict[str, float]:
     """Running sums between two logged steps."""
     return {"loss": 0.0, "learned": 0, "tokens": 0, "rows": 0, "start": time.time()}
@@ -263,10 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopRequested()
 
     # 2. Model, data, schedule.
-    tokenizer, model = load_model(cfg, plan_dir, device, ds_config)
     prepared = Path(cfg["data"]["prepared_dir"])
     pad_id = read_manifest(prepared)["pad_token_id"]
     train, val = load_split(prepared, "train"), load_split(prepared, "val")
+    tokenizer, model = load_model(cfg, plan_dir, device, ds_config, packed=train.packed)
     mbs, ga = args["per_device_train_batch_size"], args["gradient_accumulation_steps"]
     max_micro = args["max_steps"] * ga if args["max_steps"] > 0 else -1
     batches = micro_batch_order(
@@ -304,20 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     scoring = rank.main or engine.gathers_for_forward
     if prompts and evaluate["before_training"] and "before" not in results and scoring:
-        results["before"] = exact_match(
-            engine.inner,
-            tokenizer,
-            prompts,
-            evaluate["max_new_tokens"],
-            device,
-            synced=engine.gathers_for_forward,
-        )
-        if rank.main:
-            write_json(layout.eval_json, results)
-            print(
-                f"[ftx] exact match before training: {results['before']['exact_match']:.3f}",
-                flush=True,
-            )
+        score_exact_match("before", results, engine, tokenizer, prompts, evaluate, layout)
     if rank.main:
         print(
             f"[ftx] training {trainable:,} of {every:,} parameters for {total_steps} steps",
@@ -423,20 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                 layout, {"step": step, "eval_loss": round(final_eval, 6), "backend": "torch"}
             )
     if prompts and scoring:
-        results["after"] = exact_match(
-            engine.inner,
-            tokenizer,
-            prompts,
-            evaluate["max_new_tokens"],
-            device,
-            synced=engine.gathers_for_forward,
-        )
-        if rank.main:
-            write_json(layout.eval_json, results)
-            print(
-                f"[ftx] exact match after training: {results['after']['exact_match']:.3f}",
-                flush=True,
-            )
+        score_exact_match("after", results, engine, tokenizer, prompts, evaluate, layout)
     if tensorboard is not None:
         tensorboard.close()
     write_final(layout, engine, tokenizer, cfg["method"]["merge_lora"])

@@ -23,7 +23,7 @@ import numpy as np
 
 from ftx.core.data.conversation import Conversation
 from ftx.core.data.formats import RowError, to_conversation
-from ftx.core.data.packing import pack, packing_efficiency, padding_efficiency
+from ftx.core.data.packing import pack, packing_efficiency
 from ftx.core.data.render import IGNORE, ChatEncoder
 from ftx.core.data.sources import Source, resolve
 from ftx.core.errors import FtxError
@@ -250,12 +250,8 @@ def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
             tokens = sum(len(ids) for ids, _ in examples)
             learned = tokens - sum(labels.count(IGNORE) for _, labels in examples)
             lengths = [len(ids) for ids, _ in examples]
-            batch = recipe.train.micro_batch_size
             info: dict[str, Any] = {
                 "examples": len(examples),
-                # the baseline packing beats: batches padded to their longest example
-                "padding_efficiency": round(padding_efficiency(lengths, batch), 6),
-                "padding_batch_size": batch,
                 "tokens": tokens,
                 "learnable_tokens": learned,
                 "max_length": max(lengths),

@@ -1,0 +1,1 @@
+"""Checkpoint conversion between Hugging Face, Paddle and MindSpore formats (streaming)."""

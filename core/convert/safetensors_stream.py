@@ -1,0 +1,148 @@
+"""safetensors read and written one tensor at a time.
+
+Reading memory-maps each tensor's byte range; writing computes the header from
+the tensors' dtypes and shapes first, then streams each tensor's bytes. Peak
+memory is one tensor, whatever the model size. bfloat16 has no numpy dtype: it
+travels as raw uint16 values (bit-exact).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ftx.core.errors import FtxError
+
+# safetensors dtype -> (numpy dtype used to carry it, bytes per element)
+DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # raw bits
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "U16": np.dtype("<u2"),
+    "U32": np.dtype("<u4"),
+    "U64": np.dtype("<u8"),
+    "BOOL": np.dtype("?"),
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # safetensors name: F32, BF16, ...
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+
+
+class SafetensorsReader:
+    """The header of a safetensors file, and its tensors on demand (memory-mapped)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise FtxError("truncated safetensors file (no header)", where=str(path))
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                raise FtxError("truncated safetensors file (header cut short)", where=str(path))
+            try:
+                header = json.loads(handle.read(length))
+            except json.JSONDecodeError:
+                raise FtxError("corrupt safetensors header", where=str(path)) from None
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self.data_start = 8 + length
+        self.entries: dict[str, tuple[TensorInfo, int, int]] = {}
+        for name, entry in header.items():
+            if entry["dtype"] not in DTYPES:
+                raise FtxError(
+                    f"tensor {name}: unsupported dtype {entry['dtype']}", where=str(path)
+                )
+            info = TensorInfo(name, entry["dtype"], tuple(entry["shape"]))
+            start, end = entry["data_offsets"]
+            if end - start != info.nbytes:
+                raise FtxError(
+                    f"tensor {name}: {end - start} bytes for shape {list(info.shape)}"
+                    f" {info.dtype} (expected {info.nbytes})",
+                    where=str(path),
+                    fix="the file is corrupt: re-export it",
+                )
+            if self.data_start + end > size:
+                raise FtxError(
+                    f"truncated file: tensor {name} ends past the end of the file",
+                    where=str(path),
+                    fix="copy or download the file again",
+                )
+            self.entries[name] = (info, start, end)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.entries[name][0]
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as a read-only memory map (BF16 as raw uint16)."""
+        info, start, end = self.entries[name]
+        if end == start:
+            return np.zeros(info.shape, dtype=DTYPES[info.dtype])
+        return np.memmap(
+            self.path,
+            dtype=DTYPES[info.dtype],
+            mode="r",
+            offset=self.data_start + start,
+            shape=info.shape,
+        )
+
+
+def write_safetensors(
+    path: Path,
+    tensors: Iterable[tuple[TensorInfo, Callable[[], np.ndarray]]],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write tensors produced one at a time; ``path`` must be a temporary path the
+    caller renames once everything is written."""
+    items = list(tensors)
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    offset = 0
+    for info, _ in items:
+        header[info.name] = {
+            "dtype": info.dtype,
+            "shape": list(info.shape),
+            "data_offsets": [offset, offset + info.nbytes],
+        }
+        offset += info.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    with path.open("wb") as handle:
+        handle.write(struct.pack("<Q", len(text)))
+        handle.write(text)
+        for info, produce in items:
+            array = np.ascontiguousarray(produce(), dtype=DTYPES[info.dtype])
+            if array.shape != info.shape:
+                raise FtxError(
+                    f"tensor {info.name}: produced shape {list(array.shape)},"
+                    f" expected {list(info.shape)}",
+                    where=str(path),
+                )
+            handle.write(memoryview(array).cast("B"))
+        handle.flush()
+        os.fsync(handle.fileno())
