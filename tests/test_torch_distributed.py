@@ -48,6 +48,12 @@ def losses(out: Path) -> list[float]:
 LAYOUTS = {
     "ddp": ["parallel.nproc_per_node=2", "train.micro_batch_size=2"],
     "zero2": ["parallel.nproc_per_node=2", "train.micro_batch_size=2", "parallel.zero=2"],
+    "zero2_offload": [
+        "parallel.nproc_per_node=2",
+        "train.micro_batch_size=2",
+        "parallel.zero=2",
+        "parallel.offload=optimizer",
+    ],
     "zero3": [
         "parallel.nproc_per_node=2",
         "train.micro_batch_size=1",
@@ -77,7 +83,8 @@ def test_two_processes_match_one_with_the_same_global_batch(
     assert "--nproc_per_node=2" in launch
     if layout != "ddp":
         ds = json.loads((out / "plan/ds_config.json").read_text())
-        assert ds["zero_optimization"]["stage"] == int(layout[-1])
+        assert ds["zero_optimization"]["stage"] == int(layout[4])
+        assert ("offload_optimizer" in ds["zero_optimization"]) == layout.endswith("offload")
     assert losses(out) == pytest.approx(losses(single_process), abs=TOLERANCE)
     # The saved model (gathered from the shards under ZeRO-3) equals the single-process one.
     found = run_in_env(
