@@ -41,6 +41,6 @@ def cli(quiet: bool) -> None:
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from ftx.core.cli import data_cmds, env_cmds, model_cmds, run_cmds  # noqa: F401
+    from ftx.core.cli import convert_cmds, data_cmds, env_cmds, model_cmds, run_cmds  # noqa: F401
 
     cli(prog_name="ftx")

@@ -1,0 +1,33 @@
+"""`ftx convert`: checkpoints between Hugging Face, Paddle and MindSpore formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ftx.core.cli import cli
+from ftx.core.console import results
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Choice(["hf", "paddle", "mindspore"]), required=True)
+@click.option("--verify", is_flag=True, help="Re-read the output and check every tensor.")
+@click.option("--force", is_flag=True, help="Replace a non-empty destination.")
+def convert(src: Path, dst: Path, target: str, verify: bool, force: bool) -> None:
+    """Convert a checkpoint folder tensor by tensor (memory stays about one tensor).
+
+    \b
+    Example:
+      ftx convert ./llama-hf ./llama-paddle --to paddle --verify
+    """
+    from ftx.core.convert.convert import convert as run
+
+    summary = run(src, dst, target, force=force, verify=verify)
+    checked = f", {summary['verified']} verified" if verify else ""
+    results.print(
+        f"{dst}: {summary['from']} -> {summary['to']}, {summary['tensors']} tensors,"
+        f" {summary['bytes'] / 2**20:.1f} MiB{checked}"
+    )
