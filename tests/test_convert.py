@@ -152,3 +152,113 @@ def test_paddlenlp_loads_the_conversion_with_torch_logits(
     run_in_env("paddle", PADDLE_LOGITS, str(tmp_path / "pd"), ids, str(tmp_path / "paddle.npy"))
     diff = np.abs(np.load(tmp_path / "torch.npy") - np.load(tmp_path / "paddle.npy")).max()
     assert diff <= 1e-4, diff
+
+
+MS_SAVE = """
+import json, sys, numpy as np
+import mindspore as ms
+from mindspore.train import serialization
+serialization.SLICE_SIZE = 1  # KB: make MindSpore split tensors into several slices
+rng = np.random.default_rng(0)
+params = {
+    "w": ms.Tensor(rng.standard_normal((64, 48)).astype(np.float32)),
+    "b": ms.Tensor(rng.standard_normal((48,)).astype(np.float32), ms.bfloat16),
+    "h": ms.Tensor(rng.standard_normal((5, 3)).astype(np.float16)),
+    "n": ms.Tensor(np.arange(6, dtype=np.int64)),
+}
+ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], sys.argv[1], crc_check=True)
+print(json.dumps({k: v.float().asnumpy().tolist() for k, v in params.items()}))
+"""
+
+MS_LOAD = """
+import json, sys, numpy as np
+import mindspore as ms
+params = ms.load_checkpoint(sys.argv[1], crc_check=True)
+print(json.dumps({k: [str(v.dtype), v.float().asnumpy().tolist()] for k, v in params.items()}))
+"""
+
+
+@pytest.mark.env
+def test_ckpt_files_interoperate_with_mindspore(tmp_path: Path) -> None:
+    from ftx.core.convert.mindspore_ckpt import CkptReader, write_ckpt
+
+    saved = run_in_env("mindformers", MS_SAVE, str(tmp_path / "ms.ckpt"))
+    reader = CkptReader(tmp_path / "ms.ckpt")
+    assert [reader.info(n).dtype for n in reader.names] == ["F32", "BF16", "F16", "I64"]
+    assert len(reader.entries["w"][1]) > 1  # MindSpore split it; ftx joined it
+    for name, expected in saved.items():
+        value = np.asarray(reader.read(name))
+        if reader.info(name).dtype == "BF16":
+            value = (value.astype(np.uint32) << 16).view(np.float32)
+        assert np.array_equal(value.astype(np.float64), np.asarray(expected)), name
+    bf16_bits = np.array([0x3F80, 0xC000, 0x4049], dtype=np.uint16)  # 1, -2, 3.140625
+    items = [
+        (reader.info("w"), lambda: reader.read("w")),
+        (TensorInfo("bf", "BF16", (3,)), lambda: bf16_bits),
+        (TensorInfo("i", "I32", (2, 2)), lambda: np.arange(4, dtype=np.int32).reshape(2, 2)),
+    ]
+    write_ckpt(tmp_path / "ftx.ckpt", items, crc=True)
+    loaded = run_in_env("mindformers", MS_LOAD, str(tmp_path / "ftx.ckpt"))
+    assert loaded["bf"] == ["BFloat16", [1.0, -2.0, 3.140625]]
+    assert loaded["i"] == ["Int32", [[0.0, 1.0], [2.0, 3.0]]]
+    assert np.allclose(loaded["w"][1], saved["w"], atol=0)
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes((tmp_path / "ftx.ckpt").read_bytes()[:-40] + b"crc_num" + bytes(10))
+    with pytest.raises(FtxError, match=r"broken\.ckpt"):
+        CkptReader(broken)
+
+
+MINDFORMERS_LOSS = """
+import json, sys, numpy as np
+import mindspore as ms
+ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
+from mindformers import LlamaConfig, LlamaForCausalLM
+folder, ids = sys.argv[1], json.loads(sys.argv[2])
+section = dict(json.load(open(folder + "/config.json"))["mindformers_model_config"])
+section.pop("type"); section.pop("max_position_embedding")
+config = LlamaConfig(
+    batch_size=1, seq_length=len(ids) - 1, compute_dtype="float32",
+    layernorm_compute_type="float32", softmax_compute_type="float32", rotary_dtype="float32",
+    param_init_type="float32", use_flash_attention=False, use_rope_slice=True,
+    fused_rms_norm=False, use_past=False, **{k: v for k, v in section.items() if v is not None},
+)
+model = LlamaForCausalLM(config)
+not_loaded, unused = ms.load_param_into_net(
+    model, ms.load_checkpoint(folder + "/model.ckpt"), strict_load=True
+)
+model.set_train(True)  # in training mode the model drops the last token / first label itself
+tokens = ms.Tensor(np.array([ids], dtype=np.int32))
+loss = float(model(tokens, labels=tokens).asnumpy())
+print(json.dumps({"not_loaded": list(not_loaded), "unused": list(unused), "loss": loss}))
+"""
+
+TORCH_LOSS = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+ids = torch.tensor(json.loads(sys.argv[2]))
+print(json.dumps({"loss": float(model(ids, labels=ids).loss)}))
+"""
+
+
+@pytest.mark.env
+def test_mindformers_loads_the_ckpt_with_torch_loss(tmp_path: Path, tiny_llama: Path) -> None:
+    result = run_ftx(
+        "convert",
+        str(tiny_llama),
+        str(tmp_path / "ms"),
+        "--to",
+        "mindspore",
+        "--format",
+        "ckpt",
+        "--verify",
+    )
+    assert result.returncode == 0, result.stderr
+    ids = [1, 6, 9, 33, 70, 100, 200, 7, 8]  # no pad id: MindFormers masks pad tokens
+    theirs = run_in_env("mindformers", MINDFORMERS_LOSS, str(tmp_path / "ms"), json.dumps(ids))
+    ours = run_in_env("torch", TORCH_LOSS, str(tiny_llama), json.dumps([ids]))
+    assert theirs["not_loaded"] == [] and theirs["unused"] == []
+    assert abs(theirs["loss"] - ours["loss"]) < 1e-4, (theirs, ours)
+    back = run_ftx("convert", str(tmp_path / "ms"), str(tmp_path / "hf"), "--to", "hf", "--verify")
+    assert back.returncode == 0, back.stderr
+    assert tensors(tmp_path / "hf") == tensors(tiny_llama)

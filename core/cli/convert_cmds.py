@@ -14,18 +14,27 @@ from ftx.core.console import results
 @click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--to", "target", type=click.Choice(["hf", "paddle", "mindspore"]), required=True)
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["safetensors", "ckpt"]),
+    default="safetensors",
+    show_default=True,
+    help="Weight file format (ckpt: MindSpore's protobuf checkpoint).",
+)
 @click.option("--verify", is_flag=True, help="Re-read the output and check every tensor.")
 @click.option("--force", is_flag=True, help="Replace a non-empty destination.")
-def convert(src: Path, dst: Path, target: str, verify: bool, force: bool) -> None:
+def convert(src: Path, dst: Path, target: str, file_format: str, verify: bool, force: bool) -> None:
     """Convert a checkpoint folder tensor by tensor (memory stays about one tensor).
 
     \b
     Example:
       ftx convert ./llama-hf ./llama-paddle --to paddle --verify
+      ftx convert ./llama-hf ./llama-ms --to mindspore --format ckpt
     """
     from ftx.core.convert.convert import convert as run
 
-    summary = run(src, dst, target, force=force, verify=verify)
+    summary = run(src, dst, target, file_format=file_format, force=force, verify=verify)
     checked = f", {summary['verified']} verified" if verify else ""
     results.print(
         f"{dst}: {summary['from']} -> {summary['to']}, {summary['tensors']} tensors,"

@@ -43,7 +43,11 @@ class Planned:
 
 
 def shards(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint, checked against its index when it has one."""
+    """The weight files of a checkpoint (safetensors, checked against its index when it has
+    one; or MindSpore .ckpt)."""
+    ckpts = sorted(folder.glob("*.ckpt"))
+    if ckpts:
+        return ckpts
     index = folder / "model.safetensors.index.json"
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -86,7 +90,7 @@ def plan_tensors(src: Path, source: str, target: str, config: dict) -> list[list
     names = NameMap(config["model_type"], source, target)
     planned = []
     for shard in shards(src):
-        reader = SafetensorsReader(shard)
+        reader = open_weights(shard)
         group = []
         for name in reader.names:
             mapped = names.map(name)
@@ -104,6 +108,15 @@ def plan_tensors(src: Path, source: str, target: str, config: dict) -> list[list
     return planned
 
 
+def open_weights(path: Path) -> Any:
+    """A reader for one weight file: safetensors or MindSpore .ckpt (same interface)."""
+    if path.suffix == ".ckpt":
+        from ftx.core.convert.mindspore_ckpt import CkptReader
+
+        return CkptReader(path)
+    return SafetensorsReader(path)
+
+
 def _produce(item: Planned):
     def make() -> np.ndarray:
         array = item.source.read(item.source_name)
@@ -112,8 +125,19 @@ def _produce(item: Planned):
     return make
 
 
-def convert(src: Path, dst: Path, to: str, *, force: bool = False, verify: bool = False) -> dict:
-    """Convert the checkpoint folder ``src`` to format ``to`` in ``dst``."""
+def convert(
+    src: Path,
+    dst: Path,
+    to: str,
+    *,
+    file_format: str = "safetensors",
+    force: bool = False,
+    verify: bool = False,
+) -> dict:
+    """Convert the checkpoint folder ``src`` to format ``to`` in ``dst``
+    (``file_format`` "ckpt" writes a MindSpore .ckpt instead of safetensors)."""
+    if file_format == "ckpt" and to != "mindspore":
+        raise FtxError("--format ckpt is MindSpore's", fix="use it with --to mindspore")
     if dst.exists() and any(dst.iterdir()) and not force:
         raise FtxError(
             "the destination exists and is not empty", where=str(dst), fix="pass --force"
@@ -127,20 +151,23 @@ def convert(src: Path, dst: Path, to: str, *, force: bool = False, verify: bool 
     with staged_dir(dst, replace=True) as tmp:
         weight_map: dict[str, str] = {}
         for i, group in enumerate(planned):
-            name = (
-                "model.safetensors"
-                if len(planned) == 1
-                else f"model-{i + 1:05d}-of-{len(planned):05d}.safetensors"
-            )
-            write_safetensors(
-                tmp / name,
-                [(item.target, _produce(item)) for item in group],
-                {"format": METADATA[to]},
-            )
+            items = [(item.target, _produce(item)) for item in group]
+            if file_format == "ckpt":
+                from ftx.core.convert.mindspore_ckpt import write_ckpt
+
+                name = "model.ckpt" if len(planned) == 1 else f"model-{i + 1:05d}.ckpt"
+                write_ckpt(tmp / name, items)
+            else:
+                name = (
+                    "model.safetensors"
+                    if len(planned) == 1
+                    else f"model-{i + 1:05d}-of-{len(planned):05d}.safetensors"
+                )
+                write_safetensors(tmp / name, items, {"format": METADATA[to]})
             for item in group:
                 weight_map[item.target.name] = name
                 total += item.target.nbytes
-        if len(planned) > 1:
+        if len(planned) > 1 and file_format != "ckpt":
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         (tmp / "config.json").write_text(json.dumps(convert_config(config, to), indent=2) + "\n")
@@ -191,9 +218,9 @@ def mindformers_model_config(config: dict) -> dict:
 def verify_folder(planned: list[list[Planned]], out: Path) -> int:
     """Re-read every written tensor and compare it with its source (transposes included)."""
     checked = 0
-    written: dict[str, SafetensorsReader] = {}
-    for path in out.glob("*.safetensors"):
-        reader = SafetensorsReader(path)
+    written: dict[str, Any] = {}
+    for path in [*out.glob("*.safetensors"), *out.glob("*.ckpt")]:
+        reader = open_weights(path)
         for name in reader.names:
             written[name] = reader
     for group in planned:
