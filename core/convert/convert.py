@@ -117,10 +117,28 @@ def open_weights(path: Path) -> Any:
     return SafetensorsReader(path)
 
 
+def transpose_2d(array: np.ndarray, tile: int = 256) -> np.ndarray:
+    """A contiguous transpose done tile by tile: several times faster than numpy's
+    strided copy of a large matrix, because each tile stays in the CPU cache.
+
+    The source is first read in one sequential pass (a memory map read tile by tile
+    would fault its pages in column order).
+    """
+    if array.ndim != 2:
+        return np.ascontiguousarray(array.T)
+    source = np.array(array, copy=True) if isinstance(array, np.memmap) else array
+    rows, cols = source.shape
+    out = np.empty((cols, rows), dtype=source.dtype)
+    for i in range(0, rows, tile):
+        for j in range(0, cols, tile):
+            out[j : j + tile, i : i + tile] = source[i : i + tile, j : j + tile].T
+    return out
+
+
 def _produce(item: Planned):
     def make() -> np.ndarray:
         array = item.source.read(item.source_name)
-        return np.ascontiguousarray(array.T) if item.transpose else array
+        return transpose_2d(array) if item.transpose else array
 
     return make
 
