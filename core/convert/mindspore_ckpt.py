@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ftx.core.convert.safetensors_stream import DTYPES, TensorInfo
+from ftx.core.convert.safetensors_stream import DTYPES, TensorInfo, WeightFile
 from ftx.core.errors import FtxError
 
 # MindSpore tensor_type <-> safetensors dtype name
@@ -89,7 +89,7 @@ def _fields(buf: memoryview, start: int, end: int):
             raise ValueError(f"unexpected wire type {wire}")
 
 
-class CkptReader:
+class CkptReader(WeightFile):
     """Tensors of a .ckpt file, located without loading them."""
 
     def __init__(self, path: Path, *, check_crc: bool = True):
@@ -164,13 +164,6 @@ class CkptReader:
             elif number == 3:
                 content = span
         return tag, dims, kind, content
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.entries)
-
-    def info(self, name: str) -> TensorInfo:
-        return self.entries[name][0]
 
     def read(self, name: str) -> np.ndarray:
         info, parts = self.entries[name]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,25 @@ class TensorInfo:
         return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
 
 
-class SafetensorsReader:
+class WeightFile(ABC):
+    """What every weight-file reader offers: tensor names, their dtype/shape, and
+    ``read(name)``. ``entries`` maps a name to a tuple whose first item is its TensorInfo."""
+
+    entries: dict[str, tuple]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.entries[name][0]
+
+    @abstractmethod
+    def read(self, name: str) -> np.ndarray:
+        """The tensor's values (without loading the rest of the file)."""
+
+
+class SafetensorsReader(WeightFile):
     """The header of a safetensors file, and its tensors on demand (memory-mapped)."""
 
     def __init__(self, path: Path):
@@ -89,13 +108,6 @@ class SafetensorsReader:
                     fix="copy or download the file again",
                 )
             self.entries[name] = (info, start, end)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.entries)
-
-    def info(self, name: str) -> TensorInfo:
-        return self.entries[name][0]
 
     def read(self, name: str) -> np.ndarray:
         """The tensor as a read-only memory map (BF16 as raw uint16)."""

@@ -15,7 +15,7 @@ the token ids ftx produces equal ``tokenizer.apply_chat_template``'s.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Span = tuple[int, int]
@@ -287,9 +287,7 @@ def render_qwen3(
             m = {**m, "content": answer}
         cleaned.append(m)
     slot = (template.final_assistant or "").replace("{reasoning}", reasoning)
-    return render(
-        ChatTemplate(**{**template.__dict__, "final_assistant": slot or None}), cleaned, **kwargs
-    )
+    return render(replace(template, final_assistant=slot or None), cleaned, **kwargs)
 
 
 def render_named(
