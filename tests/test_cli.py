@@ -115,6 +115,14 @@ COMMANDS = [
     ["env", "create"],
     ["env", "remove"],
     ["env", "doctor"],
+    ["data"],
+    ["data", "prepare"],
+    ["data", "show"],
+    ["data", "stats"],
+    ["data", "export"],
+    ["convert"],
+    ["merge-lora"],
+    ["report"],
 ]
 
 

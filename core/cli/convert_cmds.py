@@ -40,3 +40,24 @@ def convert(src: Path, dst: Path, target: str, file_format: str, verify: bool, f
         f"{dst}: {summary['from']} -> {summary['to']}, {summary['tensors']} tensors,"
         f" {summary['bytes'] / 2**20:.1f} MiB{checked}"
     )
+
+
+@cli.command("merge-lora")
+@click.argument("base", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("adapter", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
+def merge_lora(base: Path, adapter: Path, out: Path, force: bool) -> None:
+    """Fold a PEFT LoRA adapter into the base weights (in float32), keeping the base's format.
+
+    \b
+    Example:
+      ftx merge-lora ./llama-hf runs/lora/final ./llama-merged
+    """
+    from ftx.core.convert.merge_lora import merge_lora as run
+
+    summary = run(base, adapter, out, force=force)
+    results.print(
+        f"{out}: {summary['merged']} weights merged (scaling {summary['scaling']:g}),"
+        f" {summary['format']} format"
+    )
