@@ -169,3 +169,30 @@ def test_data_show_json_is_aligned_and_masked(tmp_path: Path, tiny_llama: Path) 
     assert prepared.returncode == 0 and (tmp_path / "p/manifest.json").exists()
     again = run_ftx("data", "show", str(tmp_path / "p"), "-n", "1", "--json")
     assert json.loads(again.stdout) == rows[0]
+
+
+def test_show_uses_the_recipes_tokenizer_when_the_cache_came_from_another_copy(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    import shutil
+
+    data = ROOT / "recipes/data/quickstart_train.jsonl"
+    first, second = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_llama, first)
+    for model in (first, second):
+        recipe = tmp_path / f"{model.name}.yaml"
+        recipe.write_text(
+            f"model: {{path: {model}}}\ndata: {{datasets: [{data}], max_samples: 5}}\n"
+        )
+        if model is first:
+            assert (
+                run_ftx("data", "prepare", str(recipe), "--out", str(tmp_path / "p")).returncode
+                == 0
+            )
+            shutil.copytree(first, second)
+            shutil.rmtree(first)  # the cached manifest now names a folder that is gone
+    shown = run_ftx("data", "show", str(tmp_path / "b.yaml"), "-n", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "Reverse the letters." in shown.stdout
+    stale = run_ftx("data", "show", str(tmp_path / "p"), "-n", "1")
+    assert stale.returncode == 2 and "is gone" in stale.stderr

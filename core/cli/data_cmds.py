@@ -93,7 +93,21 @@ def show(source: Path, overrides: tuple[str, ...], count: int, split: str, as_js
         return
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(read_manifest(folder)["tokenizer"])
+    # The recipe's model when given a recipe; a cached folder may have been prepared for
+    # another copy of the same tokenizer, so its manifest path is only a fallback.
+    if source.is_dir():
+        tokenizer_dir = Path(read_manifest(folder)["tokenizer"])
+    else:
+        tokenizer_dir = Path(load_recipe(source, overrides).recipe.model.path)
+    if not tokenizer_dir.is_dir():
+        from ftx.core.errors import FtxError
+
+        raise FtxError(
+            f"the tokenizer this data was prepared with is gone ({tokenizer_dir})",
+            where=str(folder / "manifest.json"),
+            fix="show the data through its recipe instead (ftx data show RECIPE), or use --json",
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     for i in range(min(count, len(rows))):
         ids, labels = rows[i]
         text = Text()

@@ -365,7 +365,13 @@ def prepared_data(recipe: Recipe, dest: Path) -> dict[str, Any]:
             shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _copy_tree_linked(cached, dest)
-    return json.loads((dest / "manifest.json").read_text())
+    # The cache is shared by every copy of the same data and tokenizer: this run's manifest
+    # names this run's tokenizer (a new file, not a link into the cache).
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["tokenizer"] = recipe.model.path
+    (dest / "manifest.json").unlink()
+    atomic_write_json(dest / "manifest.json", manifest)
+    return manifest
 
 
 def _copy_tree_linked(src: Path, dst: Path) -> None:
