@@ -53,12 +53,13 @@ def _resolve(source: Path, overrides: tuple[str, ...]) -> Path:
     from ftx.core.envs import ftx_home
 
     recipe = load_recipe(source, overrides).recipe
-    folder = ftx_home() / "prepared" / cache_key(recipe)
+    key = cache_key(recipe)
+    folder = ftx_home() / "prepared" / key
     if not (folder / "manifest.json").exists():
         from ftx.core.data.prepare import prepare as run_prepare
 
         info("preparing the data (cached by content hash)")
-        run_prepare(recipe, folder)
+        run_prepare(recipe, folder, key)
     return folder
 
 

@@ -195,8 +195,11 @@ def split_conversations(
     return train, val
 
 
-def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
-    """Prepare the recipe's data into ``dest`` (written atomically); return the manifest."""
+def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any]:
+    """Prepare the recipe's data into ``dest`` (written atomically); return the manifest.
+
+    ``key`` is the recipe's cache key when the caller has already computed it (it hashes
+    every dataset file, so it is worth not doing twice)."""
     tokenizer = load_tokenizer(recipe)
     data = recipe.data
     report = Report()
@@ -229,7 +232,7 @@ def prepare(recipe: Recipe, dest: Path) -> dict[str, Any]:
 
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "key": cache_key(recipe),
+        "key": key or cache_key(recipe),
         "recipe_data_sha256": _json_hash(
             {"data": recipe.data.model_dump(mode="json"), "template": recipe.model.template}
         ),
@@ -357,7 +360,7 @@ def prepared_data(recipe: Recipe, dest: Path) -> dict[str, Any]:
     key = cache_key(recipe)
     cached = ftx_home() / "prepared" / key
     if not (cached / "manifest.json").exists():
-        prepare(recipe, cached)
+        prepare(recipe, cached, key)
     if dest.exists() or dest.is_symlink():
         if dest.is_symlink() or dest.is_file():
             dest.unlink()
