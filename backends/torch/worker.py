@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tensorboard = SummaryWriter(str(layout.logs / "tensorboard"))
     engine.model.train()
+    keep = args["save_total_limit"]
     train_started, steps_at_start, tokens_at_start = time.time(), step, tokens_seen
     window = new_window()
     while step < total_steps:
@@ -405,19 +406,26 @@ def main(argv: list[str] | None = None) -> int:
                 )
             window = new_window()
 
-        stopping = stop.signal is not None
-        if stopping or (args["save_steps"] and step % args["save_steps"] == 0):
-            keep = args["save_total_limit"]
+        if args["save_steps"] and step % args["save_steps"] == 0:
             save_checkpoint(
                 layout, step, engine, tokenizer, scheduler, {"tokens": tokens_seen}, keep
             )
-            if stopping:
-                if rank.main:
-                    print(
-                        f"[ftx] stopped by signal {stop.signal} at step {step}; checkpoint saved",
-                        flush=True,
-                    )
-                return 128 + stop.signal
+        if stop.signal is not None:
+            break
+
+    # A signal that arrived during any step, the last one included, stops here with a checkpoint.
+
+    if stop.signal is not None:
+        if not (args["save_steps"] and step % args["save_steps"] == 0):
+            save_checkpoint(
+                layout, step, engine, tokenizer, scheduler, {"tokens": tokens_seen}, keep
+            )
+        if rank.main:
+            print(
+                f"[ftx] stopped by signal {stop.signal} at step {step}; checkpoint saved",
+                flush=True,
+            )
+        return 128 + stop.signal
 
     if rank.main:
         timing = {
