@@ -8,6 +8,7 @@ import click
 
 from ftx.core.cli import cli
 from ftx.core.console import results
+from ftx.core.convert.names import FAMILIES
 
 
 @cli.command()
@@ -17,24 +18,57 @@ from ftx.core.console import results
 @click.option(
     "--format",
     "file_format",
-    type=click.Choice(["safetensors", "ckpt"]),
+    type=click.Choice(["safetensors", "ckpt", "pdparams"]),
     default="safetensors",
     show_default=True,
-    help="Weight file format (ckpt: MindSpore's protobuf checkpoint).",
+    help="Weight file format (ckpt: MindSpore's protobuf checkpoint; pdparams: Paddle's"
+    " pickle, written in one piece).",
 )
 @click.option("--verify", is_flag=True, help="Re-read the output and check every tensor.")
 @click.option("--force", is_flag=True, help="Replace a non-empty destination.")
-def convert(src: Path, dst: Path, target: str, file_format: str, verify: bool, force: bool) -> None:
-    """Convert a checkpoint folder tensor by tensor (memory stays about one tensor).
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow reading .pdparams files (pickles; loading one can run code).",
+)
+@click.option(
+    "--model-type",
+    type=click.Choice(sorted(FAMILIES)),
+    help="The base model's family, for an adapter whose config does not lead to it.",
+)
+def convert(
+    src: Path,
+    dst: Path,
+    target: str,
+    file_format: str,
+    verify: bool,
+    force: bool,
+    trust_pickle: bool,
+    model_type: str | None,
+) -> None:
+    """Convert a checkpoint or LoRA adapter folder tensor by tensor (memory stays about
+    one tensor). Sources: safetensors, .ckpt (incl. per-rank data-parallel folders),
+    .pdparams (incl. tensor-parallel sets, merged), pytorch_model*.bin (needs torch).
 
     \b
     Example:
       ftx convert ./llama-hf ./llama-paddle --to paddle --verify
       ftx convert ./llama-hf ./llama-ms --to mindspore --format ckpt
+      ftx convert ./paddle-tp4 ./llama-hf --to hf --trust-pickle
+      ftx convert runs/lora/final ./lora-paddle --to paddle
     """
     from ftx.core.convert.convert import convert as run
 
-    summary = run(src, dst, target, file_format=file_format, force=force, verify=verify)
+    summary = run(
+        src,
+        dst,
+        target,
+        file_format=file_format,
+        force=force,
+        verify=verify,
+        trust_pickle=trust_pickle,
+        model_type=model_type,
+    )
     checked = f", {summary['verified']} verified" if verify else ""
     results.print(
         f"{dst}: {summary['from']} -> {summary['to']}, {summary['tensors']} tensors,"
@@ -47,8 +81,10 @@ def convert(src: Path, dst: Path, target: str, file_format: str, verify: bool, f
 @click.argument("adapter", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
-def merge_lora(base: Path, adapter: Path, out: Path, force: bool) -> None:
-    """Fold a PEFT LoRA adapter into the base weights (in float32), keeping the base's format.
+@click.option("--trust-pickle", is_flag=True, help="Allow reading .pdparams files.")
+def merge_lora(base: Path, adapter: Path, out: Path, force: bool, trust_pickle: bool) -> None:
+    """Fold a LoRA adapter (PEFT, PaddleNLP or MindFormers) into the base weights in
+    float32, keeping the base's format.
 
     \b
     Example:
@@ -56,7 +92,7 @@ def merge_lora(base: Path, adapter: Path, out: Path, force: bool) -> None:
     """
     from ftx.core.convert.merge_lora import merge_lora as run
 
-    summary = run(base, adapter, out, force=force)
+    summary = run(base, adapter, out, force=force, trust_pickle=trust_pickle)
     results.print(
         f"{out}: {summary['merged']} weights merged (scaling {summary['scaling']:g}),"
         f" {summary['format']} format"

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ftx.core.convert.names import FAMILIES, NameMap
-from ftx.core.convert.safetensors_stream import SafetensorsReader, TensorInfo, write_safetensors
+from ftx.core.convert.names import NameMap
+from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile, write_safetensors
+from ftx.core.convert.sources import TRAINING_STATE, open_weights, read_config, weight_files
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import staged_dir
 from ftx.core.models.formats import detect_format
@@ -36,68 +37,29 @@ COPIED = (
 
 @dataclass(frozen=True)
 class Planned:
-    source: SafetensorsReader
+    source: WeightFile
     source_name: str
     target: TensorInfo
     transpose: bool
 
 
-def shards(folder: Path) -> list[Path]:
-    """The weight files of a checkpoint (safetensors, checked against its index when it has
-    one; or MindSpore .ckpt)."""
-    ckpts = sorted(folder.glob("*.ckpt"))
-    if ckpts:
-        return ckpts
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-        for name in files:
-            if not (folder / name).exists():
-                tensor = next(t for t, f in weight_map.items() if f == name)
-                raise FtxError(
-                    f"shard {name} named in the index (for tensor {tensor}) is missing",
-                    where=str(index),
-                    fix="copy the missing shard next to the index",
-                )
-        return [folder / f for f in files]
-    found = sorted(folder.glob("*.safetensors"))
-    if not found:
-        raise FtxError(
-            "no safetensors weights found",
-            where=str(folder),
-            fix="convert a folder with model.safetensors (or shards and an index)",
-        )
-    return found
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
-    if not path.exists():
-        raise FtxError("config.json is missing", where=str(folder), fix="copy the model's config")
-    config = json.loads(path.read_text())
-    if config.get("model_type") not in FAMILIES:
-        raise FtxError(
-            f"unknown architecture {config.get('model_type')!r}",
-            where=str(path),
-            fix=f"ftx converts: {', '.join(FAMILIES)}",
-        )
-    return config
-
-
-def plan_tensors(src: Path, source: str, target: str, config: dict) -> list[list[Planned]]:
-    """Per source shard, the output tensors in order (names mapped, shapes checked)."""
+def plan_tensors(
+    src: Path, source: str, target: str, config: dict, *, trust_pickle: bool = False
+) -> list[list[Planned]]:
+    """Per source shard, the output tensors in order (names mapped, shapes checked;
+    optimizer state saved beside the weights is left out)."""
     names = NameMap(config["model_type"], source, target)
     planned = []
-    for shard in shards(src):
-        reader = open_weights(shard)
+    for reader in weight_files(src, config, trust_pickle=trust_pickle):
         group = []
         for name in reader.names:
+            if TRAINING_STATE.match(name):
+                continue
             mapped = names.map(name)
             if mapped is None:
                 raise FtxError(
                     f"tensor {name} has no {target} name in the {config['model_type']} table",
-                    where=str(shard),
+                    where=str(reader.path),
                     fix="check that the checkpoint matches config.json's model_type",
                 )
             info = reader.info(name)
@@ -106,15 +68,6 @@ def plan_tensors(src: Path, source: str, target: str, config: dict) -> list[list
             group.append(Planned(reader, name, target_info, mapped.transpose))
         planned.append(group)
     return planned
-
-
-def open_weights(path: Path) -> Any:
-    """A reader for one weight file: safetensors or MindSpore .ckpt (same interface)."""
-    if path.suffix == ".ckpt":
-        from ftx.core.convert.mindspore_ckpt import CkptReader
-
-        return CkptReader(path)
-    return SafetensorsReader(path)
 
 
 def transpose_2d(array: np.ndarray, tile: int = 256) -> np.ndarray:
@@ -143,6 +96,60 @@ def _produce(item: Planned):
     return make
 
 
+FILE_FORMATS = {"safetensors": ("hf", "paddle", "mindspore"), "ckpt": ("mindspore",),
+                "pdparams": ("paddle",)}  # fmt: skip
+
+
+def check_destination(dst: Path, force: bool) -> None:
+    """Refuse to replace a non-empty destination unless forced."""
+    if dst.exists() and any(dst.iterdir()) and not force:
+        raise FtxError(
+            "the destination exists and is not empty", where=str(dst), fix="pass --force"
+        )
+
+
+def check_file_format(file_format: str, to: str) -> None:
+    if to not in FILE_FORMATS[file_format]:
+        raise FtxError(
+            f"--format {file_format} is not a {to} format",
+            fix=f"use --format {file_format} with --to {' or '.join(FILE_FORMATS[file_format])}",
+        )
+
+
+def write_weights(
+    folder: Path, groups: list[list[tuple[TensorInfo, Any]]], to: str, file_format: str
+) -> dict[str, str]:
+    """Write each group of (info, produce) as one file in ``folder`` (plus a safetensors
+    index when sharded); return tensor name -> file name."""
+    weight_map: dict[str, str] = {}
+    if file_format == "pdparams":  # a pickle holds everything at once: one file
+        from ftx.core.convert.pickled import write_pdparams
+
+        write_pdparams(folder / "model_state.pdparams", [t for g in groups for t in g])
+        return {info.name: "model_state.pdparams" for g in groups for info, _ in g}
+    total = 0
+    for i, items in enumerate(groups):
+        if file_format == "ckpt":
+            from ftx.core.convert.mindspore_ckpt import write_ckpt
+
+            name = "model.ckpt" if len(groups) == 1 else f"model-{i + 1:05d}.ckpt"
+            write_ckpt(folder / name, items)
+        else:
+            name = (
+                "model.safetensors"
+                if len(groups) == 1
+                else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+            )
+            write_safetensors(folder / name, items, {"format": METADATA[to]})
+        for info, _ in items:
+            weight_map[info.name] = name
+            total += info.nbytes
+    if len(groups) > 1 and file_format == "safetensors":
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return weight_map
+
+
 def convert(
     src: Path,
     dst: Path,
@@ -151,53 +158,51 @@ def convert(
     file_format: str = "safetensors",
     force: bool = False,
     verify: bool = False,
+    trust_pickle: bool = False,
+    model_type: str | None = None,
 ) -> dict:
-    """Convert the checkpoint folder ``src`` to format ``to`` in ``dst``
-    (``file_format`` "ckpt" writes a MindSpore .ckpt instead of safetensors)."""
-    if file_format == "ckpt" and to != "mindspore":
-        raise FtxError("--format ckpt is MindSpore's", fix="use it with --to mindspore")
-    if dst.exists() and any(dst.iterdir()) and not force:
-        raise FtxError(
-            "the destination exists and is not empty", where=str(dst), fix="pass --force"
+    """Convert the checkpoint folder ``src`` to format ``to`` in ``dst``; a LoRA adapter
+    folder is converted as an adapter (``model_type`` names its base's family when the
+    adapter does not). ``file_format`` "ckpt" writes MindSpore .ckpt,
+    "pdparams" Paddle's pickle, instead of safetensors."""
+    check_file_format(file_format, to)
+    check_destination(dst, force)
+    from ftx.core.convert.adapters import adapter_format, convert_adapter
+
+    if adapter_format(src):
+        return convert_adapter(
+            src,
+            dst,
+            to,
+            file_format=file_format,
+            verify=verify,
+            model_type=model_type,
+            trust_pickle=trust_pickle,
         )
     source = detect_format(src)
     if source == to:
         raise FtxError(f"{src} is already in {to} format", fix="pick another --to")
     config = read_config(src)
-    planned = plan_tensors(src, source, to, config)
-    total = 0
+    planned = plan_tensors(src, source, to, config, trust_pickle=trust_pickle)
     with staged_dir(dst, replace=True) as tmp:
-        weight_map: dict[str, str] = {}
-        for i, group in enumerate(planned):
-            items = [(item.target, _produce(item)) for item in group]
-            if file_format == "ckpt":
-                from ftx.core.convert.mindspore_ckpt import write_ckpt
-
-                name = "model.ckpt" if len(planned) == 1 else f"model-{i + 1:05d}.ckpt"
-                write_ckpt(tmp / name, items)
-            else:
-                name = (
-                    "model.safetensors"
-                    if len(planned) == 1
-                    else f"model-{i + 1:05d}-of-{len(planned):05d}.safetensors"
-                )
-                write_safetensors(tmp / name, items, {"format": METADATA[to]})
-            for item in group:
-                weight_map[item.target.name] = name
-                total += item.target.nbytes
-        if len(planned) > 1 and file_format != "ckpt":
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        groups = [[(item.target, _produce(item)) for item in group] for group in planned]
+        write_weights(tmp, groups, to, file_format)
         (tmp / "config.json").write_text(json.dumps(convert_config(config, to), indent=2) + "\n")
-        for name in COPIED:
-            if (src / name).exists():
-                shutil.copy2(src / name, tmp / name)
+        copy_side_files(src, tmp)
         if verify:
             checked = verify_folder(planned, tmp)
+    total = sum(item.target.nbytes for group in planned for item in group)
     summary = {"from": source, "to": to, "tensors": sum(len(g) for g in planned), "bytes": total}
     if verify:
         summary["verified"] = checked
     return summary
+
+
+def copy_side_files(src: Path, dst: Path, names: tuple[str, ...] = COPIED) -> None:
+    """Copy the tokenizer and generation files that exist in ``src``."""
+    for name in names:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
 
 
 def convert_config(config: dict, to: str) -> dict:
@@ -237,8 +242,8 @@ def verify_folder(planned: list[list[Planned]], out: Path) -> int:
     """Re-read every written tensor and compare it with its source (transposes included)."""
     checked = 0
     written: dict[str, Any] = {}
-    for path in [*out.glob("*.safetensors"), *out.glob("*.ckpt")]:
-        reader = open_weights(path)
+    for path in [*out.glob("*.safetensors"), *out.glob("*.ckpt"), *out.glob("*.pdparams")]:
+        reader = open_weights(path, trust_pickle=True)  # ftx wrote it a moment ago
         for name in reader.names:
             written[name] = reader
     for group in planned:

@@ -20,6 +20,10 @@ class Rule:
     paddle: str
     mindspore: str
     transpose_paddle: bool = False
+    # How PaddleNLP tensor parallelism splits it: "column" (output axis, -1), "row" (input
+    # axis, 0), "kv" (column unless there are fewer KV heads than ranks), "vocab" (row,
+    # unless the vocabulary does not divide), "head" (lm_head), "" (replicated).
+    tp: str = ""
 
     def name(self, fmt: str) -> str:
         return {"hf": self.hf, "paddle": self.paddle, "mindspore": self.mindspore}[fmt]
@@ -30,25 +34,33 @@ LLAMA_RULES = (
         "model.embed_tokens.weight",
         "{p}.embed_tokens.weight",
         "model.tok_embeddings.embedding_weight",
+        tp="vocab",
     ),
     Rule("model.norm.weight", "{p}.norm.weight", "model.norm_out.weight"),
-    Rule("lm_head.weight", "lm_head.weight", "lm_head.weight", transpose_paddle=True),
+    Rule("lm_head.weight", "lm_head.weight", "lm_head.weight", transpose_paddle=True, tp="head"),
     *(
         Rule(
             f"model.layers.{{n}}.self_attn.{hf}_proj.weight",
             f"{{p}}.layers.{{n}}.self_attn.{hf}_proj.weight",
             f"model.layers.{{n}}.attention.{ms}.weight",
             transpose_paddle=True,
+            tp=tp,
         )
-        for hf, ms in (("q", "wq"), ("k", "wk"), ("v", "wv"), ("o", "wo"))
+        for hf, ms, tp in (
+            ("q", "wq", "column"),
+            ("k", "wk", "kv"),
+            ("v", "wv", "kv"),
+            ("o", "wo", "row"),
+        )
     ),
     *(
         Rule(
             f"model.layers.{{n}}.self_attn.{hf}_proj.bias",
             f"{{p}}.layers.{{n}}.self_attn.{hf}_proj.bias",
             f"model.layers.{{n}}.attention.{ms}.bias",
+            tp=tp,
         )
-        for hf, ms in (("q", "wq"), ("k", "wk"), ("v", "wv"))
+        for hf, ms, tp in (("q", "wq", "column"), ("k", "wk", "kv"), ("v", "wv", "kv"))
     ),
     *(
         Rule(
@@ -56,8 +68,9 @@ LLAMA_RULES = (
             f"{{p}}.layers.{{n}}.mlp.{hf}_proj.weight",
             f"model.layers.{{n}}.feed_forward.{ms}.weight",
             transpose_paddle=True,
+            tp=tp,
         )
-        for hf, ms in (("gate", "w1"), ("down", "w2"), ("up", "w3"))
+        for hf, ms, tp in (("gate", "w1", "column"), ("down", "w2", "row"), ("up", "w3", "column"))
     ),
     Rule(
         "model.layers.{n}.input_layernorm.weight",
@@ -88,6 +101,7 @@ def _pattern(template: str, prefix: str) -> re.Pattern[str]:
 class Mapped:
     name: str
     transpose: bool
+    rule: Rule
 
 
 class NameMap:
@@ -109,5 +123,21 @@ class NameMap:
                 if "n" in match.groupdict():
                     target = target.replace("{n}", match.group("n"))
                 flip = rule.transpose_paddle and "paddle" in (self.source, self.target)
-                return Mapped(target, flip and self.source != self.target)
+                return Mapped(target, flip and self.source != self.target, rule)
         return None
+
+
+def tensor_parallel_axis(rule: Rule, config: dict, degree: int) -> int | None:
+    """The axis PaddleNLP split this tensor along across ``degree`` ranks (Paddle layout,
+    Linear weights [in, out]), or None when every rank holds all of it."""
+    kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+    vocab_divides = config["vocab_size"] % degree == 0
+    if rule.tp == "kv":
+        return -1 if kv_heads % degree == 0 else None
+    if rule.tp == "vocab":
+        return 0 if vocab_divides else None
+    if rule.tp == "head":  # tied heads keep the [vocab, hidden] embedding layout
+        if not vocab_divides:
+            return None
+        return 0 if config.get("tie_word_embeddings") else -1
+    return {"column": -1, "row": 0}.get(rule.tp)

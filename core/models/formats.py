@@ -29,7 +29,7 @@ def detect_format(folder: Path) -> str:
     """hf, paddle or mindspore, from the files in ``folder`` (weights, else config)."""
     if not folder.is_dir():
         raise FtxError("model folder not found", where=str(folder), fix="check model.path")
-    if any(folder.glob("*.ckpt")):
+    if any(folder.glob("*.ckpt")) or any(folder.glob("rank_*/*.ckpt")):
         return "mindspore"
     if any(folder.glob("*.pdparams")):
         return "paddle"
