@@ -71,6 +71,7 @@ class Adapter:
     dropout: float = 0.0
     rslora: bool = False
     model_type: str | None = None
+    base: str | None = None  # base_model_name_or_path, carried across forms
     pairs: dict[str, dict[str, Factor]] = field(default_factory=dict)
 
     @property
@@ -110,12 +111,14 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def _base_model_type(config: dict[str, Any]) -> str | None:
+def _base(config: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The base model's path as the adapter config records it, and its model_type."""
     base = config.get("base_model_name_or_path")
+    base = None if base in (None, "", "none") else str(base)
     path = Path(base) / "config.json" if base else None
     if path and path.exists():
-        return json.loads(path.read_text()).get("model_type")
-    return None
+        return base, json.loads(path.read_text()).get("model_type")
+    return base, None
 
 
 def read_adapter(folder: Path, *, trust_pickle: bool = False) -> Adapter:
@@ -134,6 +137,7 @@ def read_adapter(folder: Path, *, trust_pickle: bool = False) -> Adapter:
             config["lora_alpha"],
             config.get("lora_dropout", 0.0),
             bool(config.get("rslora")),
+            base=_base(config)[0],
         )
         files = indexed_files(folder, "peft_model.safetensors.index.json")
         if not files:
@@ -163,12 +167,14 @@ def read_adapter(folder: Path, *, trust_pickle: bool = False) -> Adapter:
             where=str(folder / "adapter_config.json"),
             fix="merge it into the base with ftx merge-lora, then convert the merged model",
         )
+    base, model_type = _base(config)
     adapter = Adapter(
         config["r"],
         config["lora_alpha"],
         config.get("lora_dropout", 0.0),
         bool(config.get("use_rslora")),
-        _base_model_type(config),
+        model_type,
+        base,
     )
     if fmt == "hf":
         path = _need(folder / "adapter_model.safetensors", "weights")
@@ -291,7 +297,7 @@ def write_adapter(adapter: Adapter, out: Path, to: str, file_format: str) -> lis
             "bias": "none",
             "fan_in_fan_out": False,
             "inference_mode": True,
-            "base_model_name_or_path": None,
+            "base_model_name_or_path": adapter.base,
         }
         _write_json(out / "adapter_config.json", config)
     elif to == "paddle":
@@ -307,7 +313,7 @@ def write_adapter(adapter: Adapter, out: Path, to: str, file_format: str) -> lis
             "trainable_modules": None,
             "tensor_parallel_degree": -1,
             "dtype": DTYPE_NAMES.get(adapter.dtype, "float32"),
-            "base_model_name_or_path": None,
+            "base_model_name_or_path": adapter.base,
         }
         _write_json(out / "lora_config.json", config)
     else:
@@ -332,7 +338,7 @@ def write_adapter(adapter: Adapter, out: Path, to: str, file_format: str) -> lis
                 "lora_dropout": adapter.dropout,
                 "target_modules": [f".*{t}" for t in targets],
                 "bias": "none",
-                "base_model_name_or_path": "none",
+                "base_model_name_or_path": adapter.base or "none",
             },
         )
     return [info for info, _ in items]
