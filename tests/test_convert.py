@@ -140,8 +140,36 @@ print(json.dumps({"shape": list(logits.shape)}))
 """
 
 
+# A model made by transformers itself: Qwen2 with untied embeddings and q/k/v biases.
+TRANSFORMERS_QWEN2 = """
+import json, sys, torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+torch.manual_seed(0)
+config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                     max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
+model = Qwen2ForCausalLM(config)
+with torch.no_grad():
+    for layer in model.model.layers:  # transformers zero-initialises biases
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            proj.bias.normal_(0, 0.5)
+model.save_pretrained(sys.argv[1])
+print(json.dumps({"params": sum(p.numel() for p in model.parameters())}))
+"""
+
+
+@pytest.fixture(scope="module")
+def transformers_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("hf") / "qwen2-untied"
+    assert run_in_env("torch", TRANSFORMERS_QWEN2, str(out))["params"] > 0
+    return out
+
+
+ARCHS = ["tiny_llama", "tiny_qwen2", "transformers_qwen2"]
+
+
 @pytest.mark.env
-@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_paddlenlp_loads_the_conversion_with_torch_logits(
     arch: str, request, tmp_path: Path
 ) -> None:
@@ -242,10 +270,12 @@ print(json.dumps({"loss": float(model(ids, labels=ids).loss)}))
 
 
 @pytest.mark.env
-def test_mindformers_loads_the_ckpt_with_torch_loss(tmp_path: Path, tiny_llama: Path) -> None:
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mindformers_loads_the_ckpt_with_torch_loss(arch: str, request, tmp_path: Path) -> None:
+    model = request.getfixturevalue(arch)
     result = run_ftx(
         "convert",
-        str(tiny_llama),
+        str(model),
         str(tmp_path / "ms"),
         "--to",
         "mindspore",
@@ -256,9 +286,9 @@ def test_mindformers_loads_the_ckpt_with_torch_loss(tmp_path: Path, tiny_llama: 
     assert result.returncode == 0, result.stderr
     ids = [1, 6, 9, 33, 70, 100, 200, 7, 8]  # no pad id: MindFormers masks pad tokens
     theirs = run_in_env("mindformers", MINDFORMERS_LOSS, str(tmp_path / "ms"), json.dumps(ids))
-    ours = run_in_env("torch", TORCH_LOSS, str(tiny_llama), json.dumps([ids]))
+    ours = run_in_env("torch", TORCH_LOSS, str(model), json.dumps([ids]))
     assert theirs["not_loaded"] == [] and theirs["unused"] == []
     assert abs(theirs["loss"] - ours["loss"]) < 1e-4, (theirs, ours)
     back = run_ftx("convert", str(tmp_path / "ms"), str(tmp_path / "hf"), "--to", "hf", "--verify")
     assert back.returncode == 0, back.stderr
-    assert tensors(tmp_path / "hf") == tensors(tiny_llama)
+    assert tensors(tmp_path / "hf") == tensors(model)
