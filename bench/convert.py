@@ -7,7 +7,7 @@ vocab 32000; 8 of the 32 layers by default: about 3.6 GB, --layers 32 for the fu
 13.5 GB) as 2 GB shards with an index, then times, each in a fresh process with its peak
 RSS read from the kernel (ru_maxrss of the child):
   cp -r + sync              the floor: every byte read and written once, on disk
-  ftx convert --to mindspore  renames only
+  ftx convert --to mindspore  renames only (safetensors, then .ckpt, then .ckpt back to HF)
   ftx convert --to paddle     every Linear weight transposed
 Targets: peak RSS < 1.5 GB; throughput >= 50% of cp (renames) and >= 30% (transposes).
 """
@@ -99,16 +99,28 @@ def main() -> None:
         make_checkpoint(source, args.layers)
     size = sum(p.stat().st_size for p in source.iterdir())
     ftx = str(Path(sys.executable).with_name("ftx"))
+
+    def convert_to(out: Path, target: str, src: Path = source) -> list[str]:
+        return [ftx, "-q", "convert", str(src), str(out), "--to", target, "--force"]
+
     runs = [
         # cp, then sync: ftx fsyncs what it writes, so the floor must reach the disk too
         ("cp -r + sync (floor)", ["sh", "-c", f"cp -r '{source}' '{work / 'copy'}' && sync"]),
         (
             "ftx convert --to mindspore (renames)",
-            [ftx, "-q", "convert", str(source), str(work / "ms"), "--to", "mindspore", "--force"],
+            convert_to(work / "ms", "mindspore"),
+        ),
+        (
+            "ftx convert --to mindspore --format ckpt",
+            [*convert_to(work / "ckpt", "mindspore"), "--format", "ckpt"],
+        ),
+        (
+            "ftx convert .ckpt --to hf (reads .ckpt)",
+            convert_to(work / "back", "hf", work / "ckpt"),
         ),
         (
             "ftx convert --to paddle (transposes)",
-            [ftx, "-q", "convert", str(source), str(work / "pd"), "--to", "paddle", "--force"],
+            convert_to(work / "pd", "paddle"),
         ),
     ]
     rows = []

@@ -98,9 +98,7 @@ def adapter_format(folder: Path) -> str | None:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise FtxError(f"{path.name} is missing", where=str(path.parent))
-    return json.loads(path.read_text())
+    return json.loads(_need(path, "config").read_text())
 
 
 def _need(path: Path, what: str) -> Path:
@@ -131,44 +129,58 @@ def read_adapter(folder: Path, *, trust_pickle: bool = False) -> Adapter:
             fix="point at a PEFT, PaddleNLP or MindFormers adapter folder",
         )
     if fmt == "paddle":
-        config = _json(folder / "lora_config.json")
-        adapter = Adapter(
-            config["r"],
-            config["lora_alpha"],
-            config.get("lora_dropout", 0.0),
-            bool(config.get("rslora")),
-            base=_base(config)[0],
-        )
-        files = indexed_files(folder, "peft_model.safetensors.index.json")
-        if not files:
-            files = [_need(folder / "lora_model_state.pdparams", "weights")]
-        pattern = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])$")
-        for path in files:
-            reader = open_weights(path, trust_pickle=trust_pickle)
-            for name in reader.names:
-                found = pattern.match(name)
-                if not found:
-                    raise FtxError(f"tensor {name} is not a LoRA weight", where=str(path))
-                model_type = _paddle_family(found["module"], path)
-                adapter.model_type = adapter.model_type or model_type
-                hf = NameMap(model_type, "paddle", "hf").map(found["module"] + ".weight")
-                _add(adapter, hf.name if hf else None, found["part"], Factor(reader, name, True))
-        return _checked(adapter, folder)
-    config = _json(folder / "adapter_config.json")
+        adapter = _read_paddle(folder, trust_pickle)
+    elif fmt == "hf":
+        adapter = _read_peft(folder)
+    else:
+        adapter = _read_mindformers(folder)
+    return _checked(adapter, folder)
+
+
+def _read_paddle(folder: Path, trust_pickle: bool) -> Adapter:
+    config = _json(folder / "lora_config.json")
+    adapter = Adapter(
+        config["r"],
+        config["lora_alpha"],
+        config.get("lora_dropout", 0.0),
+        bool(config.get("rslora")),
+        base=_base(config)[0],
+    )
+    files = indexed_files(folder, "peft_model.safetensors.index.json")
+    if not files:
+        files = [_need(folder / "lora_model_state.pdparams", "weights")]
+    pattern = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])$")
+    for path in files:
+        reader = open_weights(path, trust_pickle=trust_pickle)
+        for name in reader.names:
+            found = pattern.match(name)
+            if not found:
+                raise FtxError(f"tensor {name} is not a LoRA weight", where=str(path))
+            model_type = _paddle_family(found["module"], path)
+            adapter.model_type = adapter.model_type or model_type
+            hf = NameMap(model_type, "paddle", "hf").map(found["module"] + ".weight")
+            _add(adapter, hf.name if hf else None, found["part"], Factor(reader, name, True))
+    return adapter
+
+
+def _adapter_config(folder: Path) -> Adapter:
+    """An Adapter (without weights) from a PEFT-style adapter_config.json."""
+    path = folder / "adapter_config.json"
+    config = _json(path)
     if config.get("use_dora"):
         raise FtxError(
             "DoRA adapters have a magnitude vector that other frameworks do not load",
-            where=str(folder / "adapter_config.json"),
+            where=str(path),
             fix="merge it into the base with peft's merge_and_unload first",
         )
     if config.get("modules_to_save"):
         raise FtxError(
             f"the adapter also trains whole modules ({config['modules_to_save']})",
-            where=str(folder / "adapter_config.json"),
+            where=str(path),
             fix="merge it into the base with ftx merge-lora, then convert the merged model",
         )
     base, model_type = _base(config)
-    adapter = Adapter(
+    return Adapter(
         config["r"],
         config["lora_alpha"],
         config.get("lora_dropout", 0.0),
@@ -176,33 +188,40 @@ def read_adapter(folder: Path, *, trust_pickle: bool = False) -> Adapter:
         model_type,
         base,
     )
-    if fmt == "hf":
-        path = _need(folder / "adapter_model.safetensors", "weights")
-        reader = open_weights(path)
-        pattern = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(\.default)?\.weight$")
-        for name in reader.names:
-            found = pattern.match(name)
-            if not found:
-                raise FtxError(
-                    f"tensor {name} is not a LoRA A/B weight (embedding LoRA or extra"
-                    " modules are not converted)",
-                    where=str(path),
-                )
-            module = found["module"].removeprefix(PEFT_PREFIX)
-            _add(adapter, module + ".weight", found["part"], Factor(reader, name, False))
-        return _checked(adapter, folder)
+
+
+def _read_peft(folder: Path) -> Adapter:
+    adapter = _adapter_config(folder)
+    path = _need(folder / "adapter_model.safetensors", "weights")
+    reader = open_weights(path)
+    pattern = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(\.default)?\.weight$")
+    for name in reader.names:
+        found = pattern.match(name)
+        if not found:
+            raise FtxError(
+                f"tensor {name} is not a LoRA A/B weight (embedding LoRA or extra"
+                " modules are not converted)",
+                where=str(path),
+            )
+        module = found["module"].removeprefix(PEFT_PREFIX)
+        _add(adapter, module + ".weight", found["part"], Factor(reader, name, False))
+    return adapter
+
+
+def _read_mindformers(folder: Path) -> Adapter:
+    adapter = _adapter_config(folder)
     ckpt = folder / "adapter_model.ckpt"
     path = ckpt if ckpt.exists() else _need(folder / "adapter_model.safetensors", "weights")
     reader = open_weights(path)
     to_hf = NameMap("llama", "mindspore", "hf")  # family-independent names
+    parts = {v: k for k, v in (*MS_SUFFIXES.items(), *MS_LEGACY.items())}
     for name in reader.names:
         module, _, suffix = name.rpartition(".")
-        part = {v: k for k, v in (*MS_SUFFIXES.items(), *MS_LEGACY.items())}.get(suffix)
-        if part is None:
+        if suffix not in parts:
             raise FtxError(f"tensor {name} is not a LoRA weight", where=str(path))
         hf = to_hf.map(module + ".weight")
-        _add(adapter, hf.name if hf else None, part, Factor(reader, name, False))
-    return _checked(adapter, folder)
+        _add(adapter, hf.name if hf else None, parts[suffix], Factor(reader, name, False))
+    return adapter
 
 
 def _paddle_family(module: str, path: Path) -> str:

@@ -95,41 +95,29 @@ class CkptReader(WeightFile):
     def __init__(self, path: Path, *, check_crc: bool = True):
         self.path = path
         self.metadata: dict[str, str] = {}
-        with path.open("rb") as handle:
-            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        buf = memoryview(self._map)
-        end = len(buf)
-        if end >= 17 and bytes(buf[end - 17 : end - 10]) == CRC_MARK:
-            expected = int.from_bytes(buf[end - 10 : end], "big")
+        self._file = path.open("rb")
+        end = path.stat().st_size
+        self._file.seek(max(0, end - 17))
+        tail = self._file.read(17)
+        if len(tail) == 17 and tail[:7] == CRC_MARK:
             end -= 17
-            if check_crc and binascii.crc32(buf[:end]) != expected:
+            if check_crc and self._crc(end) != int.from_bytes(tail[7:], "big"):
                 raise FtxError(
                     "CRC check failed: the checkpoint is corrupt",
                     where=str(path),
                     fix="copy the file again",
                 )
         self.entries: dict[str, tuple[TensorInfo, list[tuple[int, int]]]] = {}
-        previous = None
-        try:
-            for number, wire, span in _fields(buf, 0, end):
-                if number != 1 or wire != 2:
-                    raise ValueError("not a Checkpoint message")
-                tag, dims, kind, content = self._value(buf, *span)
-                if tag == previous:  # a further slice of the same tensor
-                    info, parts = self.entries[tag]
-                    parts.append(content)
-                    continue
-                if kind not in MS_TYPES:
-                    raise FtxError(f"tensor {tag}: unsupported type {kind}", where=str(path))
-                shape = () if dims == [0] else tuple(dims)
-                self.entries[tag] = (TensorInfo(tag, MS_TYPES[kind], shape), [content])
-                previous = tag
-        except (ValueError, IndexError):
-            raise FtxError(
-                "not a readable MindSpore checkpoint (truncated or corrupt protobuf)",
-                where=str(path),
-                fix="re-save or copy the checkpoint again",
-            ) from None
+        if end == 0:
+            return
+        # The map is only walked for the small protobuf headers; tensor bytes are read
+        # with plain reads later, so mapped pages never pile up in this process.
+        with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            buf = memoryview(mapped)
+            try:
+                self._index(buf, end)
+            finally:
+                buf.release()
         for tag, (info, parts) in self.entries.items():
             if sum(length for _, length in parts) != info.nbytes:
                 raise FtxError(
@@ -138,6 +126,41 @@ class CkptReader(WeightFile):
                     where=str(path),
                     fix="the file is truncated or corrupt: copy it again",
                 )
+
+    def _crc(self, end: int) -> int:
+        checksum, done = 0, 0
+        self._file.seek(0)
+        while done < end:
+            chunk = self._file.read(min(64 << 20, end - done))
+            if not chunk:
+                break
+            checksum = binascii.crc32(chunk, checksum)
+            done += len(chunk)
+        return checksum
+
+    def _index(self, buf: memoryview, end: int) -> None:
+        previous = None
+        try:
+            for number, wire, span in _fields(buf, 0, end):
+                if number != 1 or wire != 2:
+                    raise ValueError("not a Checkpoint message")
+                tag, dims, kind, content = self._value(buf, *span)
+                if content[0] + content[1] > end:
+                    raise ValueError("tensor bytes past the end")
+                if tag == previous:  # a further slice of the same tensor
+                    self.entries[tag][1].append(content)
+                    continue
+                if kind not in MS_TYPES:
+                    raise FtxError(f"tensor {tag}: unsupported type {kind}", where=str(self.path))
+                shape = () if dims == [0] else tuple(dims)
+                self.entries[tag] = (TensorInfo(tag, MS_TYPES[kind], shape), [content])
+                previous = tag
+        except (ValueError, IndexError):
+            raise FtxError(
+                "not a readable MindSpore checkpoint (truncated or corrupt protobuf)",
+                where=str(self.path),
+                fix="re-save or copy the checkpoint again",
+            ) from None
 
     @staticmethod
     def _value(buf: memoryview, start: int, length: int):
@@ -166,15 +189,17 @@ class CkptReader(WeightFile):
         return tag, dims, kind, content
 
     def read(self, name: str) -> np.ndarray:
+        """The tensor's bytes, read (and its slices joined) into a fresh array."""
         info, parts = self.entries[name]
-        dtype = DTYPES[info.dtype]
-        if len(parts) == 1:
-            offset, length = parts[0]
-            return np.frombuffer(
-                self._map, dtype=dtype, count=length // dtype.itemsize, offset=offset
-            ).reshape(info.shape)
-        joined = b"".join(self._map[o : o + n] for o, n in parts)
-        return np.frombuffer(joined, dtype=dtype).reshape(info.shape)
+        array = np.empty(info.shape, dtype=DTYPES[info.dtype])
+        view = memoryview(array.reshape(-1)).cast("B")
+        position = 0
+        for offset, length in parts:
+            self._file.seek(offset)
+            if self._file.readinto(view[position : position + length]) != length:
+                raise FtxError(f"tensor {name}: the file ended early", where=str(self.path))
+            position += length
+        return array
 
 
 def _message(field: int, payload_length: int) -> bytes:
