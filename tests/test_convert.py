@@ -97,6 +97,13 @@ def test_bad_inputs_name_the_file_and_tensor(tmp_path: Path, tiny_llama: Path) -
     (alien / "config.json").write_text(json.dumps({**config, "model_type": "gpt_neox"}))
     with pytest.raises(FtxError, match="unknown architecture 'gpt_neox'"):
         convert(alien, tmp_path / "out", "paddle")
+    wider = {**config, "intermediate_size": config["intermediate_size"] * 2}
+    (alien / "config.json").write_text(json.dumps(wider))
+    with pytest.raises(FtxError, match=r"alien/model.safetensors: tensor model\.layers\.0\.mlp"):
+        convert(alien, tmp_path / "out", "paddle")
+    (alien / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(FtxError, match=r"lacks model\.layers\.2\."):
+        convert(alien, tmp_path / "out", "paddle")
     sharded = tmp_path / "sharded"
     shutil.copytree(tiny_llama, sharded)
     (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")

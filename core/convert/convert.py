@@ -20,6 +20,7 @@ from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile, write_sa
 from ftx.core.convert.sources import TRAINING_STATE, open_weights, read_config, weight_files
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import staged_dir
+from ftx.core.models.architectures import ARCHITECTURES, parameter_shapes
 from ftx.core.models.formats import detect_format
 
 METADATA = {"hf": "pt", "paddle": "np", "mindspore": "ms"}
@@ -46,9 +47,12 @@ class Planned:
 def plan_tensors(
     src: Path, source: str, target: str, config: dict, *, trust_pickle: bool = False
 ) -> list[list[Planned]]:
-    """Per source shard, the output tensors in order (names mapped, shapes checked;
-    optimizer state saved beside the weights is left out)."""
-    names = NameMap(config["model_type"], source, target)
+    """Per source shard, the output tensors in order (names mapped, shapes checked against
+    config.json; optimizer state saved beside the weights is left out)."""
+    model_type = config["model_type"]
+    names = NameMap(model_type, source, target)
+    to_hf = NameMap(model_type, source, "hf")
+    expected = parameter_shapes(ARCHITECTURES[model_type], config)
     planned = []
     for reader in weight_files(src, config, trust_pickle=trust_pickle):
         group = []
@@ -58,15 +62,32 @@ def plan_tensors(
             mapped = names.map(name)
             if mapped is None:
                 raise FtxError(
-                    f"tensor {name} has no {target} name in the {config['model_type']} table",
+                    f"tensor {name} has no {target} name in the {model_type} table",
                     where=str(reader.path),
                     fix="check that the checkpoint matches config.json's model_type",
                 )
             info = reader.info(name)
+            hf = to_hf.map(name)
+            hf_shape = info.shape[::-1] if hf.transpose else info.shape
+            want = expected.pop(hf.name, None)
+            if want is not None and tuple(hf_shape) != want:
+                raise FtxError(
+                    f"tensor {name} has shape {list(info.shape)}, but config.json implies"
+                    f" {list(want[::-1] if hf.transpose else want)}",
+                    where=str(reader.path),
+                    fix="pair the weights with the config.json they were saved with",
+                )
             shape = info.shape[::-1] if mapped.transpose else info.shape
             target_info = TensorInfo(mapped.name, info.dtype, shape)
             group.append(Planned(reader, name, target_info, mapped.transpose))
         planned.append(group)
+    if expected:
+        missing = next(iter(expected))
+        raise FtxError(
+            f"the checkpoint lacks {missing} (HF name), which config.json implies",
+            where=str(src),
+            fix="copy the missing weight file, or pair the weights with their own config.json",
+        )
     return planned
 
 
