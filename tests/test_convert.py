@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import run_ftx, run_in_env
+from conftest import FTX, run_ftx, run_in_env
 from ftx.core.convert.convert import convert
 from ftx.core.convert.safetensors_stream import SafetensorsReader, TensorInfo, write_safetensors
 from ftx.core.errors import FtxError
@@ -299,3 +302,43 @@ def test_mindformers_loads_the_ckpt_with_torch_loss(arch: str, request, tmp_path
     back = run_ftx("convert", str(tmp_path / "ms"), str(tmp_path / "hf"), "--to", "hf", "--verify")
     assert back.returncode == 0, back.stderr
     assert tensors(tmp_path / "hf") == tensors(model)
+
+
+def test_an_interrupted_conversion_leaves_nothing_behind(tmp_path: Path) -> None:
+    from ftx.core.convert.safetensors_stream import TensorInfo, write_safetensors
+    from ftx.core.models.architectures import ARCHITECTURES, parameter_shapes
+
+    config = {
+        "model_type": "llama",
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "vocab_size": 32000,
+    }
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(config))
+    shapes = parameter_shapes(ARCHITECTURES["llama"], config)
+    items = [
+        (TensorInfo(name, "BF16", shape), lambda shape=shape: np.ones(shape, np.uint16))
+        for name, shape in shapes.items()
+    ]
+    write_safetensors(src / "model.safetensors", items, {"format": "pt"})
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        dst = tmp_path / f"out-{sig}"
+        proc = subprocess.Popen(
+            [str(FTX), "convert", str(src), str(dst), "--to", "paddle"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(
+            p.stat().st_size > 0 for p in tmp_path.glob(f".{dst.name}.*.partial/*")
+        ):
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert not dst.exists()
+        assert not list(tmp_path.glob(f".{dst.name}.*")), "a staging folder was left behind"

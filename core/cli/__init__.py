@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
@@ -41,6 +42,8 @@ def cli(quiet: bool) -> None:
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # SIGTERM unwinds like Ctrl-C, so staged outputs are removed rather than left half-written.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     from ftx.core.cli import convert_cmds, data_cmds, env_cmds, model_cmds, run_cmds  # noqa: F401
 
     cli(prog_name="ftx")
