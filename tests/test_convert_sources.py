@@ -173,3 +173,47 @@ def test_mindspore_data_parallel_ranks_convert_and_sharded_ones_are_refused(
     with pytest.raises(FtxError, match="model-parallel slices"):
         convert(ranks, tmp_path / "hf3", "hf")
     assert json.loads((tmp_path / "hf/config.json").read_text())["model_type"] == "llama"
+
+
+def test_a_mindformers_output_converts_with_its_training_yaml(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    import yaml
+
+    convert(tiny_llama, tmp_path / "ms", "mindspore", file_format="ckpt")
+    section = json.loads((tmp_path / "ms/config.json").read_text())["mindformers_model_config"]
+    del section["intermediate_size"]  # MindFormers derives it: 2/3 * 4h rounded to multiple_of
+    section.update(multiple_of=32, batch_size=1, seq_length=64, param_init_type="float32")
+    (tmp_path / "finetune_llama.yaml").write_text(
+        yaml.safe_dump({"run_mode": "finetune", "model": {"model_config": section}})
+    )
+    output = tmp_path / "output/checkpoint"
+    (output / "rank_0").mkdir(parents=True)
+    shutil.copy(tmp_path / "ms/model.ckpt", output / "rank_0/llama_rank_0-3_40.ckpt")
+    missing = run_ftx("convert", str(output), str(tmp_path / "hf"), "--to", "hf")
+    assert missing.returncode == 2 and "--config" in missing.stderr
+    result = run_ftx(
+        "convert",
+        str(output),
+        str(tmp_path / "hf"),
+        "--to",
+        "hf",
+        "--config",
+        str(tmp_path / "finetune_llama.yaml"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert tensors(tmp_path / "hf") == tensors(tiny_llama)
+    config = json.loads((tmp_path / "hf/config.json").read_text())
+    original = json.loads((tiny_llama / "config.json").read_text())
+    for key in (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "vocab_size",
+        "tie_word_embeddings",
+    ):
+        assert config[key] == original[key], key
+    assert "mindformers_model_config" not in config

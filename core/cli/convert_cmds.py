@@ -36,6 +36,13 @@ from ftx.core.convert.names import FAMILIES
     type=click.Choice(sorted(FAMILIES)),
     help="The base model's family, for an adapter whose config does not lead to it.",
 )
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="The model's config.json, or the MindFormers YAML it was trained with"
+    " (default: SRC/config.json, else the one YAML in SRC).",
+)
 def convert(
     src: Path,
     dst: Path,
@@ -45,6 +52,7 @@ def convert(
     force: bool,
     trust_pickle: bool,
     model_type: str | None,
+    config_path: Path | None,
 ) -> None:
     """Convert a checkpoint or LoRA adapter folder tensor by tensor (memory stays about
     one tensor). Sources: safetensors, .ckpt (incl. per-rank data-parallel folders),
@@ -56,6 +64,7 @@ def convert(
       ftx convert ./llama-hf ./llama-ms --to mindspore --format ckpt
       ftx convert ./paddle-tp4 ./llama-hf --to hf --trust-pickle
       ftx convert runs/lora/final ./lora-paddle --to paddle
+      ftx convert output/checkpoint ./llama-hf --to hf --config finetune_llama2_7b.yaml
     """
     from ftx.core.convert.convert import convert as run
 
@@ -68,6 +77,7 @@ def convert(
         verify=verify,
         trust_pickle=trust_pickle,
         model_type=model_type,
+        config_path=config_path,
     )
     checked = f", {summary['verified']} verified" if verify else ""
     results.print(

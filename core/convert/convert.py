@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from ftx.core.convert.configs import convert_config, load_config
 from ftx.core.convert.names import NameMap
 from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile, write_safetensors
-from ftx.core.convert.sources import TRAINING_STATE, open_weights, read_config, weight_files
+from ftx.core.convert.sources import TRAINING_STATE, open_weights, weight_files
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import staged_dir
 from ftx.core.models.architectures import ARCHITECTURES, parameter_shapes
@@ -181,11 +182,13 @@ def convert(
     verify: bool = False,
     trust_pickle: bool = False,
     model_type: str | None = None,
+    config_path: Path | None = None,
 ) -> dict:
     """Convert the checkpoint folder ``src`` to format ``to`` in ``dst``; a LoRA adapter
     folder is converted as an adapter (``model_type`` names its base's family when the
-    adapter does not). ``file_format`` "ckpt" writes MindSpore .ckpt,
-    "pdparams" Paddle's pickle, instead of safetensors."""
+    adapter does not). ``config_path`` overrides ``src``/config.json (a config.json or
+    the MindFormers YAML the weights were trained with). ``file_format`` "ckpt" writes
+    MindSpore .ckpt, "pdparams" Paddle's pickle, instead of safetensors."""
     check_file_format(file_format, to)
     check_destination(dst, force)
     from ftx.core.convert.adapters import adapter_format, convert_adapter
@@ -203,7 +206,7 @@ def convert(
     source = detect_format(src)
     if source == to:
         raise FtxError(f"{src} is already in {to} format", fix="pick another --to")
-    config = read_config(src)
+    config = load_config(src, config_path)
     planned = plan_tensors(src, source, to, config, trust_pickle=trust_pickle)
     with staged_dir(dst, replace=True) as tmp:
         groups = [[(item.target, _produce(item)) for item in group] for group in planned]
@@ -224,39 +227,6 @@ def copy_side_files(src: Path, dst: Path, names: tuple[str, ...] = COPIED) -> No
     for name in names:
         if (src / name).exists():
             shutil.copy2(src / name, dst / name)
-
-
-def convert_config(config: dict, to: str) -> dict:
-    """HF config.json for every format (PaddleNLP reads HF keys; `dtype` beside
-    `torch_dtype` for it); MindSpore folders get the MindFormers model_config too."""
-    out = dict(config)
-    dtype = config.get("torch_dtype") or config.get("dtype")
-    if to == "paddle" and dtype:
-        out["dtype"] = dtype
-    if to == "mindspore":
-        out["mindformers_model_config"] = mindformers_model_config(config)
-    return out
-
-
-def mindformers_model_config(config: dict) -> dict:
-    """The `model.model_config` section of a legacy MindFormers YAML for this model."""
-    return {
-        "type": "LlamaConfig",
-        "hidden_size": config["hidden_size"],
-        "num_layers": config["num_hidden_layers"],
-        "num_heads": config["num_attention_heads"],
-        "n_kv_heads": config.get("num_key_value_heads") or config["num_attention_heads"],
-        "intermediate_size": config["intermediate_size"],
-        "vocab_size": config["vocab_size"],
-        "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
-        "theta": config.get("rope_theta", 10000.0),
-        "max_position_embedding": config.get("max_position_embeddings", 2048),
-        "qkv_has_bias": config["model_type"] == "qwen2",
-        "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
-        "bos_token_id": config.get("bos_token_id"),
-        "eos_token_id": config.get("eos_token_id"),
-        "pad_token_id": config.get("pad_token_id"),
-    }
 
 
 def verify_folder(planned: list[list[Planned]], out: Path) -> int:

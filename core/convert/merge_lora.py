@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ftx.core.convert.adapters import read_adapter
+from ftx.core.convert.configs import load_config
 from ftx.core.convert.convert import (
     check_destination,
     copy_side_files,
@@ -23,7 +24,7 @@ from ftx.core.convert.convert import (
 from ftx.core.convert.floats import from_float32, to_float32
 from ftx.core.convert.names import NameMap
 from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile
-from ftx.core.convert.sources import read_config, weight_files
+from ftx.core.convert.sources import weight_files
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import staged_dir
 from ftx.core.models.formats import detect_format
@@ -40,7 +41,7 @@ def merge_lora(
     """Write base + adapter to ``out`` in the base's format; return a summary."""
     check_destination(out, force)
     fmt = detect_format(base)
-    config = read_config(base)
+    config = load_config(base)
     adapter = read_adapter(adapter_dir, trust_pickle=trust_pickle)
     to_base = NameMap(config["model_type"], "hf", fmt)
     targets = {}

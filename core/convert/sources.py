@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ftx.core.convert.names import FAMILIES, NameMap, tensor_parallel_axis
+from ftx.core.convert.names import NameMap, tensor_parallel_axis
 from ftx.core.convert.safetensors_stream import SafetensorsReader, TensorInfo, WeightFile
 from ftx.core.errors import FtxError
 
@@ -27,21 +27,6 @@ TRAINING_STATE = re.compile(
 )
 TP_FILE = re.compile(r"^model_state\.tp(\d+)_pp(\d+)\.pdparams$")
 RANK_DIR = re.compile(r"^rank_(\d+)$")
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    """The folder's HF-style config.json, checked to name a family ftx can convert."""
-    path = folder / "config.json"
-    if not path.exists():
-        raise FtxError("config.json is missing", where=str(folder), fix="copy the model's config")
-    config = json.loads(path.read_text())
-    if config.get("model_type") not in FAMILIES:
-        raise FtxError(
-            f"unknown architecture {config.get('model_type')!r}",
-            where=str(path),
-            fix=f"ftx converts: {', '.join(FAMILIES)}",
-        )
-    return config
 
 
 def open_weights(path: Path, *, trust_pickle: bool = False) -> WeightFile:
