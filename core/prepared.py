@@ -12,6 +12,8 @@ and ``segment_ids.npy`` (1, 2, ... per example of the row).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -56,26 +58,34 @@ class PreparedSplit:
 def write_split(
     folder: Path,
     examples: list[tuple[list[int], list[int]]],
-    positions: list[tuple[list[int], list[int]]] | None = None,
+    groups: list[list[int]] | None = None,
 ) -> None:
-    """Write examples (input_ids, labels) as one split; ``positions`` holds
-    (position_ids, segment_ids) per row for packed splits."""
+    """Write examples (input_ids, labels) as one split. With ``groups`` (example indices
+    per packed row) the rows are the groups' examples end to end, with position_ids
+    restarting per example and segment_ids numbering the examples 1.. within a row."""
     folder.mkdir(parents=True, exist_ok=True)
-    if positions is not None:
-        np.save(folder / "position_ids.npy", _flat([pos for pos, _ in positions]))
-        np.save(folder / "segment_ids.npy", _flat([seg for _, seg in positions]))
-    lengths = np.array([len(ids) for ids, _ in examples], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    np.save(folder / "input_ids.npy", _flat([ids for ids, _ in examples]))
-    np.save(folder / "labels.npy", _flat([labels for _, labels in examples]))
+    order = list(range(len(examples))) if groups is None else [i for g in groups for i in g]
+    lengths = np.fromiter((len(examples[i][0]) for i in order), dtype=np.int64, count=len(order))
+    if groups is None:
+        row_lengths = lengths
+    else:
+        ends = np.cumsum([len(g) for g in groups], dtype=np.int64)  # last example of each row
+        row_lengths = np.diff(np.concatenate([[0], np.cumsum(lengths)[ends - 1]]))
+        starts = np.cumsum(lengths) - lengths
+        total = int(lengths.sum())
+        positions = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+        segment = np.concatenate([np.arange(1, len(g) + 1) for g in groups]) if groups else []
+        np.save(folder / "position_ids.npy", positions.astype(np.int32))
+        np.save(folder / "segment_ids.npy", np.repeat(segment, lengths).astype(np.int32))
+    offsets = np.concatenate([[0], np.cumsum(row_lengths)]).astype(np.int64)
+    np.save(folder / "input_ids.npy", _flat((examples[i][0] for i in order), int(lengths.sum())))
+    np.save(folder / "labels.npy", _flat((examples[i][1] for i in order), int(lengths.sum())))
     np.save(folder / "offsets.npy", offsets)
 
 
-def _flat(rows: list[list[int]]) -> np.ndarray:
-    """All rows end to end as one int32 array."""
-    if not rows:
-        return np.zeros(0, dtype=np.int32)
-    return np.concatenate([np.asarray(r, dtype=np.int32) for r in rows])
+def _flat(rows: Iterable[list[int]], count: int) -> np.ndarray:
+    """All rows end to end as one int32 array of ``count`` values."""
+    return np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=count)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_ftx, run_in_env
-from ftx.core.data.packing import first_fit_decreasing, pack, packing_efficiency
+from ftx.core.data.packing import first_fit_decreasing
 from ftx.core.data.prepare import prepare
-from ftx.core.prepared import load_split
+from ftx.core.prepared import load_split, write_split
 from ftx.core.recipe import load_recipe
 
 
@@ -25,15 +25,21 @@ def test_first_fit_decreasing_is_valid_complete_and_dense() -> None:
     assert groups == first_fit_decreasing(lengths, 2048)  # deterministic
 
 
-def test_packed_rows_restart_positions_and_number_segments() -> None:
-    rows = pack([([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5]), ([6, 7, 8, 9], [6, 7, 8, 9])], 6)
-    assert packing_efficiency(rows, 6) == pytest.approx(9 / 12)
-    first = rows[0]
-    assert first.input_ids == [6, 7, 8, 9, 4, 5]
-    assert first.position_ids == [0, 1, 2, 3, 0, 1]
-    assert first.segment_ids == [1, 1, 1, 1, 2, 2]
+def test_packed_rows_restart_positions_and_number_segments(tmp_path: Path) -> None:
+    examples = [([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5]), ([6, 7, 8, 9], [6, 7, 8, 9])]
+    groups = first_fit_decreasing([len(ids) for ids, _ in examples], 6)
+    assert groups == [[2, 1], [0]]
+    write_split(tmp_path / "train", examples, groups)
+    split = load_split(tmp_path, "train")
+    assert len(split) == 2
+    ids, labels = split[0]
+    positions, segments = split.positions(0)
+    assert ids.tolist() == [6, 7, 8, 9, 4, 5] and labels.tolist() == [6, 7, 8, 9, -100, 5]
+    assert positions.tolist() == [0, 1, 2, 3, 0, 1]
+    assert segments.tolist() == [1, 1, 1, 1, 2, 2]
+    assert split[1][0].tolist() == [1, 2, 3] and split.positions(1)[1].tolist() == [1, 1, 1]
     with pytest.raises(ValueError):
-        pack([([1] * 7, [1] * 7)], 6)
+        first_fit_decreasing([7], 6)
 
 
 ISOLATION = """
@@ -42,7 +48,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM
 from ftx.backends.torch import modeling
 from ftx.backends.torch.modeling import block_causal_mask, collate, token_loss_sum
-from ftx.core.prepared import load_split
+from ftx.core.prepared import load_split, write_split
 packed = load_split(Path(sys.argv[2]), "train")
 alone = load_split(Path(sys.argv[3]), "train")
 modeling._register_segment_attention()

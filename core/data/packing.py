@@ -2,22 +2,13 @@
 
 Each packed row keeps its examples' boundaries: position_ids restart at 0 for
 every example and segment_ids number the examples of the row from 1 (0 is
-padding), so a backend can keep attention inside each example.
+padding), so a backend can keep attention inside each example. The rows themselves
+are laid out by ``ftx.core.prepared.write_split`` from the groups chosen here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-
-
-@dataclass(frozen=True)
-class PackedRow:
-    input_ids: list[int]
-    labels: list[int]
-    position_ids: list[int]
-    segment_ids: list[int]
 
 
 class _FirstFit:
@@ -57,30 +48,6 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     for i in order:
         groups.setdefault(bins.place(lengths[i]), []).append(i)
     return [groups[b] for b in sorted(groups)]
-
-
-def pack(examples: list[tuple[list[int], list[int]]], capacity: int) -> list[PackedRow]:
-    """Packed rows (unpadded: a row is as long as its examples together)."""
-    groups = first_fit_decreasing([len(ids) for ids, _ in examples], capacity)
-    rows = []
-    for group in groups:
-        ids: list[int] = []
-        labels: list[int] = []
-        positions: list[int] = []
-        segments: list[int] = []
-        for seg, index in enumerate(group, start=1):
-            e_ids, e_labels = examples[index]
-            ids += e_ids
-            labels += e_labels
-            positions += range(len(e_ids))
-            segments += [seg] * len(e_ids)
-        rows.append(PackedRow(ids, labels, positions, segments))
-    return rows
-
-
-def packing_efficiency(rows: list[PackedRow], capacity: int) -> float:
-    """Real tokens / (rows * capacity)."""
-    return sum(len(r.input_ids) for r in rows) / max(1, len(rows) * capacity)
 
 
 def padding_efficiency(lengths: list[int], batch_size: int) -> float:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ftx.core.data.conversation import Conversation
 from ftx.core.data.formats import RowError, to_conversation
-from ftx.core.data.packing import pack, packing_efficiency
+from ftx.core.data.packing import first_fit_decreasing
 from ftx.core.data.render import IGNORE, ChatEncoder
 from ftx.core.data.sources import Source, resolve
 from ftx.core.errors import FtxError
@@ -260,14 +260,11 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
                 "max_length": max(lengths),
             }
             if data.packing and name == "train" and recipe.method.stage != "pt":
-                rows = pack(examples, data.max_seq_len)
-                write_split(
-                    tmp / name,
-                    [(r.input_ids, r.labels) for r in rows],
-                    [(r.position_ids, r.segment_ids) for r in rows],
-                )
-                info["rows"] = len(rows)
-                info["packing_efficiency"] = round(packing_efficiency(rows, data.max_seq_len), 6)
+                groups = first_fit_decreasing(lengths, data.max_seq_len)
+                write_split(tmp / name, examples, groups)
+                info["rows"] = len(groups)
+                efficiency = tokens / max(1, len(groups) * data.max_seq_len)
+                info["packing_efficiency"] = round(efficiency, 6)
                 np.save(tmp / name / "example_lengths.npy", np.asarray(lengths, dtype=np.int32))
             else:
                 write_split(tmp / name, examples)
