@@ -12,8 +12,7 @@ and ``segment_ids.npy`` (1, 2, ... per example of the row).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from itertools import chain
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ class PreparedSplit:
 
 def write_split(
     folder: Path,
-    examples: list[tuple[list[int], list[int]]],
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]],
     groups: list[list[int]] | None = None,
 ) -> None:
     """Write examples (input_ids, labels) as one split. With ``groups`` (example indices
@@ -78,14 +77,16 @@ def write_split(
         np.save(folder / "position_ids.npy", positions.astype(np.int32))
         np.save(folder / "segment_ids.npy", np.repeat(segment, lengths).astype(np.int32))
     offsets = np.concatenate([[0], np.cumsum(row_lengths)]).astype(np.int64)
-    np.save(folder / "input_ids.npy", _flat((examples[i][0] for i in order), int(lengths.sum())))
-    np.save(folder / "labels.npy", _flat((examples[i][1] for i in order), int(lengths.sum())))
+    np.save(folder / "input_ids.npy", _flat([examples[i][0] for i in order]))
+    np.save(folder / "labels.npy", _flat([examples[i][1] for i in order]))
     np.save(folder / "offsets.npy", offsets)
 
 
-def _flat(rows: Iterable[list[int]], count: int) -> np.ndarray:
-    """All rows end to end as one int32 array of ``count`` values."""
-    return np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=count)
+def _flat(rows: list[Sequence[int]]) -> np.ndarray:
+    """All rows (int arrays or lists) end to end as one int32 array."""
+    if not rows:
+        return np.zeros(0, dtype=np.int32)
+    return np.concatenate([np.asarray(r, dtype=np.int32) for r in rows])
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def _chat(defaults_cols: Mapping[str, str], default_tags: Mapping[str, str]):
                     raise RowError("the system turn's content must be a string")
                 system = content
                 continue
-            if role_name not in roles:
+            if not isinstance(role_name, str) or role_name not in roles:
                 raise RowError(
                     f"turn {i} has unknown role {role_name!r}; expected one of {sorted(roles)}"
                 )
