@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from ftx.core.convert.convert import transpose_2d, write_weights
+from ftx.core.convert.convert import METADATA, transpose_2d
 from ftx.core.convert.floats import from_float32, to_float32
+from ftx.core.convert.mindspore_ckpt import write_ckpt
 from ftx.core.convert.names import FAMILIES, NameMap
-from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile
+from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile, write_safetensors
 from ftx.core.convert.sources import indexed_files, open_weights
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import staged_dir
@@ -391,10 +392,11 @@ def _write_paddle(out: Path, items: list, file_format: str) -> None:
 def _write_single(
     out: Path, items: list, name: str, file_format: str, fmt: str = "mindspore"
 ) -> None:
-    """One weight file named ``name`` (write_weights names files after models)."""
-    written = write_weights(out, [items], fmt, file_format)
-    produced = out / next(iter(written.values()))
-    produced.rename(out / name)
+    """One weight file named ``name``: safetensors with ``fmt``'s metadata, or .ckpt."""
+    if file_format == "ckpt":
+        write_ckpt(out / name, items)
+    else:
+        write_safetensors(out / name, items, {"format": METADATA[fmt]})
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
