@@ -124,7 +124,7 @@ def main() -> None:
             text=True,
             capture_output=True,
             check=True,
-            env=envs.activated_env("torch"),
+            env=envs.process_env("torch"),
         )
         .stdout.strip()
         .splitlines()[-1]

@@ -1,65 +1,81 @@
-"""The Backend interface: translate a recipe to a native plan, collect results.
+"""What a backend declares: one :class:`BackendSpec` in ``backends/<name>/__init__.py``.
 
-A backend is a folder under backends/ with a translator (pure: recipe in,
-:class:`NativePlan` out), a worker that runs inside the backend's own
-environment, a pinned lock file and its capabilities. Nothing here imports a
-framework.
+Standard library only: workers import their backend's package inside its own
+environment, and listing backends (``ftx backends``, ``ftx env list``) must
+import no framework. Everything a spec names lazily is an import path
+(``module:attribute``), loaded by :mod:`ftx.core.registry` when needed.
 """
 
 from __future__ import annotations
 
-import json
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
-
-from ftx.core.capabilities import Capabilities
-from ftx.core.layout import RunLayout
-from ftx.core.plan import NativePlan
-from ftx.core.recipe.schema import Recipe
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 
-class Backend(ABC):
-    """One framework's translator and result collector."""
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """A backend's local environment: a pinned lock file and how to inspect it."""
 
-    name: ClassVar[str]
-    environment: ClassVar[str]
-    capabilities: ClassVar[Capabilities]
-    description: ClassVar[str]
-
-    @abstractmethod
-    def translate(self, recipe: Recipe, layout: RunLayout) -> NativePlan:
-        """Turn a validated recipe into native config files and a launch command.
-
-        Must be pure: no file is read or written and nothing is run.
-        """
-
-    def collect(self, layout: RunLayout) -> dict[str, Any]:
-        """Summarise a finished run from the files its worker left in OUT."""
-        metrics = read_metrics(layout)
-        losses = [m["loss"] for m in metrics if "loss" in m]
-        summary: dict[str, Any] = {
-            "steps": max((m.get("step", 0) for m in metrics), default=0),
-            "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None,
-            "final_dir": str(layout.final) if layout.final.exists() else None,
-        }
-        if layout.eval_json.exists():
-            summary["evaluation"] = json.loads(layout.eval_json.read_text())
-        timing = layout.logs / "train_timing.json"
-        if timing.exists():
-            # seconds spent in the training loop alone, and the real tokens it processed
-            summary["training"] = json.loads(timing.read_text())
-        return summary
+    lock_file: Path
+    frameworks: tuple[str, ...]  # distributions whose versions `ftx env doctor` reports
+    import_check: str  # a statement that must run in the finished environment
+    devices: str  # "module:function" run inside the environment: the devices it sees
 
 
-def read_metrics(layout: RunLayout) -> list[dict[str, Any]]:
-    """The logged steps of a run (metrics.jsonl), skipping a torn last line."""
-    if not layout.metrics.exists():
-        return []
-    rows = []
-    for line in layout.metrics.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can train. ``notes`` explain limits a row cannot show."""
+
+    stages: frozenset[str]
+    finetuning: frozenset[str]
+    precisions: frozenset[str]
+    parallel: frozenset[str]  # dp, tp, pp, zero1-3, offload, multinode
+    packing: bool = True
+    model_formats: frozenset[str] = frozenset({"hf"})  # checkpoint formats it trains from
+    accelerator_only: frozenset[str] = frozenset()  # methods that need a GPU/NPU
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Override:
+    """A key of the recipe's ``backends.<name>`` section that the backend honours.
+
+    With ``recipe_key`` it is the native spelling of a recipe key: the value is
+    written into that key (through ``values`` when given), so everything derived
+    from it agrees. Without, the translator passes it to the framework as is.
+    """
+
+    kind: type  # bool, int, float or str
+    example: Any  # a valid value that changes the plan (the tests try each one)
+    help: str
+    recipe_key: str | None = None
+    values: Mapping[Any, Any] | None = None  # native value -> recipe value; others refused
+
+
+@dataclass(frozen=True)
+class DataExporter:
+    """``ftx data export --to NAME``: the recipe's data in a native tool's own format."""
+
+    description: str
+    function: str  # "module:function"; export(recipe, folder) -> one-line summary, in the core
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend: its environment, and when it trains, how to translate a recipe for it."""
+
+    name: str
+    description: str
+    launcher: str
+    environment: EnvironmentSpec
+    capabilities: Capabilities | None = None  # None: the environment exists, training comes later
+    translator: str | None = None  # "module:function": translate(recipe) -> NativePlan, pure
+    worker: str | None = None  # the module the launcher runs with OUT/plan/worker.json
+    overrides: Mapping[str, Override] = field(default_factory=dict)
+    exporters: Mapping[str, DataExporter] = field(default_factory=dict)
+
+    @property
+    def trains(self) -> bool:
+        return self.translator is not None and self.capabilities is not None

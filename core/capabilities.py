@@ -1,39 +1,22 @@
-"""The capability matrix: what each backend can run.
+"""Check a recipe against a backend's capabilities.
 
-Each backend declares one :class:`Capabilities` value in its folder; the
-registry gathers them, and this module is the single place that turns them
-into recipe checks (``ftx validate --backend``) and into the ``ftx backends``
-table, so the two can never disagree.
+Each backend declares one :class:`~ftx.core.backend.Capabilities` value in its
+spec; the registry gathers them, and this module is the single place that turns
+them into recipe checks (``ftx validate --backend``), so the checks and the
+``ftx backends`` table can never disagree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
+from ftx.core.backend import Capabilities
 from ftx.core.errors import FtxError
-from ftx.core.recipe.schema import DATA_FORMATS, Recipe
-
-PARALLEL_MODES = ("dp", "tp", "pp", "zero1", "zero2", "zero3", "offload", "multinode")
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What one backend supports. ``notes`` explain limits a row cannot show."""
-
-    stages: frozenset[str]
-    finetuning: frozenset[str]
-    precisions: frozenset[str]
-    parallel: frozenset[str]
-    data_formats: frozenset[str] = frozenset(DATA_FORMATS)
-    packing: bool = True
-    model_formats: frozenset[str] = frozenset({"hf"})  # checkpoint formats it trains from
-    accelerator_only: frozenset[str] = frozenset()  # methods that need a GPU/NPU
-    notes: Mapping[str, str] = field(default_factory=dict)
+from ftx.core.recipe.schema import Recipe
 
 
 def parallel_modes(recipe: Recipe) -> list[str]:
-    """The parallel features a recipe asks for, in PARALLEL_MODES names."""
+    """The parallel features a recipe asks for: dp, tp, pp, zero1-3, offload, multinode."""
     p = recipe.parallel
     modes = []
     if p.dp > 1:
@@ -81,9 +64,6 @@ def check_recipe(
     need("method.stage", recipe.method.stage, caps.stages, "stages")
     need("method.finetuning", recipe.method.finetuning, caps.finetuning, "finetuning")
     need("train.precision", recipe.train.precision, caps.precisions, "precisions")
-    for i, spec in enumerate(recipe.data.datasets):
-        if spec.format:
-            need(f"data.datasets[{i}].format", spec.format, caps.data_formats, "data_formats")
     for mode in parallel_modes(recipe):
         need("parallel", mode, caps.parallel, "parallel")
     if model_format and model_format not in caps.model_formats:
@@ -98,12 +78,6 @@ def check_recipe(
         note = caps.notes.get(recipe.method.finetuning, "it needs a GPU")
         problems.append(
             f"method.finetuning: '{recipe.method.finetuning}' cannot run on this machine: {note}"
-        )
-    unknown = sorted(set(recipe.backends) - set(every))
-    if unknown:
-        problems.append(
-            f"backends: unknown backend section(s) {', '.join(unknown)};"
-            f" known: {', '.join(sorted(every))}"
         )
     if problems:
         first, *rest = problems

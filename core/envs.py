@@ -17,14 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from ftx.core.backend import EnvironmentSpec
 from ftx.core.console import console, is_quiet
-from ftx.core.envspec import EnvironmentSpec
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json
+from ftx.core.registry import get_spec as get_backend_spec
+from ftx.core.registry import specs
 
 MARKER = "ftx-env.json"
 
@@ -35,23 +36,13 @@ def ftx_home() -> Path:
 
 
 def env_names() -> list[str]:
-    from ftx.backends import REGISTRY
-
-    return list(REGISTRY)
+    """Every backend's environment (one per backend, named after it)."""
+    return list(specs())
 
 
 def get_spec(name: str) -> EnvironmentSpec:
     """The environment spec of a backend, or a clear error."""
-    from ftx.backends import REGISTRY
-
-    entry = REGISTRY.get(name)
-    if entry is None:
-        raise FtxError(
-            f"no environment named '{name}'",
-            fix=f"use one of: {', '.join(REGISTRY)}",
-        )
-    module, _, attr = entry.environment.partition(":")
-    return getattr(import_module(module), attr)
+    return get_backend_spec(name, trains=False).environment
 
 
 def env_dir(name: str) -> Path:
@@ -124,7 +115,7 @@ def create(name: str, *, force: bool = False) -> dict[str, Any]:
         "lock_sha256": lock_digest(spec),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.time() - started, 1),
-        **probe(name),
+        **inventory(name),
     }
     atomic_write_json(target / MARKER, record)
     return record
@@ -140,15 +131,14 @@ def remove(name: str) -> bool:
     return True
 
 
-def probe(name: str) -> dict[str, Any]:
-    """Ask the environment for its framework versions and devices."""
-    spec = get_spec(name)
+def inventory(name: str) -> dict[str, Any]:
+    """Ask the environment for its framework versions and devices (ftx.core.inventory)."""
     result = subprocess.run(
-        [str(env_python(name)), "-m", spec.probe_module],
+        [str(env_python(name)), "-m", "ftx.core.inventory", name],
         capture_output=True,
         text=True,
         cwd=tempfile.gettempdir(),  # some frameworks write log folders into the cwd on import
-        env=_clean_env(name),
+        env=process_env(name),
         timeout=300,
     )
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("{")]
@@ -161,18 +151,14 @@ def probe(name: str) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def _clean_env(name: str) -> dict[str, str]:
-    """Process environment for commands run in a backend env (its bin first on PATH)."""
+def process_env(name: str) -> dict[str, str]:
+    """Environment variables for a process run in a backend's environment (its bin
+    first on PATH, so its python and launchers are the ones found)."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     env["VIRTUAL_ENV"] = str(env_dir(name))
     env["PATH"] = f"{env_dir(name) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return env
-
-
-def activated_env(name: str) -> dict[str, str]:
-    """Environment variables that make the backend env's python and launchers first."""
-    return _clean_env(name)
 
 
 def _count_pins(spec: EnvironmentSpec) -> int:
@@ -213,7 +199,7 @@ def _run_step(name: str, label: str, command: list[str], *, cwd: Path) -> None:
             status.start()
         try:
             proc = subprocess.run(
-                command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=_clean_env(name)
+                command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=process_env(name)
             )
         finally:
             if status:

@@ -7,8 +7,6 @@ as one paragraph and exits with code 2; it never shows a traceback for it.
 
 from __future__ import annotations
 
-USER_ERROR_EXIT_CODE = 2
-
 
 class FtxError(Exception):
     """A user error: names the file and key (or line), what is wrong, and the fix."""

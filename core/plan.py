@@ -1,9 +1,9 @@
 """The NativePlan: what a backend's translator produces from a recipe.
 
-A plan is plain data: the native files to write (name -> text), the launch
-command, environment variables and the outputs the run is expected to leave.
-Writing a plan to disk and running it are separate steps, so `ftx plan` and
-`ftx run` share everything up to the launch.
+A plan is plain data: the worker config, the native files to write (name ->
+text), the launch command and its environment variables. Writing a plan and
+running it are separate steps, so `ftx plan` and `ftx run` share everything up
+to the launch. Paths in a plan are relative to OUT: launch.sh starts there.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from ftx.core.contract import RunLayout, WorkerConfig
 from ftx.core.fsutil import atomic_write_text
 
 
@@ -21,16 +21,18 @@ class NativePlan:
     """A backend's translation of one recipe."""
 
     backend: str
-    out_dir: Path
-    files: dict[str, str]
+    worker_config: WorkerConfig
+    files: dict[str, str]  # native files beside worker.json in OUT/plan
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    expected_outputs: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
 
-    @property
-    def plan_dir(self) -> Path:
-        return self.out_dir / "plan"
+    def rendered(self) -> dict[str, str]:
+        """Every file of OUT/plan by name, launch.sh included."""
+        return {
+            "worker.json": self.worker_config.to_json(),
+            **self.files,
+            "launch.sh": self.launch_script(),
+        }
 
     def launch_script(self) -> str:
         """The exact launch command as a bash script that runs from anywhere."""
@@ -39,18 +41,17 @@ class NativePlan:
         return (
             "#!/usr/bin/env bash\n"
             f"# Written by `ftx plan` for the {self.backend} backend. Runs with the python\n"
-            "# and launchers found on PATH (the backend's environment or image).\n"
+            "# and launchers found on PATH (the backend's environment or image), in OUT.\n"
             "set -euo pipefail\n"
+            'cd "$(dirname "$0")/.."\n'
             f"{exports}"
             f"exec {command}\n"
         )
 
-    def write(self) -> Path:
-        """Write the native files and launch.sh under OUT/plan; return launch.sh."""
-        self.plan_dir.mkdir(parents=True, exist_ok=True)
-        for name, text in self.files.items():
-            atomic_write_text(self.plan_dir / name, text)
-        launch = self.plan_dir / "launch.sh"
-        atomic_write_text(launch, self.launch_script())
-        os.chmod(launch, 0o755)
-        return launch
+    def write(self, layout: RunLayout) -> list[str]:
+        """Write every plan file under OUT/plan; return their names."""
+        files = self.rendered()
+        for name, text in files.items():
+            atomic_write_text(layout.plan / name, text)
+        os.chmod(layout.launch_script, 0o755)
+        return list(files)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 FORMAT_VERSION = 3
+IGNORE_INDEX = -100  # the label of a token that is not learned
 
 
 class PreparedSplit:

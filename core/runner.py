@@ -1,57 +1,98 @@
 """`ftx plan` and `ftx run`, top to bottom.
 
-validate for the backend -> claim OUT -> prepare data -> translate -> write
-plan -> (run only) set up the runtime -> launch -> collect -> run.json
+apply backends.<name> and check capabilities -> claim OUT -> prepare data ->
+translate -> write plan -> (run only) set up the runtime -> launch -> summarise
+-> run.json
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftx.core.backend import Backend
+from ftx.core.backend import BackendSpec
 from ftx.core.capabilities import check_recipe
 from ftx.core.console import info
+from ftx.core.contract import (
+    RunLayout,
+    TrainTiming,
+    WorkerFailure,
+    read_metrics,
+    read_record,
+    run_status,
+)
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json
-from ftx.core.layout import RunLayout
 from ftx.core.models.formats import detect_format
+from ftx.core.overrides import apply_overrides
 from ftx.core.plan import NativePlan
 from ftx.core.preflight import Topology, run_preflight
+from ftx.core.progress import RunDisplay
 from ftx.core.recipe import LoadedRecipe, recipe_digest
-from ftx.core.registry import capability_matrix, get_backend
+from ftx.core.recipe.schema import Recipe
+from ftx.core.registry import capability_matrix, get_spec, specs, translator
 from ftx.core.runtime import get_runtime
 
 
-def check_for_backend(loaded: LoadedRecipe, backend_name: str, *, here: bool = True) -> Backend:
-    """The backend, after checking the recipe against its capabilities (and, when
-    ``here``, against the devices this machine's environment has)."""
-    backend = get_backend(backend_name)
-    recipe = loaded.recipe
+@dataclass(frozen=True)
+class Target:
+    """A backend and the recipe as it runs there (its ``backends.<name>`` applied)."""
+
+    spec: BackendSpec
+    recipe: Recipe
+
+    def translate(self) -> NativePlan:
+        return translator(self.spec)(self.recipe)
+
+
+def check_overrides(loaded: LoadedRecipe) -> None:
+    """Check every ``backends.<name>`` section against what that backend honours."""
+    known = specs()
+    unknown = sorted(set(loaded.recipe.backends) - set(known))
+    if unknown:
+        raise FtxError(
+            f"unknown backend section(s) {', '.join(unknown)}",
+            where=f"{loaded.source}: backends",
+            fix=f"use sections named after backends: {', '.join(known)}",
+        )
+    for name in loaded.recipe.backends:
+        apply_overrides(loaded.recipe, known[name], str(loaded.source))
+
+
+def target_for(loaded: LoadedRecipe, backend: str, *, here: bool = True) -> Target:
+    """The backend and effective recipe, after checking the recipe against the backend's
+    overrides and capabilities (and, when ``here``, the devices this machine's
+    environment has)."""
+    check_overrides(loaded)
+    spec = get_spec(backend)
+    recipe = apply_overrides(loaded.recipe, spec, str(loaded.source))
     model_dir = Path(recipe.model.path)
     model_format = recipe.model.format or (detect_format(model_dir) if model_dir.exists() else None)
+    assert spec.capabilities is not None
     check_recipe(
         recipe,
-        backend_name,
-        backend.capabilities,
+        backend,
+        spec.capabilities,
         capability_matrix(),
         source=str(loaded.source),
         model_format=model_format,
-        accelerator=accelerator_seen(backend.environment) if here else None,
+        accelerator=accelerator_seen(backend) if here else None,
     )
-    return backend
+    return Target(spec, recipe)
 
 
-def accelerator_seen(environment: str) -> bool | None:
+def accelerator_seen(backend: str) -> bool | None:
     """Whether the backend's local environment saw a GPU/NPU when it was built
     (None when there is no environment yet, so nothing is known)."""
     from ftx.core.envs import read_marker
 
-    record = read_marker(environment)
+    record = read_marker(backend)
     if record is None:
         return None
     return any(not d.startswith("cpu") for d in record.get("devices", []))
@@ -61,13 +102,11 @@ def layout_for(loaded: LoadedRecipe, out: Path | None) -> RunLayout:
     return RunLayout((out or Path(loaded.recipe.output.dir)).resolve())
 
 
-def make_plan(loaded: LoadedRecipe, backend_name: str, out: Path | None) -> NativePlan:
+def make_plan(loaded: LoadedRecipe, backend: str, out: Path | None) -> tuple[RunLayout, list[str]]:
     """Translate and write the plan under OUT/plan (runs nothing, maybe elsewhere)."""
-    backend = check_for_backend(loaded, backend_name, here=False)
+    target = target_for(loaded, backend, here=False)
     layout = layout_for(loaded, out)
-    plan = backend.translate(loaded.recipe, layout)
-    plan.write()
-    return plan
+    return layout, target.translate().write(layout)
 
 
 def claim_output(layout: RunLayout, *, force: bool, resuming: bool) -> None:
@@ -86,7 +125,7 @@ def claim_output(layout: RunLayout, *, force: bool, resuming: bool) -> None:
 
 def run(
     loaded: LoadedRecipe,
-    backend_name: str,
+    backend: str,
     *,
     runtime_name: str = "local",
     out: Path | None = None,
@@ -95,8 +134,8 @@ def run(
     """Run a recipe end to end; return the run.json record."""
     from ftx.core.data.prepare import prepared_data
 
-    recipe = loaded.recipe
-    backend = check_for_backend(loaded, backend_name)
+    target = target_for(loaded, backend)
+    recipe, spec = target.recipe, target.spec
     runtime = get_runtime(runtime_name)
     layout = layout_for(loaded, out)
     claim_output(layout, force=force, resuming=bool(recipe.train.resume))
@@ -112,12 +151,11 @@ def run(
     # The tokenizer ran in parallel threads above; saying so explicitly keeps it from
     # warning in every process forked from here on (launchers, pip).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    plan = backend.translate(recipe, layout)
-    launch = plan.write()
-    info(f"[bold]Plan[/] written to {plan.plan_dir} ({', '.join(plan.files)}, {launch.name})")
+    written = target.translate().write(layout)
+    info(f"[bold]Plan[/] written to {layout.plan} ({', '.join(written)})")
 
-    environment = runtime.prepare(backend.environment)
-    check_for_backend(loaded, backend_name)  # again, now that the devices are known
+    environment = runtime.prepare(spec.name)
+    target_for(loaded, backend)  # again, now that the devices are known
     if recipe.parallel.nnodes > 1:
         info(f"[bold]Preflight[/]: meeting the other nodes at {recipe.parallel.master_addr}")
         same_on_every_node = recipe.model_copy(
@@ -134,7 +172,7 @@ def run(
         )
     record: dict[str, Any] = {
         "status": "running",
-        "backend": backend.name,
+        "backend": spec.name,
         "runtime": runtime.name,
         "recipe": str(loaded.source),
         "recipe_sha256": loaded.digest,
@@ -147,16 +185,18 @@ def run(
         },
     }
     atomic_write_json(layout.run_json, record)
-    info(f"[bold]Training[/] with the {backend.name} backend ({runtime.name} runtime)")
+    layout.error_json.unlink(missing_ok=True)  # from an earlier, resumed attempt
+    info(f"[bold]Training[/] with the {spec.name} backend ({runtime.name} runtime)")
     started = time.time()
-    log = layout.logs / "launch.log"
-    code = runtime.run(plan, backend.environment, log)
-    record.update(backend.collect(layout))
+    with RunDisplay(spec.name) as display:
+        code = runtime.run(layout, spec.name, display.line)
+    record.update(summarize(layout))
     record["wall_time_s"] = round(time.time() - started, 2)
     record["exit_code"] = code
-    record["status"] = (
-        "completed" if code == 0 else ("interrupted" if code in (130, 143) else "failed")
-    )
+    record["status"] = run_status(code)
+    failure = read_record(WorkerFailure, layout.error_json)
+    if failure is not None:
+        record["error"] = failure.describe()
     atomic_write_json(layout.run_json, record)
     if record["status"] == "interrupted":
         raise FtxError(
@@ -166,19 +206,38 @@ def run(
             exit_code=code,
         )
     if record["status"] == "failed":
+        reason = failure.describe() if failure else f"it left no error.json; {log_tail(layout)}"
         raise FtxError(
-            f"the {backend.name} worker failed (exit code {code}): {failure_reason(log)}",
-            where=str(log),
+            f"the {spec.name} worker failed (exit code {code}): {reason}",
+            where=str(layout.launch_log),
             fix="read the log; rerun with train.resume=auto to continue from the last checkpoint",
             exit_code=1,
         )
     return record
 
 
-def failure_reason(log: Path) -> str:
-    """The worker's own exception line from a launch log (launchers add their own noise)."""
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [
-        ln for ln in lines if re.search(r"(Error|Exception)\b.*:", ln) and "elastic" not in ln
-    ]
-    return errors[-1] if errors else " | ".join(lines[-5:])
+def summarize(layout: RunLayout) -> dict[str, Any]:
+    """What a finished run's files say: steps, first/final loss, evaluation, timing."""
+    rows = read_metrics(layout)
+    losses = [r.loss for r in rows if r.loss is not None]
+    summary: dict[str, Any] = {
+        "steps": max((r.step for r in rows), default=0),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "final_dir": str(layout.final) if layout.final.exists() else None,
+    }
+    if layout.eval_json.exists():
+        summary["evaluation"] = json.loads(layout.eval_json.read_text())
+    timing = read_record(TrainTiming, layout.timing)
+    if timing is not None:
+        # seconds spent in the training loop alone, and the real tokens it processed
+        summary["training"] = dataclasses.asdict(timing)
+    return summary
+
+
+def log_tail(layout: RunLayout, lines: int = 5) -> str:
+    """The last lines of the launch log, for failures that left no error.json (a kill)."""
+    if not layout.launch_log.exists():
+        return "no launch log either"
+    text = layout.launch_log.read_text(errors="replace").splitlines()
+    return "last lines of the log: " + " | ".join(ln.strip() for ln in text[-lines:] if ln.strip())

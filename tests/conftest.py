@@ -36,7 +36,7 @@ def run_in_env(name: str, code: str, *args: str, timeout: int = 600) -> dict:
         [str(python), "-c", code, *args],
         capture_output=True,
         text=True,
-        env=envs.activated_env(name),
+        env=envs.process_env(name),
         timeout=timeout,
         cwd="/tmp",
     )

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ftx.core.data.conversation import Message
 from ftx.core.data.formats import RowError, to_conversation
-from ftx.core.data.prepare import Report, read_conversations
+from ftx.core.data.prepare import RowReport, read_conversations
 from ftx.core.data.sources import resolve
 from ftx.core.errors import FtxError
 from ftx.core.recipe.schema import DatasetSpec
@@ -153,7 +153,7 @@ def test_every_file_type(tmp_path: Path, suffix: str) -> None:
 
         pq.write_table(pa.Table.from_pylist(ROWS), path)
     source = resolve(DatasetSpec(path=str(path)), tmp_path, "data.datasets[0]")
-    convs = read_conversations(source, "raise", Report())
+    convs = read_conversations(source, "raise", RowReport())
     assert [c.messages[0].content for c in convs] == ["q1", "q2\nx"]
     # where the second row starts: its line (json, jsonl, csv with header) or row (parquet)
     line = {".json": 7, ".jsonl": 2, ".csv": 3, ".parquet": 2}[suffix]
@@ -181,7 +181,7 @@ def test_dataset_info_json_schema(tmp_path: Path) -> None:
         )
     )
     source = resolve(DatasetSpec(name="mine"), tmp_path, "data.datasets[0]")
-    convs = read_conversations(source, "raise", Report())
+    convs = read_conversations(source, "raise", RowReport())
     assert len(convs) == 3 and convs[0].system == "S" and convs[0].messages[1].content == "y0"
     with pytest.raises(FtxError, match="never downloads"):
         resolve(DatasetSpec(name="hub_only"), tmp_path, "data.datasets[1]")
@@ -243,10 +243,10 @@ def test_fuzzed_rows_either_normalise_or_fail_cleanly(tmp_path: Path, row, fmt: 
     path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
     source = resolve(DatasetSpec(path=str(path), format=fmt), tmp_path, "data.datasets[0]")
     try:
-        convs = read_conversations(source, "raise", Report())
+        convs = read_conversations(source, "raise", RowReport())
     except FtxError as exc:
         assert f"{path}:2" in str(exc) and exc.exit_code == 2
-        report = Report()
+        report = RowReport()
         skipped = read_conversations(source, "skip", report)
         assert len(skipped) == 1 and len(report.skipped) == 1  # counted, never silent
         return

@@ -3,14 +3,20 @@
 mindformers 1.9.0 pins mindspore~=2.9.0 and transformers==4.57.1.
 """
 
+import glob
 from pathlib import Path
 
-from ftx.core.envspec import EnvironmentSpec
+from ftx.core.backend import EnvironmentSpec
 
 ENVIRONMENT = EnvironmentSpec(
-    name="mindformers",
     lock_file=Path(__file__).with_name("requirements.lock"),
     frameworks=("mindspore", "mindformers", "numpy", "safetensors"),
-    probe_module="ftx.backends.mindformers.probe",
     import_check="import mindspore, mindformers",
+    devices="ftx.backends.mindformers.environment:visible_devices",
 )
+
+
+def visible_devices() -> list[str]:
+    """CPU plus every Ascend NPU whose device node is present."""
+    npus = sorted(glob.glob("/dev/davinci[0-9]*"))
+    return ["cpu"] + [f"npu:{p.removeprefix('/dev/davinci')}" for p in npus]

@@ -5,27 +5,23 @@
 Rows are ``max_seq_len + 1`` int32 tokens (``input_ids``, padded with the pad
 id) and aligned ``labels`` (-100 on masked and padded positions): MindFormers'
 legacy models drop the last input token and the first label themselves.
-Files are written to a temporary folder and renamed into place.
+`ftx data export` stages the folder and renames it into place.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ftx.core.prepared import load_split, read_manifest
+from ftx.core.prepared import IGNORE_INDEX, load_split, read_manifest
 
-IGNORE = -100
 SCHEMA = {"input_ids": {"type": "int32", "shape": [-1]}, "labels": {"type": "int32", "shape": [-1]}}
 
 
 def write_mindrecord(prepared: Path, out: Path, split: str = "train") -> int:
-    """Write OUT/<split>.mindrecord (+ .db); return the number of rows."""
+    """Write OUT/<split>.mindrecord (+ .db) into the folder ``out``; return the row count."""
     from mindspore.mindrecord import FileWriter
 
     manifest = read_manifest(prepared)
@@ -39,30 +35,23 @@ def write_mindrecord(prepared: Path, out: Path, split: str = "train") -> int:
         )
     width = manifest["max_seq_len"] + 1
     pad = manifest["pad_token_id"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        writer = FileWriter(str(tmp / f"{split}.mindrecord"), shard_num=1, overwrite=True)
-        writer.add_schema(SCHEMA, "ftx prepared data")
-        batch = []
-        for i in range(len(rows)):
-            ids, labels = rows[i]
-            input_ids = np.full(width, pad, dtype=np.int32)
-            target = np.full(width, IGNORE, dtype=np.int32)
-            input_ids[: len(ids)] = ids
-            target[: len(labels)] = labels
-            batch.append({"input_ids": input_ids, "labels": target})
-            if len(batch) == 1000:
-                writer.write_raw_data(batch)
-                batch = []
-        if batch:
+    out.mkdir(parents=True, exist_ok=True)
+    writer = FileWriter(str(out / f"{split}.mindrecord"), shard_num=1, overwrite=True)
+    writer.add_schema(SCHEMA, "ftx prepared data")
+    batch = []
+    for i in range(len(rows)):
+        ids, labels = rows[i]
+        input_ids = np.full(width, pad, dtype=np.int32)
+        target = np.full(width, IGNORE_INDEX, dtype=np.int32)
+        input_ids[: len(ids)] = ids
+        target[: len(labels)] = labels
+        batch.append({"input_ids": input_ids, "labels": target})
+        if len(batch) == 1000:
             writer.write_raw_data(batch)
-        writer.commit()
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            batch = []
+    if batch:
+        writer.write_raw_data(batch)
+    writer.commit()
     return len(rows)
 
 

@@ -4,7 +4,7 @@ PaddleNLP tokenises its own data, so this export carries text, not tokens:
 ``train.json`` and ``dev.json`` (JSON Lines despite the name) with
 ``{"src": [user turns], "tgt": [assistant turns], "context": {"system": ...}}``
 and the chat template in PaddleNLP's ``chat_template.json`` form. Runs in the
-core environment (no paddle import).
+core's process (no paddle import), for `ftx data export --to paddlenlp`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,20 @@ from typing import Any
 
 from ftx.core.data.conversation import Conversation
 from ftx.core.errors import FtxError
+from ftx.core.recipe.schema import Recipe
+
+
+def export_paddlenlp(recipe: Recipe, out: Path) -> str:
+    """The recipe's conversations as PaddleNLP data in ``out`` (an empty, staged folder)."""
+    from ftx.core.data.prepare import RowReport, load_tokenizer, split_conversations
+
+    train, val = split_conversations(recipe, RowReport())
+    bos = eos = None
+    if (Path(recipe.model.path) / "tokenizer_config.json").exists():
+        tokenizer = load_tokenizer(recipe)
+        bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+    counts = write_paddlenlp(train, val, recipe.model.template, out, bos, eos)
+    return f"PaddleNLP data, {counts['train']} train / {counts['dev']} dev rows"
 
 
 def src_tgt_row(conv: Conversation) -> dict[str, Any]:

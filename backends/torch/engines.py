@@ -8,39 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class Rank:
-    """This process's place in the job (torchrun's environment variables)."""
-
-    rank: int
-    world: int
-    local_rank: int
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Rank:
-        import os
-
-        return cls(
-            int(os.environ.get("RANK", 0)),
-            int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)),
-        )
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
+from ftx.backends.torch.plan_files import DS_CONFIG
+from ftx.core.workerkit import Rank
 
 
 def all_reduce_sum(values: list[float], rank: Rank) -> list[float]:
@@ -176,5 +151,7 @@ def _load_weights(model: Any, folder: Path) -> None:
         raise RuntimeError(f"{folder} does not match the model: {missing[:3]} {unexpected[:3]}")
 
 
-def deepspeed_config(plan_dir: Path, name: str | None) -> dict | None:
-    return json.loads((plan_dir / name).read_text()) if name else None
+def read_ds_config(plan_dir: Path) -> dict | None:
+    """The plan's DeepSpeed config, or None when the run uses the plain engine."""
+    path = plan_dir / DS_CONFIG
+    return json.loads(path.read_text()) if path.exists() else None

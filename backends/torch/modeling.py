@@ -9,14 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftx.core.prepared import PreparedSplit
+from ftx.backends.torch.plan_files import PEFT_CONFIG
+from ftx.core.contract import QuantizationArgs, WorkerConfig
+from ftx.core.prepared import IGNORE_INDEX, PreparedSplit
 
-IGNORE = -100
 _ZERO3_CONFIG: list[Any] = []  # keeps transformers' ZeRO-3 hook alive during from_pretrained
 
 
 def load_model(
-    cfg: dict[str, Any],
+    config: WorkerConfig,
     plan_dir: Path,
     device: torch.device,
     ds_config: dict | None,
@@ -29,9 +30,8 @@ def load_model(
     hf_logging.set_verbosity_error()
     _register_segment_attention()
     hf_logging.disable_progress_bar()
-    model_cfg, method = cfg["model"], cfg["method"]
-    path = model_cfg["model_name_or_path"]
-    trust = model_cfg["trust_remote_code"]
+    path, trust = config.model.path, config.model.trust_remote_code
+    method, checkpointing = config.method, config.train.gradient_checkpointing
     if ds_config and ds_config["zero_optimization"]["stage"] == 3:
         # Parameters are created already partitioned over ranks (zero.Init), so no
         # rank ever holds the whole model.
@@ -39,16 +39,16 @@ def load_model(
 
         _ZERO3_CONFIG.append(HfDeepSpeedConfig(ds_config))
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-    kind = method["finetuning_type"]
+    kind = method.finetuning
     extra: dict[str, Any] = {}
-    if kind == "qlora":
+    if method.quantization is not None:
         extra = {
-            "quantization_config": quantization_config(method["quantization"], cfg["precision"]),
+            "quantization_config": quantization_config(method.quantization, config.train.precision),
             "device_map": {"": device.index or 0},
         }
     model = AutoModelForCausalLM.from_pretrained(
         path,
-        dtype=getattr(torch, model_cfg["torch_dtype"]),
+        dtype=getattr(torch, config.model.dtype),
         trust_remote_code=trust,
         attn_implementation=attention_implementation(packed),
         **extra,
@@ -56,19 +56,17 @@ def load_model(
     if kind == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg["training_args"]["gradient_checkpointing"]
-        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     else:
         model = model.to(device)
     if kind in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
-        peft_kwargs = json.loads((plan_dir / method["peft_config"]).read_text())
+        peft_kwargs = json.loads((plan_dir / PEFT_CONFIG).read_text())
         model = get_peft_model(model, LoraConfig(**peft_kwargs))
-    elif kind == "freeze":
-        freeze_layers(model, method["freeze_trainable_layers"])
-    if cfg["training_args"]["gradient_checkpointing"]:
+    elif kind == "freeze" and method.freeze_trainable_layers is not None:
+        freeze_layers(model, method.freeze_trainable_layers)
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if kind in ("lora", "qlora"):
             model.enable_input_require_grads()
@@ -76,17 +74,17 @@ def load_model(
     return tokenizer, model
 
 
-def quantization_config(spec: dict[str, Any], precision: str) -> Any:
+def quantization_config(spec: QuantizationArgs, precision: str) -> Any:
     """bitsandbytes settings for QLoRA: 4-bit nf4/fp4 (optionally double-quantised) or 8-bit."""
     from transformers import BitsAndBytesConfig
 
-    if spec["bits"] == 8:
+    if spec.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     return BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_quant_type=spec["quant_type"],
-        bnb_4bit_use_double_quant=spec["double_quant"],
+        bnb_4bit_quant_type=spec.quant_type,
+        bnb_4bit_use_double_quant=spec.double_quant,
         bnb_4bit_compute_dtype=compute,
     )
 
@@ -177,7 +175,7 @@ def collate(
     rows = [split[i] for i in indices]
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for r, (ids, lab) in enumerate(rows):
         input_ids[r, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
@@ -241,7 +239,7 @@ def shifted_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Next-token targets; in packed rows an example's first token is never a target."""
     targets = batch["labels"][:, 1:]
     if "position_ids" in batch:
-        targets = targets.masked_fill(batch["position_ids"][:, 1:] == 0, IGNORE)
+        targets = targets.masked_fill(batch["position_ids"][:, 1:] == 0, IGNORE_INDEX)
     return targets
 
 
@@ -257,7 +255,7 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.size(-1)),
         targets.reshape(-1),
-        ignore_index=IGNORE,
+        ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return loss, int((targets != IGNORE).sum())
+    return loss, int((targets != IGNORE_INDEX).sum())

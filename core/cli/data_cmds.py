@@ -12,9 +12,9 @@ from rich.text import Text
 
 from ftx.core.cli import cli
 from ftx.core.console import info, results
+from ftx.core.prepared import IGNORE_INDEX
 from ftx.core.recipe import load_recipe
-
-IGNORE = -100
+from ftx.core.registry import exporters
 
 
 @cli.group()
@@ -49,18 +49,9 @@ def _resolve(source: Path, overrides: tuple[str, ...]) -> Path:
     """A prepared folder as is, or a recipe prepared into the cache first."""
     if source.is_dir():
         return source
-    from ftx.core.data.prepare import cache_key
-    from ftx.core.envs import ftx_home
+    from ftx.core.data.prepare import cached_prepared
 
-    recipe = load_recipe(source, overrides).recipe
-    key = cache_key(recipe)
-    folder = ftx_home() / "prepared" / key
-    if not (folder / "manifest.json").exists():
-        from ftx.core.data.prepare import prepare as run_prepare
-
-        info("preparing the data (cached by content hash)")
-        run_prepare(recipe, folder, key)
-    return folder
+    return cached_prepared(load_recipe(source, overrides).recipe, say=info)
 
 
 @data.command()
@@ -114,7 +105,7 @@ def show(source: Path, overrides: tuple[str, ...], count: int, split: str, as_js
         text = Text()
         for token, label in zip(ids.tolist(), labels.tolist(), strict=True):
             piece = tokenizer.decode([token])
-            text.append(piece, style="bold green" if label != IGNORE else "dim")
+            text.append(piece, style="bold green" if label != IGNORE_INDEX else "dim")
         results.print(f"[bold]--- example {i} ({len(ids)} tokens, learned in green)[/]")
         results.print(text)
 
@@ -173,61 +164,33 @@ def _histogram(lengths: np.ndarray, max_len: int, bins: int = 8) -> str:
     )
 
 
-@data.command()
+def _exporter_help() -> str:
+    return "\n".join(f"{name}: {e.description}" for name, e in exporters().items())
+
+
+@data.command(
+    help=f"""Write the recipe's data in a native tool's own format.
+
+\b
+{_exporter_help()}
+Example:
+  ftx data export recipes/quickstart.yaml --to mindrecord --out /tmp/qs-mindrecord
+"""
+)
 @click.argument("recipe", type=click.Path(path_type=Path, exists=True))
 @click.argument("overrides", nargs=-1)
-@click.option("--to", "target", type=click.Choice(["paddlenlp", "mindrecord"]), required=True)
+@click.option("--to", "target", type=click.Choice(list(exporters())), required=True)
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True)
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
 def export(recipe: Path, overrides: tuple[str, ...], target: str, out: Path, force: bool) -> None:
-    """Write the recipe's data in a native tool's own format.
-
-    \b
-    paddlenlp:  train.json / dev.json (src/tgt JSON Lines) + chat_template.json
-    mindrecord: train.mindrecord rows of max_seq_len + 1 (input_ids, labels), written
-                by mindspore in the mindformers environment
-    Example:
-      ftx data export recipes/quickstart.yaml --to mindrecord --out /tmp/qs-mindrecord
-    """
     from ftx.core.errors import FtxError
     from ftx.core.fsutil import staged_dir
+    from ftx.core.registry import load
 
     if out.exists() and any(out.iterdir()) and not force:
         raise FtxError("the output folder is not empty", where=str(out), fix="pass --force")
     loaded = load_recipe(recipe, overrides).recipe
-    if target == "paddlenlp":
-        from ftx.backends.paddle.export import write_paddlenlp
-        from ftx.core.data.prepare import Report, split_conversations
-
-        train, val = split_conversations(loaded, Report())
-        bos = eos = None
-        if (Path(loaded.model.path) / "tokenizer_config.json").exists():
-            from ftx.core.data.prepare import load_tokenizer
-
-            tokenizer = load_tokenizer(loaded)
-            bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
-        with staged_dir(out, replace=True) as tmp:
-            counts = write_paddlenlp(train, val, loaded.model.template, tmp, bos, eos)
-        results.print(f"{out}: PaddleNLP data, {counts['train']} train / {counts['dev']} dev rows")
-        return
-    import subprocess
-
-    from ftx.core import envs
-
-    prepared = _resolve(recipe, (*overrides, "data.packing=false"))
-    python = envs.ensure("mindformers")
-    result = subprocess.run(
-        [str(python), "-m", "ftx.backends.mindformers.mindrecord", str(prepared), str(out)],
-        capture_output=True,
-        text=True,
-        env=envs.activated_env("mindformers"),
-        cwd=out.parent if out.parent.exists() else None,
-    )
-    if result.returncode != 0:
-        raise FtxError(
-            f"writing MindRecord failed: {result.stderr.strip().splitlines()[-1:]}",
-            where=str(out),
-            fix="run `ftx env doctor mindformers`",
-            exit_code=1,
-        )
-    results.print(result.stdout.strip().splitlines()[-1])
+    write = load(exporters()[target].function)
+    with staged_dir(out, replace=True) as tmp:
+        summary = write(loaded, tmp)
+    results.print(f"{out}: {summary}")

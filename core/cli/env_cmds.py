@@ -92,7 +92,7 @@ def doctor(names: tuple[str, ...]) -> None:
             table.add_row(name, current, "-", "-", f"create it: ftx env create {name}")
             continue
         try:
-            found = envs.probe(name)
+            found = envs.inventory(name)
         except FtxError as exc:
             table.add_row(name, "broken", "-", "-", exc.detail)
             continue

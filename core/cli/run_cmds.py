@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
+from ftx.core.backend import Capabilities
 from ftx.core.cli import cli
 from ftx.core.console import info, results
 from ftx.core.recipe import load_recipe
@@ -34,11 +36,12 @@ def validate(recipe: Path, overrides: tuple[str, ...], backend: str | None) -> N
     Example:
       ftx validate recipes/quickstart.yaml --backend torch train.learning_rate=1e-4
     """
-    from ftx.core.runner import check_for_backend
+    from ftx.core.runner import check_overrides, target_for
 
     loaded = load_recipe(recipe, overrides)
+    check_overrides(loaded)
     if backend:
-        check_for_backend(loaded, backend)
+        target_for(loaded, backend)
     target = f" for the {backend} backend" if backend else ""
     click.echo(f"{recipe}: valid{target} (sha256 {loaded.digest[:12]})")
 
@@ -58,9 +61,9 @@ def plan(recipe: Path, overrides: tuple[str, ...], backend: str, out: Path | Non
     """
     from ftx.core.runner import make_plan
 
-    written = make_plan(load_recipe(recipe, overrides), backend, out)
-    for name in [*written.files, "launch.sh"]:
-        click.echo(str(written.plan_dir / name))
+    layout, written = make_plan(load_recipe(recipe, overrides), backend, out)
+    for name in written:
+        click.echo(str(layout.plan / name))
 
 
 @cli.command()
@@ -129,26 +132,39 @@ def backends() -> None:
     Example:
       ftx backends
     """
-    from ftx.core.registry import capability_matrix, get_backend
+    from ftx.core.registry import specs
 
-    matrix = capability_matrix()
+    every = specs()
     table = Table(title="ftx backends")
     table.add_column("")
-    for name in matrix:
+    for name in every:
         table.add_column(name)
+
+    def row(read: Callable[[Capabilities], str]) -> list[str]:
+        return [read(s.capabilities) if s.capabilities else "-" for s in every.values()]
+
     rows = {
-        "framework": [get_backend(n).description for n in matrix],
-        "stages": [", ".join(sorted(c.stages)) for c in matrix.values()],
-        "finetuning": [", ".join(sorted(c.finetuning)) for c in matrix.values()],
-        "precision": [", ".join(sorted(c.precisions)) for c in matrix.values()],
-        "parallel": [", ".join(sorted(c.parallel)) for c in matrix.values()],
-        "data formats": [", ".join(sorted(c.data_formats)) for c in matrix.values()],
-        "packing": ["yes" if c.packing else "no" for c in matrix.values()],
-        "environment": [get_backend(n).environment for n in matrix],
+        "framework": [s.description for s in every.values()],
+        "launcher": [s.launcher for s in every.values()],
+        "trains": ["yes" if s.trains else "not yet" for s in every.values()],
+        "stages": row(lambda c: ", ".join(sorted(c.stages))),
+        "finetuning": row(lambda c: ", ".join(sorted(c.finetuning))),
+        "precision": row(lambda c: ", ".join(sorted(c.precisions))),
+        "parallel": row(lambda c: ", ".join(sorted(c.parallel))),
+        "packing": row(lambda c: "yes" if c.packing else "no"),
+        "GPU/NPU only": row(lambda c: ", ".join(sorted(c.accelerator_only)) or "-"),
+        "data export": [", ".join(sorted(s.exporters)) or "-" for s in every.values()],
     }
     for label, cells in rows.items():
         table.add_row(label, *cells)
     results.print(table)
+    keys = Table(title="keys of a recipe's backends.<name> section")
+    for column in ("backend", "key", "type", "meaning"):
+        keys.add_column(column)
+    for spec in every.values():
+        for key, override in sorted(spec.overrides.items()):
+            keys.add_row(spec.name, key, override.kind.__name__, override.help)
+    results.print(keys)
 
 
 @cli.command()
@@ -163,6 +179,6 @@ def report(out: Path, png: Path | None) -> None:
     Example:
       ftx report runs/quickstart
     """
-    from ftx.core.report import plot_run
+    from ftx.core.plot import plot_run
 
     results.print(str(plot_run(out, png)))

@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import chain
@@ -25,11 +26,11 @@ import numpy as np
 from ftx.core.data.conversation import Conversation
 from ftx.core.data.formats import RowError, to_conversation
 from ftx.core.data.packing import first_fit_decreasing
-from ftx.core.data.render import IGNORE, ChatEncoder
+from ftx.core.data.render import ChatEncoder
 from ftx.core.data.sources import Source, resolve
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, staged_dir
-from ftx.core.prepared import FORMAT_VERSION, write_split
+from ftx.core.prepared import FORMAT_VERSION, IGNORE_INDEX, write_split
 from ftx.core.recipe.schema import DatasetSpec, Recipe
 
 BATCH = 1000  # conversations tokenised per call of the fast tokenizer
@@ -46,7 +47,7 @@ TOKENIZER_FILES = (
 
 
 @dataclass
-class Report:
+class RowReport:
     """What happened to the rows (never a silent drop)."""
 
     rows: int = 0
@@ -87,7 +88,7 @@ def load_tokenizer(recipe: Recipe) -> Any:
         ) from None
 
 
-def read_conversations(source: Source, on_error: str, report: Report) -> list[Conversation]:
+def read_conversations(source: Source, on_error: str, report: RowReport) -> list[Conversation]:
     """All rows of a source as conversations; bad rows raise or are skipped and counted."""
     from ftx.core.data.readers import read_rows
 
@@ -162,7 +163,7 @@ def _file_hash(path: Path) -> str:
 
 
 def split_conversations(
-    recipe: Recipe, report: Report
+    recipe: Recipe, report: RowReport
 ) -> tuple[list[Conversation], list[Conversation]]:
     """The recipe's rows as (train, val) conversations: read, capped by max_samples,
     split by val_size with the data seed. Every exporter uses this same selection."""
@@ -203,7 +204,7 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
     every dataset file, so it is worth not doing twice)."""
     tokenizer = load_tokenizer(recipe)
     data = recipe.data
-    report = Report()
+    report = RowReport()
     train_convs, val_convs = split_conversations(recipe, report)
 
     if recipe.method.stage == "pt":
@@ -226,7 +227,7 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
     if recipe.evaluate is not None:
         encoder = encoder or ChatEncoder(tokenizer, recipe.model.template, where="model.template")
         for source in _sources(list(recipe.evaluate.datasets), recipe, "evaluate.datasets"):
-            for conv in read_conversations(source, data.on_error, Report()):
+            for conv in read_conversations(source, data.on_error, RowReport()):
                 ids, reference = encoder.encode_prompt(conv)
                 eval_rows.append({"input_ids": ids, "reference": reference, "source": conv.source})
         eval_rows = eval_rows[: recipe.evaluate.max_samples]
@@ -252,7 +253,7 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
     with staged_dir(dest, replace=True) as tmp:
         for name, examples in splits.items():
             tokens = sum(len(ids) for ids, _ in examples)
-            learned = tokens - sum(int((labels == IGNORE).sum()) for _, labels in examples)
+            learned = tokens - sum(int((labels == IGNORE_INDEX).sum()) for _, labels in examples)
             lengths = [len(ids) for ids, _ in examples]
             info: dict[str, Any] = {
                 "examples": len(examples),
@@ -279,7 +280,7 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
 
 
 def _encode_chats(
-    convs: list[Conversation], encoder: ChatEncoder, recipe: Recipe, report: Report
+    convs: list[Conversation], encoder: ChatEncoder, recipe: Recipe, report: RowReport
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     data = recipe.data
     for conv in convs:
@@ -314,7 +315,9 @@ def _encode_chunk(chunk: list[Conversation], options: dict[str, Any]) -> tuple:
     microseconds, where lists of Python ints take the parent a second per 20k examples."""
     assert _WORKER_ENCODER is not None
     encoded = _WORKER_ENCODER.encode_many(chunk, **options)
-    kept = [e for e in encoded if max(e.labels, default=IGNORE) != IGNORE]  # ids are >= 0
+    kept = [
+        e for e in encoded if max(e.labels, default=IGNORE_INDEX) != IGNORE_INDEX
+    ]  # ids are >= 0
     lengths = np.fromiter((len(e.input_ids) for e in kept), dtype=np.int64, count=len(kept))
     total = int(lengths.sum())
     ids = np.fromiter(chain.from_iterable(e.input_ids for e in kept), dtype=np.int32, count=total)
@@ -362,14 +365,23 @@ def _pack_text(
     return [(b, b) for b in blocks if len(b) > 1]
 
 
-def prepared_data(recipe: Recipe, dest: Path) -> dict[str, Any]:
-    """Prepare into the cache (or reuse it) and link the result at ``dest``."""
+def cached_prepared(recipe: Recipe, *, say: Callable[[str], None] | None = None) -> Path:
+    """The recipe's prepared data in the cache ($FTX_HOME/prepared/<key>), prepared first
+    when it is not there yet."""
     from ftx.core.envs import ftx_home
 
     key = cache_key(recipe)
     cached = ftx_home() / "prepared" / key
     if not (cached / "manifest.json").exists():
+        if say is not None:
+            say("preparing the data (cached by content hash)")
         prepare(recipe, cached, key)
+    return cached
+
+
+def prepared_data(recipe: Recipe, dest: Path) -> dict[str, Any]:
+    """Prepare into the cache (or reuse it) and link the result at ``dest``."""
+    cached = cached_prepared(recipe)
     if dest.exists() or dest.is_symlink():
         if dest.is_symlink() or dest.is_file():
             dest.unlink()

@@ -17,8 +17,7 @@ from typing import Any
 
 from ftx.core.data.conversation import Conversation
 from ftx.core.errors import FtxError
-
-IGNORE = -100
+from ftx.core.prepared import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,7 @@ def _labels(
     if mask_history:
         spans = spans[-1:]
     starts = [a for a, _ in offsets]
-    labels = [IGNORE] * len(ids)
+    labels = [IGNORE_INDEX] * len(ids)
     for a, b in spans:
         first, last = bisect_left(starts, a), bisect_left(starts, b)
         labels[first:last] = ids[first:last]

@@ -1,12 +1,12 @@
-"""The Runtime interface."""
+"""The Runtime interface: where a written plan runs."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from ftx.core.plan import NativePlan
+from ftx.core.contract import RunLayout
 
 
 class Runtime(ABC):
@@ -15,9 +15,10 @@ class Runtime(ABC):
     name: str
 
     @abstractmethod
-    def prepare(self, environment: str) -> dict[str, Any]:
+    def prepare(self, backend: str) -> dict[str, Any]:
         """Make sure the backend's environment exists; return its record (versions...)."""
 
     @abstractmethod
-    def run(self, plan: NativePlan, environment: str, log: Path) -> int:
-        """Run ``plan_dir/launch.sh``, teeing its output to ``log``."""
+    def run(self, layout: RunLayout, backend: str, on_line: Callable[[str], None]) -> int:
+        """Run OUT/plan/launch.sh in OUT, teeing its output into OUT/logs/launch.log and
+        passing each line to ``on_line``."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ftx.core import envs
-from ftx.core.console import console, is_quiet
-from ftx.core.plan import NativePlan
+from ftx.core.contract import RunLayout
 from ftx.core.runtime.base import Runtime
 
 
@@ -19,21 +18,21 @@ class LocalRuntime(Runtime):
 
     name = "local"
 
-    def prepare(self, environment: str) -> dict[str, Any]:
-        envs.ensure(environment)
-        return envs.read_marker(environment) or {}
+    def prepare(self, backend: str) -> dict[str, Any]:
+        envs.ensure(backend)
+        return envs.read_marker(backend) or {}
 
-    def run(self, plan: NativePlan, environment: str, log: Path) -> int:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        env = envs.activated_env(environment)
+    def run(self, layout: RunLayout, backend: str, on_line: Callable[[str], None]) -> int:
+        layout.logs.mkdir(parents=True, exist_ok=True)
+        env = envs.process_env(backend)
         env["PYTHONUNBUFFERED"] = "1"
-        with log.open("a") as handle:
+        with layout.launch_log.open("a") as handle:
             proc = subprocess.Popen(
-                ["bash", str(plan.plan_dir / "launch.sh")],
+                ["bash", str(layout.launch_script)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=plan.out_dir,
+                cwd=layout.root,
                 text=True,
                 start_new_session=True,  # signals reach the whole launcher tree, once
             )
@@ -52,17 +51,10 @@ class LocalRuntime(Runtime):
                 for line in proc.stdout:
                     handle.write(line)
                     handle.flush()
-                    if not is_quiet() and _worth_showing(line):
-                        console.print(line.rstrip("\n"), markup=False)
+                    on_line(line)
                 code = proc.wait()
                 # Launchers report a forwarded signal as a plain failure; say what happened.
                 return 128 + received[0] if received else code
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
-
-
-def _worth_showing(line: str) -> bool:
-    """Worker progress and errors; framework chatter stays in the log file."""
-    text = line.strip()
-    return text.startswith("[ftx]") or "Error" in text or "Traceback" in text

@@ -1,4 +1,4 @@
-"""`ftx report`: a PNG of the loss (and eval loss) against the step, from metrics.jsonl."""
+"""The loss plot behind `ftx report`: loss (and eval loss) against the step, as a PNG."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ import os
 import tempfile
 from pathlib import Path
 
-from ftx.core.backend import read_metrics
+from ftx.core.contract import RunLayout, read_metrics
 from ftx.core.errors import FtxError
-from ftx.core.layout import RunLayout
 
 
 def plot_run(out_dir: Path, png: Path | None = None) -> Path:
     """Write the loss curve of a run to ``png`` (default OUT/loss.png); return its path."""
     layout = RunLayout(out_dir)
     rows = read_metrics(layout)
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    train = [(r.step, r.loss) for r in rows if r.loss is not None]
+    evals = [(r.step, r.eval_loss) for r in rows if r.eval_loss is not None]
     if not train:
         raise FtxError(
             "no logged steps to plot",
@@ -33,7 +32,7 @@ def plot_run(out_dir: Path, png: Path | None = None) -> Path:
             "ftx report needs matplotlib",
             fix="pip install 'ftx[report]' (or matplotlib) into the environment that runs ftx",
         ) from None
-    backend = next((r.get("backend") for r in rows if r.get("backend")), "?")
+    backend = rows[0].backend
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.5)
     if evals:

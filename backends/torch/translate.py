@@ -1,0 +1,196 @@
+"""The torch backend's translator: recipe -> worker.json, peft_config.json, ds_config.json.
+
+Pure: no file is read or written. Paths inside OUT are relative to OUT, and
+launch.sh starts in OUT, so a plan can be moved or mounted elsewhere. The
+recipe arrives with ``backends.torch`` already applied (ftx.core.overrides):
+aliases are in their recipe keys, native keys in ``recipe.backends["torch"]``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ftx.backends.torch.plan_files import DS_CONFIG, PEFT_CONFIG
+from ftx.core.contract import (
+    CONTRACT_VERSION,
+    DATA_DIR,
+    WORKER_CONFIG,
+    DataArgs,
+    EvaluateArgs,
+    LoraArgs,
+    MethodArgs,
+    ModelArgs,
+    OutputArgs,
+    QuantizationArgs,
+    TrainArgs,
+    WorkerConfig,
+)
+from ftx.core.plan import NativePlan
+from ftx.core.recipe.schema import Recipe
+
+WORKER_MODULE = "ftx.backends.torch.worker"
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def worker_config(recipe: Recipe) -> WorkerConfig:
+    """Everything the worker needs, in the recipe's terms."""
+    t, m, native = recipe.train, recipe.method, recipe.backends.get("torch", {})
+    lora = m.lora
+    return WorkerConfig(
+        version=CONTRACT_VERSION,
+        backend="torch",
+        model=ModelArgs(
+            path=recipe.model.path,
+            dtype=recipe.model.dtype if recipe.model.dtype != "auto" else "float32",
+            trust_remote_code=recipe.model.trust_remote_code,
+        ),
+        method=MethodArgs(
+            stage=m.stage,
+            finetuning=m.finetuning,
+            lora=(
+                LoraArgs(
+                    rank=lora.rank,
+                    alpha=lora.alpha,
+                    dropout=lora.dropout,
+                    targets=None if lora.targets == "all" else tuple(lora.targets),
+                    rslora=lora.rslora,
+                    dora=lora.dora,
+                )
+                if m.finetuning in ("lora", "qlora")
+                else None
+            ),
+            quantization=(
+                QuantizationArgs(
+                    m.quantization.bits, m.quantization.type, m.quantization.double_quant
+                )
+                if m.finetuning == "qlora"
+                else None
+            ),
+            freeze_trainable_layers=m.freeze.trainable_layers if m.finetuning == "freeze" else None,
+            prefix_tokens=None,
+        ),
+        train=TrainArgs(
+            epochs=t.num_epochs,
+            max_steps=t.max_steps,
+            learning_rate=t.learning_rate,
+            scheduler=t.scheduler,
+            warmup_steps=t.warmup_steps,
+            warmup_ratio=t.warmup_ratio or 0.0,
+            micro_batch_size=t.micro_batch_size,
+            grad_accum=t.grad_accum,
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
+            adam_beta1=native.get("adam_beta1", 0.9),
+            adam_beta2=native.get("adam_beta2", 0.999),
+            adam_epsilon=native.get("adam_epsilon", 1e-8),
+            precision=t.precision,
+            gradient_checkpointing=t.gradient_checkpointing,
+            seed=t.seed,
+            data_seed=recipe.data.seed,
+            logging_steps=t.logging_steps,
+            save_steps=t.save_steps,
+            save_total_limit=t.save_total_limit,
+            eval_steps=t.eval_steps,
+            resume=t.resume or None,
+        ),
+        data=DataArgs(prepared=DATA_DIR, max_seq_len=recipe.data.max_seq_len),
+        evaluate=(
+            EvaluateArgs(recipe.evaluate.max_new_tokens, recipe.evaluate.before_training)
+            if recipe.evaluate
+            else None
+        ),
+        output=OutputArgs(
+            save_format=recipe.output.save_format,
+            merge_lora=recipe.output.merge_lora,
+            report_to=recipe.output.report_to,
+        ),
+    )
+
+
+def peft_config(recipe: Recipe) -> dict[str, Any]:
+    """peft.LoraConfig keyword arguments."""
+    lora = recipe.method.lora
+    return {
+        "task_type": "CAUSAL_LM",
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": "all-linear" if lora.targets == "all" else list(lora.targets),
+        "use_rslora": lora.rslora,
+        "use_dora": lora.dora,
+    }
+
+
+def build_ds_config(recipe: Recipe) -> dict[str, Any]:
+    """A DeepSpeed config for ZeRO stage ``parallel.zero`` (no "auto" values: all explicit)."""
+    t, p = recipe.train, recipe.parallel
+    zero: dict[str, Any] = {"stage": p.zero, "contiguous_gradients": True, "overlap_comm": False}
+    if p.zero == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if p.offload in ("optimizer", "all"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if p.offload == "all":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": zero,
+        # ftx builds its own AdamW (same as without DeepSpeed) and hands it over.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {
+            "enabled": t.precision == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "steps_per_print": 1_000_000_000,
+        "wall_clock_breakdown": False,
+    }
+
+
+def launch_command(recipe: Recipe) -> list[str]:
+    """torchrun with the recipe's topology (standalone rendezvous on one node)."""
+    p = recipe.parallel
+    if p.nnodes == 1:
+        rendezvous = ["--standalone"]
+    else:
+        rendezvous = [
+            f"--nnodes={p.nnodes}",
+            f"--node_rank={p.node_rank}",
+            f"--master_addr={p.master_addr}",
+            f"--master_port={p.master_port}",
+        ]
+    return [
+        "torchrun",
+        *rendezvous,
+        f"--nproc_per_node={p.nproc_per_node}",
+        "-m",
+        WORKER_MODULE,
+        WORKER_CONFIG,
+    ]
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def translate(recipe: Recipe) -> NativePlan:
+    """The torch plan of a recipe (with its backends.torch section applied)."""
+    files: dict[str, str] = {}
+    if recipe.method.finetuning in ("lora", "qlora"):
+        files[PEFT_CONFIG] = _json(peft_config(recipe))
+    if recipe.parallel.zero:
+        files[DS_CONFIG] = _json(build_ds_config(recipe))
+    return NativePlan(
+        backend="torch",
+        worker_config=worker_config(recipe),
+        files=files,
+        command=launch_command(recipe),
+        env={"TOKENIZERS_PARALLELISM": "false"},
+    )

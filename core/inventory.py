@@ -1,0 +1,45 @@
+"""What a backend environment holds: run inside it as ``python -m ftx.core.inventory NAME``.
+
+Prints one JSON line, ``{"python", "executable", "versions", "devices"}``, that
+`ftx env create` records and `ftx env doctor` shows. Standard library only; the
+device detection comes from the backend's spec.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Iterable
+from importlib import metadata
+
+from ftx.core.registry import load, specs
+
+
+def versions(distributions: Iterable[str]) -> dict[str, str | None]:
+    """Installed version of each distribution (None when absent)."""
+    found: dict[str, str | None] = {}
+    for dist in distributions:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def inventory(name: str) -> dict[str, object]:
+    environment = specs()[name].environment
+    try:
+        devices = load(environment.devices)()
+    except Exception as exc:  # a broken driver must not hide the versions
+        devices = [f"error: {exc}"]
+    return {
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "versions": versions(environment.frameworks),
+        "devices": devices,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(inventory(sys.argv[1])))

@@ -1,0 +1,320 @@
+"""The shared worker kit: the parts of a training worker that no framework changes.
+
+Backend workers import it inside their own environment, so it needs only the
+standard library and numpy. A worker is its framework's model, optimizer and
+step on top of these pieces:
+
+- :func:`micro_batch_order`: which examples each micro-batch takes (the same on every backend)
+- :class:`StopSignal`: SIGTERM/SIGINT ask for a checkpoint and an orderly exit
+- :class:`MetricsWindow`: running sums between two logged steps -> a :class:`MetricsRow`
+- :class:`Checkpoints`: staged, atomic ``checkpoint-<step>`` folders, rotation, resume
+- :func:`write_final`: OUT/final staged and renamed into place
+- :func:`flops_per_token`, :func:`peak_flops`, :func:`mfu`: model FLOPs utilisation
+- :func:`run_worker`: reads the worker config, turns failures into OUT/error.json and exit codes
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftx.core.contract import (
+    ContractError,
+    ExitCode,
+    ProgressEvent,
+    RunLayout,
+    TrainArgs,
+    WorkerConfig,
+    WorkerFailure,
+    print_event,
+    read_record,
+    write_record,
+)
+
+
+def _no_barrier() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in the job, and how to wait for the others."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    barrier: Callable[[], None] = field(default=_no_barrier, compare=False)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def say(self, message: str) -> None:
+        """A progress line in the log, from rank 0 only."""
+        if self.main:
+            print(f"[ftx] {message}", flush=True)
+
+    def emit(self, event: ProgressEvent) -> None:
+        """A progress event for the core's display, from rank 0 only."""
+        if self.main:
+            print_event(event)
+
+
+# --------------------------------------------------------------------------- data order
+
+
+def micro_batch_order(
+    n: int, per_step: int, epochs: float, max_micro_batches: int | None, seed: int
+) -> list[list[int]]:
+    """Example indices of every micro-batch of the run, over all ranks.
+
+    Each epoch is a seeded permutation; ``per_step`` = micro batch * world size.
+    The order depends only on the data and the seed, never on the backend.
+    """
+    per_epoch = math.ceil(n / per_step)
+    total = max_micro_batches if max_micro_batches else math.ceil(epochs * per_epoch)
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < total:
+        order = np.random.default_rng(seed + epoch).permutation(n).tolist()
+        # Wrap around so every micro-batch is full and every rank gets its rows.
+        order += order[: per_epoch * per_step - n]
+        batches += [order[i : i + per_step] for i in range(0, len(order), per_step)]
+        epoch += 1
+    return batches[:total]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run's micro-batches, grouped into optimizer steps."""
+
+    batches: list[list[int]]
+    grad_accum: int
+    micro_batch_size: int
+    world: int
+
+    @classmethod
+    def plan(cls, examples: int, train: TrainArgs, world: int) -> Schedule:
+        ga, mbs = train.grad_accum, train.micro_batch_size
+        max_micro = train.max_steps * ga if train.max_steps else None
+        order = micro_batch_order(examples, mbs * world, train.epochs, max_micro, train.data_seed)
+        return cls(order, ga, mbs, world)
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(len(self.batches) / self.grad_accum)
+
+    def step(self, step: int, rank: int) -> list[list[int]]:
+        """This rank's micro-batches (example indices) for optimizer step ``step`` (0-based)."""
+        micro = self.batches[step * self.grad_accum : (step + 1) * self.grad_accum]
+        mbs = self.micro_batch_size
+        return [b[rank * mbs : (rank + 1) * mbs] for b in micro]
+
+    def rows_per_step(self) -> int:
+        return self.grad_accum * self.micro_batch_size * self.world
+
+    def warmup_steps(self, train: TrainArgs) -> int:
+        if train.warmup_steps:
+            return train.warmup_steps
+        return math.ceil(train.warmup_ratio * self.total_steps)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class StopSignal:
+    """Set by SIGTERM/SIGINT; the loop saves a checkpoint and exits after the current step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class MetricsWindow:
+    """Running sums between two logged steps."""
+
+    loss_sum: float = 0.0  # summed token losses
+    learned: int = 0  # tokens with a label
+    tokens: int = 0  # real (non-pad) tokens
+    rows: int = 0
+    start: float = field(default_factory=time.time)
+
+    def add(self, loss_sum: float, learned: int, tokens: int, rows: int) -> None:
+        self.loss_sum += loss_sum
+        self.learned += learned
+        self.tokens += tokens
+        self.rows += rows
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.learned, 1)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(time.time() - self.start, 1e-9)
+
+    @property
+    def mean_row_tokens(self) -> float:
+        return self.tokens / max(1, self.rows)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """What a checkpoint's trainer_state.json records about the loop."""
+
+    step: int
+    tokens: int
+
+
+class Checkpoints:
+    """``OUT/checkpoints/checkpoint-<step>``: staged, renamed when complete, rotated.
+
+    The framework's part is one ``write(folder)`` call that saves weights, optimizer,
+    schedule and RNG state into a folder; every rank makes it (ZeRO gathers).
+    """
+
+    STATE = "trainer_state.json"
+
+    def __init__(self, layout: RunLayout, keep: int | None):
+        self.root = layout.checkpoints
+        self.keep = keep
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        found = [p for p in self.root.glob("checkpoint-*") if (p / self.STATE).exists()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+    def resume_point(self, setting: str | None) -> Path | None:
+        """The checkpoint to resume from: 'auto' = the newest here, a path, or None."""
+        if not setting:
+            return None
+        if setting == "auto":
+            found = self.complete()
+            return found[-1] if found else None
+        return Path(setting)
+
+    def save(
+        self, step: int, state: TrainerState, rank: Rank, write: Callable[[Path], None]
+    ) -> None:
+        tmp = self.root / f".checkpoint-{step}.partial"
+        if rank.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        rank.barrier()
+        write(tmp)
+        rank.barrier()
+        if rank.main:
+            write_record(tmp / self.STATE, state)
+            final = self.root / f"checkpoint-{step}"
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.replace(final)
+            for old in self.complete()[: -self.keep] if self.keep else []:
+                shutil.rmtree(old, ignore_errors=True)
+        rank.barrier()
+
+    @classmethod
+    def state_of(cls, folder: Path) -> TrainerState:
+        state = read_record(TrainerState, folder / cls.STATE)
+        if state is None:
+            raise ContractError(f"{folder}: not a complete checkpoint (no readable {cls.STATE})")
+        return state
+
+
+def write_final(layout: RunLayout, rank: Rank, write: Callable[[Path], None]) -> None:
+    """OUT/final, written by ``write(folder)`` on every rank into a staged folder and
+    renamed into place on rank 0, so OUT/final is complete or absent."""
+    tmp = layout.root / ".final.partial"
+    if rank.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    rank.barrier()
+    write(tmp)
+    rank.barrier()
+    if rank.main:
+        shutil.rmtree(layout.final, ignore_errors=True)
+        tmp.replace(layout.final)
+    rank.barrier()
+
+
+# --------------------------------------------------------------------------- FLOPs / MFU
+
+# Dense bf16 peak FLOP/s by device name fragment.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def flops_per_token(params: int, layers: int, hidden: int, seq_len: float, full: bool) -> float:
+    """Training FLOPs for one token: 6N for full fine-tuning, about 4N for LoRA (frozen
+    weights get no weight-gradient matmul), plus attention's 12 * layers * hidden *
+    sequence length (PaLM appendix B)."""
+    return (6 if full else 4) * params + 12 * layers * hidden * seq_len
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The bf16 peak of a known GPU (None when unknown)."""
+    return next((peak for key, peak in PEAK_BF16.items() if key in device_name), None)
+
+
+def mfu(tokens_per_s: float, per_token: float, peak: float | None) -> float | None:
+    return None if not peak else tokens_per_s * per_token / peak
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_worker(
+    main: Callable[[WorkerConfig, RunLayout], int], argv: list[str] | None = None
+) -> int:
+    """Run a worker's ``main(config, layout)``: the exit code it returns, 2 for a config
+    that breaks the contract, 1 (with OUT/error.json) for any exception."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m <worker> OUT/plan/worker.json", file=sys.stderr)
+        return ExitCode.BAD_CONFIG
+    path = Path(argv[0])
+    layout = RunLayout.of_worker_config(path)
+    try:
+        return main(WorkerConfig.read(path), layout)
+    except ContractError as exc:
+        print(f"[ftx] error: {exc}", file=sys.stderr, flush=True)
+        return ExitCode.BAD_CONFIG
+    except Exception as exc:
+        traceback.print_exc()
+        record_failure(layout, exc)
+        return ExitCode.FAILED
+
+
+def record_failure(layout: RunLayout, exc: BaseException) -> None:
+    """Write OUT/error.json for ``exc`` unless another rank already has."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "?"
+    import os
+
+    rank = int(os.environ.get("RANK", os.environ.get("PADDLE_TRAINER_ID", 0)))
+    failure = WorkerFailure(type(exc).__name__, str(exc).strip()[:2000], where, rank)
+    if not layout.error_json.exists():
+        write_record(layout.error_json, failure)
