@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 MODEL := .ftx/models/quickstart-llama
 export FTX_HOME ?= $(HOME)/.cache/ftx
 
-.PHONY: setup run test lint format clean
+.PHONY: setup run test snapshots lint format clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ftx env create torch --if-missing
 	$(BIN)/python -m pytest -ra
+
+snapshots: setup
+	$(BIN)/python -m pytest tests/test_snapshots.py -q --update-snapshots
 
 lint:
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -55,6 +55,12 @@ def apply_overrides(recipe: Recipe, spec: BackendSpec, source: str) -> Recipe:
 
 def _checked(override: Override, value: Any, where: str) -> Any:
     kind = override.kind
+    if kind is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-6 (no dot) as a string; accept what is plainly a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

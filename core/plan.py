@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ftx.core.contract import RunLayout, WorkerConfig
+from ftx.core.contract import WORKER_CONFIG, RunLayout, WorkerConfig
 from ftx.core.fsutil import atomic_write_text
 
 
@@ -29,7 +30,7 @@ class NativePlan:
     def rendered(self) -> dict[str, str]:
         """Every file of OUT/plan by name, launch.sh included."""
         return {
-            "worker.json": self.worker_config.to_json(),
+            Path(WORKER_CONFIG).name: self.worker_config.to_json(),
             **self.files,
             "launch.sh": self.launch_script(),
         }

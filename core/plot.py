@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from ftx.core.contract import RunLayout, read_metrics
 from ftx.core.errors import FtxError
+from ftx.core.fsutil import staged_file
 
 
 def plot_run(out_dir: Path, png: Path | None = None) -> Path:
@@ -44,9 +43,7 @@ def plot_run(out_dir: Path, png: Path | None = None) -> Path:
     ax.legend()
     fig.tight_layout()
     target = png or layout.root / "loss.png"
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=target.parent)
-    os.close(fd)
-    fig.savefig(tmp)
+    with staged_file(target) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, target)
     return target

@@ -115,9 +115,9 @@ def _report(topology: Topology, recipe_hash: str, timeout: float) -> None:
 
 
 def _check_free(port: int) -> None:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        probe.bind(("", port))
+        listener.bind(("", port))
     except OSError:
         raise FtxError(
             f"port {port} is already in use on the master node",
@@ -125,7 +125,7 @@ def _check_free(port: int) -> None:
             fix="pick another master_port (the same on every node)",
         ) from None
     finally:
-        probe.close()
+        listener.close()
 
 
 def _mismatch(ranks: list[int], master_hash: str) -> FtxError:

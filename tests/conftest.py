@@ -65,3 +65,11 @@ def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-snapshots",
+        action="store_true",
+        help="Rewrite tests/snapshots from the translators' current output (`make snapshots`).",
+    )

@@ -57,9 +57,9 @@ def test_plan_writes_launch_script(tmp_path: Path) -> None:
     text = launch.read_text()
     assert "torchrun" in text and "--nproc_per_node=1" in text
     assert "ftx.backends.torch.worker" in text
-    config = json.loads((tmp_path / "plan" / "train_args.json").read_text())
-    assert config["training_args"]["learning_rate"] == pytest.approx(1e-3)
-    assert config["training_args"]["output_dir"] == str(tmp_path)
+    config = json.loads((tmp_path / "plan" / "worker.json").read_text())
+    assert config["train"]["learning_rate"] == pytest.approx(1e-3)
+    assert config["data"]["prepared"] == "data"  # relative to OUT: the plan can move
     # plan runs nothing: no data, no metrics
     assert not (tmp_path / "data").exists() and not (tmp_path / "metrics.jsonl").exists()
 
@@ -91,7 +91,7 @@ def test_backend_overrides_are_checked(tmp_path: Path) -> None:
     )
     result = run_ftx("plan", str(recipe), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    args = json.loads((tmp_path / "out/plan/train_args.json").read_text())["training_args"]
+    args = json.loads((tmp_path / "out/plan/worker.json").read_text())["train"]
     assert args["adam_beta2"] == 0.95
     recipe.write_text(recipe.read_text().replace("adam_beta2", "adam_beta3"))
     result = run_ftx("plan", str(recipe), "--out", str(tmp_path / "out2"))
@@ -206,7 +206,7 @@ def test_qlora_is_refused_on_a_cpu_only_machine_but_plans(tmp_path: Path) -> Non
         "method.quantization.type=fp4",
     )
     assert planned.returncode == 0, planned.stderr
-    config = json.loads((tmp_path / "plan/train_args.json").read_text())
+    config = json.loads((tmp_path / "plan/worker.json").read_text())
     assert config["method"]["quantization"] == {
         "bits": 4,
         "quant_type": "fp4",

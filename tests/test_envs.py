@@ -42,7 +42,7 @@ def test_worker_side_imports_with_only_the_backend_pins() -> None:
     # the recipe schema): backend images only promise their lock file.
     loaded = run_in_env(
         "torch",
-        "import json, sys, ftx.backends.torch.worker, ftx.backends.torch.probe;"
+        "import json, sys, ftx.backends.torch.worker, ftx.core.inventory;"
         "print(json.dumps(sorted(m for m in ('pydantic', 'click', 'rich', 'yaml',"
         " 'ftx.core.recipe', 'ftx.core.cli') if m in sys.modules)))",
     )
@@ -95,7 +95,7 @@ def test_ftx_from_a_wheel_is_copied_into_the_env(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(envs, "source_root", lambda: None)
     subprocess.run(envs._ftx_install_command(tmp_path), check=True)
     found = subprocess.run(
-        [str(tmp_path / "bin/python"), "-c", "import ftx.core.layout, ftx.core.prepared"],
+        [str(tmp_path / "bin/python"), "-c", "import ftx.core.contract, ftx.core.prepared"],
         capture_output=True,
         text=True,
         cwd="/",
@@ -105,7 +105,7 @@ def test_ftx_from_a_wheel_is_copied_into_the_env(tmp_path: Path, monkeypatch) ->
         [
             str(tmp_path / "bin/python"),
             "-c",
-            "import ftx.core.layout; print(ftx.core.layout.__file__)",
+            "import ftx.core.contract; print(ftx.core.contract.__file__)",
         ],
         capture_output=True,
         text=True,

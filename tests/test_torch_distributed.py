@@ -137,7 +137,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_identically(
 def test_mfu_formula() -> None:
     found = run_in_env(
         "torch",
-        "import json; from ftx.backends.torch.flops import flops_per_token, mfu, peak_flops;"
+        "import json; from ftx.core.workerkit import flops_per_token, mfu, peak_flops;"
         "per = flops_per_token(500_000_000, 24, 896, 2048, full=True);"
         "print(json.dumps({'per': per, 'peak': peak_flops('NVIDIA H100 80GB HBM3'),"
         " 'mfu': mfu(10_000, per, 989e12), 'lora': flops_per_token(10, 1, 1, 1, full=False),"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ftx.backends.torch import SPEC
 from ftx.backends.torch.plan_files import DS_CONFIG, PEFT_CONFIG
 from ftx.core.contract import (
     CONTRACT_VERSION,
@@ -29,17 +30,14 @@ from ftx.core.contract import (
 from ftx.core.plan import NativePlan
 from ftx.core.recipe.schema import Recipe
 
-WORKER_MODULE = "ftx.backends.torch.worker"
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
 
 def worker_config(recipe: Recipe) -> WorkerConfig:
     """Everything the worker needs, in the recipe's terms."""
-    t, m, native = recipe.train, recipe.method, recipe.backends.get("torch", {})
+    t, m, native = recipe.train, recipe.method, recipe.backends.get(SPEC.name, {})
     lora = m.lora
     return WorkerConfig(
         version=CONTRACT_VERSION,
-        backend="torch",
+        backend=SPEC.name,
         model=ModelArgs(
             path=recipe.model.path,
             dtype=recipe.model.dtype if recipe.model.dtype != "auto" else "float32",
@@ -171,7 +169,7 @@ def launch_command(recipe: Recipe) -> list[str]:
         *rendezvous,
         f"--nproc_per_node={p.nproc_per_node}",
         "-m",
-        WORKER_MODULE,
+        SPEC.worker,
         WORKER_CONFIG,
     ]
 
@@ -188,7 +186,7 @@ def translate(recipe: Recipe) -> NativePlan:
     if recipe.parallel.zero:
         files[DS_CONFIG] = _json(build_ds_config(recipe))
     return NativePlan(
-        backend="torch",
+        backend=SPEC.name,
         worker_config=worker_config(recipe),
         files=files,
         command=launch_command(recipe),

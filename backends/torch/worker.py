@@ -21,11 +21,8 @@ import json
 import os
 import random
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,13 +37,9 @@ from ftx.backends.torch.evaluation import eval_loss, exact_match
 from ftx.backends.torch.modeling import collate, load_model, shifted_targets, token_loss_sum
 from ftx.core.contract import (
     MetricsLog,
-    MetricsRow,
-    ProgressEvent,
     RunLayout,
     TrainArgs,
-    TrainTiming,
     WorkerConfig,
-    write_record,
 )
 from ftx.core.fsutil import atomic_write_json
 from ftx.core.prepared import IGNORE_INDEX, load_split, read_eval_prompts, read_manifest
@@ -54,7 +47,9 @@ from ftx.core.workerkit import (
     Checkpoints,
     MetricsWindow,
     Rank,
+    RunTracker,
     Schedule,
+    StepResult,
     StopSignal,
     TrainerState,
     flops_per_token,
@@ -83,82 +78,42 @@ def main(config: WorkerConfig, layout: RunLayout) -> int:
     schedule = Schedule.plan(len(train), t, rank.world)
     engine = build_engine(model, t, rank, ds_config)
     scheduler = build_scheduler(engine.torch_optimizer, t, schedule)
-    checkpoints = Checkpoints(layout, t.save_total_limit)
-    state = TrainerState(step=0, tokens=0)
-    resume_from = checkpoints.resume_point(t.resume)
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, engine, scheduler)
-        rank.say(f"resumed from {resume_from} at step {state.step}")
-    held_out = HeldOut(config, layout, engine, tokenizer, prepared, resumed=resume_from is not None)
-    held_out.exact_match("before")
+    throughput = Throughput(model, device)
 
     def evaluate() -> float:
         return eval_loss(engine, val, t.micro_batch_size, pad_id, device)
 
-    metrics = open_metrics(config, layout, rank)
-    if resume_from is not None and rank.main:
-        metrics.keep_until(state.step)
-    throughput = Throughput(model, device)
-    rank.say(
-        f"training {throughput.trainable:,} of {throughput.params:,} parameters for"
-        f" {schedule.total_steps} steps"
+    tracker = RunTracker(
+        config,
+        layout,
+        rank,
+        schedule,
+        len(train),
+        stop=stop,
+        metrics=open_metrics(config, layout, rank),
+        save=lambda folder: write_checkpoint(folder, engine, tokenizer, scheduler),
+        evaluate=evaluate if val is not None else None,
+        mfu=throughput.mfu,
     )
-    rank.emit(ProgressEvent("start", state.step, schedule.total_steps))
-
-    def save(step_state: TrainerState) -> None:
-        checkpoints.save(
-            step_state.step,
-            step_state,
-            rank,
-            lambda folder: write_checkpoint(folder, engine, tokenizer, scheduler),
-        )
-        rank.emit(ProgressEvent("checkpoint", step_state.step, schedule.total_steps))
+    resumed = tracker.resume(lambda folder: load_checkpoint(folder, engine, scheduler))
+    held_out = HeldOut(config, layout, engine, tokenizer, prepared, resumed)
+    held_out.exact_match("before")
 
     # The loop: one optimizer step = grad_accum micro-batches on every rank.
+    tracker.start(throughput.params, throughput.trainable)
     engine.model.train()
-    log = StepLog(
-        metrics, rank, t, schedule, len(train), throughput, evaluate if val is not None else None
-    )
-    started, start_state, window = time.time(), state, MetricsWindow()
-    while state.step < schedule.total_steps:
-        step_started = time.time()
-        mine = [collate(train, b, pad_id, device) for b in schedule.step(state.step, rank.rank)]
-        result = train_step(engine, mine, rank)
+    while tracker.running:
+        indices = schedule.step(tracker.state.step, rank.rank)
+        result = train_step(engine, [collate(train, b, pad_id, device) for b in indices], rank)
         scheduler.step()
-        state = TrainerState(state.step + 1, state.tokens + result.tokens)
-        window.add(result.loss_sum, result.learned, result.tokens, schedule.rows_per_step())
-        logged = log.after_step(state, window, scheduler.get_last_lr()[0], result.grad_norm)
-        window = MetricsWindow() if logged else window
-        per_s = round(result.tokens / max(time.time() - step_started, 1e-9), 1)
-        loss = round(result.loss_sum / max(result.learned, 1), 6)
-        rank.emit(ProgressEvent("step", state.step, schedule.total_steps, loss, per_s, logged))
-        if t.save_steps and state.step % t.save_steps == 0:
-            save(state)
-        if stop.requested:
-            break
+        tracker.step_done(result, lr=scheduler.get_last_lr()[0])
+    stopped = tracker.finish()  # a signal: checkpoint saved, exit code
+    if stopped is not None:
+        return stopped
 
-    # A signal that arrived during any step, the last one included, stops here with a checkpoint.
-    if stop.signal is not None:
-        if not (t.save_steps and state.step % t.save_steps == 0):
-            save(state)
-        rank.say(f"stopped by signal {stop.signal} at step {state.step}; checkpoint saved")
-        return 128 + stop.signal
-    if rank.main:
-        seconds = round(time.time() - started, 3)
-        timing = TrainTiming(
-            seconds, state.step - start_state.step, state.tokens - start_state.tokens
-        )
-        write_record(layout.timing, timing)
-
-    # Final eval loss (unless this step just had one), exact match after, the HF output.
-    if val is not None and not (t.eval_steps and state.step % t.eval_steps == 0):
-        final_eval = round(evaluate(), 6)
-        if rank.main:
-            metrics.write(MetricsRow(step=state.step, backend="torch", eval_loss=final_eval))
     held_out.exact_match("after")
-    metrics.close()
     write_final(layout, rank, lambda folder: write_hf_final(folder, engine, tokenizer, config))
-    rank.emit(ProgressEvent("done", state.step, schedule.total_steps))
+    tracker.done()
     return 0
 
 
@@ -224,15 +179,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainArgs, schedule: Sc
 # --------------------------------------------------------------------------- one step
 
 
-class StepResult(NamedTuple):
-    """One optimizer step, summed over all ranks."""
-
-    loss_sum: float  # token losses
-    learned: int  # tokens with a label
-    tokens: int  # real (non-pad) tokens
-    grad_norm: float  # before clipping
-
-
 def train_step(engine: Any, mine: list[dict[str, torch.Tensor]], rank: Rank) -> StepResult:
     """Forward/backward over this rank's micro-batches, then the optimizer step.
 
@@ -254,47 +200,6 @@ def train_step(engine: Any, mine: list[dict[str, torch.Tensor]], rank: Rank) -> 
     grad_norm = engine.step()
     (global_loss,) = all_reduce_sum([loss_sum], rank)
     return StepResult(global_loss, int(learned), int(tokens), grad_norm)
-
-
-@dataclass
-class StepLog:
-    """The metrics rows of logged and evaluated steps (rank 0 writes them)."""
-
-    metrics: MetricsLog
-    rank: Rank
-    train: TrainArgs
-    schedule: Schedule
-    examples: int
-    throughput: Throughput
-    evaluate: Callable[[], float] | None  # eval loss on the validation split (every rank)
-
-    def after_step(
-        self, state: TrainerState, window: MetricsWindow, lr: float, norm: float
-    ) -> bool:
-        """Write the step's row if it is logged or evaluated; True when it was logged."""
-        t, step = self.train, state.step
-        logged = step % t.logging_steps == 0 or step == self.schedule.total_steps
-        evaluating = self.evaluate is not None and bool(t.eval_steps) and step % t.eval_steps == 0
-        if not (logged or evaluating):
-            return False
-        row = MetricsRow(step=step, backend="torch")
-        if logged:
-            row = MetricsRow(
-                step=step,
-                backend="torch",
-                epoch=round(step * self.schedule.rows_per_step() / self.examples, 4),
-                loss=round(window.loss, 6),
-                lr=lr,
-                grad_norm=round(norm, 6),
-                tokens=state.tokens,
-                tokens_per_s=round(window.tokens_per_s, 1),
-                mfu=self.throughput.mfu(window, self.rank.world),
-            )
-        if evaluating and self.evaluate is not None:
-            row = replace(row, eval_loss=round(self.evaluate(), 6))
-        if self.rank.main:
-            self.metrics.write(row)
-        return logged
 
 
 class Throughput:

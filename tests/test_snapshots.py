@@ -1,0 +1,82 @@
+"""Translator snapshots: every shipped recipe, on every backend that plans it, rendered to
+the files of OUT/plan and compared with tests/snapshots/<backend>/<recipe>/. A translation
+change shows up as a reviewed diff: `make snapshots` rewrites them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_in_env
+from ftx.core.recipe import load_recipe
+from ftx.core.registry import backend_names
+from ftx.core.runner import target_for
+
+SNAPSHOTS = ROOT / "tests" / "snapshots"
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+CASES = [(b, r) for b in backend_names() for r in RECIPES]
+
+
+def rendered(backend: str, recipe: Path) -> dict[str, str]:
+    """The plan files, with the checkout's path as $REPO (plans hold no other absolute path)."""
+    target = target_for(load_recipe(recipe), backend, here=False)
+    files = target.translate().rendered()
+    return {name: text.replace(str(ROOT), "$REPO") for name, text in files.items()}
+
+
+@pytest.mark.parametrize(("backend", "recipe"), CASES, ids=[f"{b}-{r.stem}" for b, r in CASES])
+def test_plan_matches_its_snapshot(backend: str, recipe: Path, request) -> None:
+    folder = SNAPSHOTS / backend / recipe.stem
+    files = rendered(backend, recipe)
+    if request.config.getoption("--update-snapshots"):
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in set(p.name for p in folder.iterdir()) - set(files):
+            (folder / stale).unlink()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    assert folder.is_dir(), f"no snapshot for {backend}/{recipe.stem}: run `make snapshots`"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+    for name, text in files.items():
+        assert text == (folder / name).read_text(), f"{backend}/{recipe.stem}/{name} changed"
+    assert all("/tmp" not in text and "$OUT" not in text for text in files.values())
+
+
+def test_every_shipped_recipe_has_a_torch_snapshot() -> None:
+    assert sorted(p.name for p in (SNAPSHOTS / "torch").iterdir()) == [r.stem for r in RECIPES]
+
+
+NATIVE_PARSERS = """
+import json, sys
+from pathlib import Path
+from deepspeed.runtime.config import DeepSpeedConfig
+from peft import LoraConfig
+from ftx.core.contract import WorkerConfig
+checked = {}
+for folder in sorted(Path(sys.argv[1]).iterdir()):
+    found = []
+    config = WorkerConfig.read(folder / "worker.json")
+    found.append("worker.json")
+    if (folder / "peft_config.json").exists():
+        lora = LoraConfig(**json.loads((folder / "peft_config.json").read_text()))
+        assert lora.r == config.method.lora.rank and lora.lora_alpha == config.method.lora.alpha
+        found.append("peft_config.json")
+    if (folder / "ds_config.json").exists():
+        ds = DeepSpeedConfig(json.loads((folder / "ds_config.json").read_text()))
+        assert ds.zero_optimization_stage > 0
+        assert ds.gradient_accumulation_steps == config.train.grad_accum
+        assert ds.train_micro_batch_size_per_gpu == config.train.micro_batch_size
+        found.append("ds_config.json")
+    checked[folder.name] = found
+print(json.dumps(checked))
+"""
+
+
+@pytest.mark.env
+def test_torch_snapshots_pass_the_native_parsers() -> None:
+    """worker.json by the worker's own reader, peft_config by peft.LoraConfig, ds_config by
+    DeepSpeed's DeepSpeedConfig, in the torch environment."""
+    checked = run_in_env("torch", NATIVE_PARSERS, str(SNAPSHOTS / "torch"))
+    assert sorted(checked) == [r.stem for r in RECIPES]
+    assert "ds_config.json" in checked["qwen2_7b_full_zero3"]
+    assert "peft_config.json" in checked["llama2_7b_lora_sft"]
