@@ -1,4 +1,14 @@
-"""Filesystem helpers: atomic writes, so no half-written output is ever left."""
+"""Filesystem rules every command that writes follows.
+
+- A destination is claimed first (:func:`claim_destination`): never one that is, holds or
+  lies inside an input, whatever the flags; a non-empty one only with ``--force``.
+- Outputs are staged beside the destination and renamed into place
+  (:func:`staged_dir`, :func:`atomic_write_text`): the old output survives any failure,
+  and no half-written output is ever left.
+- Outputs get the permissions the user's umask gives (temporary files start private).
+- A file an input names (an index's shard, a dataset_info.json entry) must stay inside
+  the input's folder (:func:`inside`).
+"""
 
 from __future__ import annotations
 
@@ -7,37 +17,41 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from ftx.core.errors import FtxError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(path: Path, directory: bool) -> None:
+    """Give a staged file or folder the mode a plain mkdir/open would have had (libraries
+    and temporary files often create 0600 files)."""
+    executable = not directory and bool(path.stat().st_mode & 0o111)
+    os.chmod(path, (0o777 if directory or executable else 0o666) & ~_umask())
+
+
+def _publish_tree(root: Path) -> None:
+    _publish(root, directory=True)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            _publish(Path(folder) / name, directory=True)
+        for name in files:
+            path = Path(folder) / name
+            if path.stat().st_nlink == 1:  # a hard link's mode belongs to its other names too
+                _publish(path, directory=False)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file through a temporary sibling and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def staged_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write to; rename it into place on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with staged_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -46,21 +60,98 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 @contextlib.contextmanager
+def staged_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; rename it into place on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        _publish(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
 def staged_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; rename it to ``final`` on success.
 
-    On any error the temporary folder is removed, so ``final`` is either the
-    complete result or untouched.
+    On any error the temporary folder is removed, so ``final`` is either the complete
+    new result or exactly what it was. A replaced ``final`` is moved aside first and
+    deleted only once the new one is in place.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    old: Path | None = None
     try:
         yield tmp
-        if final.exists():
+        _publish_tree(tmp)
+        if final.exists() or final.is_symlink():
             if not replace:
                 raise FileExistsError(final)
-            shutil.rmtree(final)
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / "previous")
         os.replace(tmp, final)
+    except BaseException:
+        if old is not None and not (final.exists() or final.is_symlink()):
+            os.replace(old / "previous", final)  # put the old output back
+        raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def claim_destination(dst: Path, *, force: bool, inputs: Iterable[Path], also: str = "") -> None:
+    """Check that ``dst`` may be written: an FtxError (exit 2) when it is, holds or lies
+    inside any of ``inputs`` (whatever the flags), is a file, or is a non-empty folder
+    and ``force`` is not set. Nothing is written or deleted here."""
+    target = _real(dst)
+    for given in inputs:
+        source = _real(given)
+        if _within(source, target) or (source.is_dir() and _within(target, source)):
+            relation = (
+                "is"
+                if source == target
+                else ("holds" if _within(source, target) else "lies inside")
+            )
+            raise FtxError(
+                f"the destination {relation} an input ({given}); writing there could destroy it",
+                where=str(dst),
+                fix="choose a destination outside every input folder (no flag overrides this)",
+            )
+    if dst.exists() and not dst.is_dir():
+        raise FtxError(
+            "the destination is a file, not a folder",
+            where=str(dst),
+            fix="name a new or existing folder",
+        )
+    if dst.is_dir() and any(dst.iterdir()) and not force:
+        raise FtxError(
+            "the destination exists and is not empty",
+            where=str(dst),
+            fix="pass --force to replace it (the old contents are removed only once the new"
+            f" output is complete), {also}or choose another folder",
+        )
+
+
+def inside(folder: Path, name: str, where: str) -> Path:
+    """``folder / name``, refusing a name that leads out of ``folder`` (absolute, ``..``)."""
+    candidate = Path(os.path.normpath(folder / name))
+    if Path(name).is_absolute() or not _within(candidate, Path(os.path.normpath(folder))):
+        raise FtxError(
+            f"'{name}' points outside {folder}",
+            where=where,
+            fix=f"name a file inside {folder} (relative, without '..'), or copy it there",
+        )
+    return candidate

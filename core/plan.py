@@ -8,13 +8,12 @@ to the launch. Paths in a plan are relative to OUT: launch.sh starts there.
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftx.core.contract import WORKER_CONFIG, RunLayout, WorkerConfig
-from ftx.core.fsutil import atomic_write_text
+from ftx.core.fsutil import staged_dir
 
 
 @dataclass(frozen=True)
@@ -50,9 +49,11 @@ class NativePlan:
         )
 
     def write(self, layout: RunLayout) -> list[str]:
-        """Write every plan file under OUT/plan; return their names."""
+        """Write OUT/plan (staged, then renamed into place whole); return the file names."""
         files = self.rendered()
-        for name, text in files.items():
-            atomic_write_text(layout.plan / name, text)
-        os.chmod(layout.launch_script, 0o755)
+        with staged_dir(layout.plan, replace=True) as tmp:
+            for name, text in files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            launch = tmp / layout.launch_script.name
+            launch.chmod(launch.stat().st_mode | 0o111)
         return list(files)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ftx.core.errors import FtxError
+
 FORMAT_VERSION = 3
 IGNORE_INDEX = -100  # the label of a token that is not learned
 
@@ -91,7 +93,29 @@ def _flat(rows: list[Sequence[int]]) -> np.ndarray:
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
-    return json.loads((root / "manifest.json").read_text())
+    """A prepared folder's manifest.json; an FtxError when it is missing or unreadable."""
+    path = root / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FtxError(
+            "not a prepared data folder (no manifest.json)",
+            where=str(root),
+            fix="point at a folder written by `ftx data prepare`, or give the recipe instead",
+        ) from None
+    except (ValueError, OSError) as exc:
+        raise FtxError(
+            f"the manifest cannot be read ({exc})",
+            where=str(path),
+            fix="prepare the data again with `ftx data prepare --force`",
+        ) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise FtxError(
+            "the manifest is not a prepared-data manifest",
+            where=str(path),
+            fix="prepare the data again with `ftx data prepare --force`",
+        )
+    return manifest
 
 
 def load_split(root: Path, name: str) -> PreparedSplit | None:

@@ -27,8 +27,9 @@ from ftx.core.contract import (
     read_record,
     run_status,
 )
+from ftx.core.data.sources import input_paths
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import atomic_write_json
+from ftx.core.fsutil import atomic_write_json, claim_destination
 from ftx.core.models.formats import detect_format
 from ftx.core.overrides import apply_overrides
 from ftx.core.plan import NativePlan
@@ -51,6 +52,19 @@ class Target:
         return translator(self.spec)(self.recipe)
 
 
+def check_model(loaded: LoadedRecipe) -> None:
+    """model.path must be a model folder (config.json) that exists here."""
+    path = Path(loaded.recipe.model.path)
+    if not (path / "config.json").is_file():
+        state = "has no config.json" if path.is_dir() else "does not exist"
+        raise FtxError(
+            f"model.path {path} {state}",
+            where=f"{loaded.source}: model.path",
+            fix="point it at a model folder (config.json, weights, tokenizer); make a small"
+            " random one with `ftx init-model --out PATH`, or convert one with `ftx convert`",
+        )
+
+
 def check_overrides(loaded: LoadedRecipe) -> None:
     """Check every ``backends.<name>`` section against what that backend honours."""
     known = specs()
@@ -69,6 +83,7 @@ def target_for(loaded: LoadedRecipe, backend: str, *, here: bool = True) -> Targ
     """The backend and effective recipe, after checking the recipe against the backend's
     overrides and capabilities (and, when ``here``, the devices this machine's
     environment has)."""
+    check_model(loaded)
     check_overrides(loaded)
     spec = get_spec(backend)
     recipe = apply_overrides(loaded.recipe, spec, str(loaded.source))
@@ -102,25 +117,32 @@ def layout_for(loaded: LoadedRecipe, out: Path | None) -> RunLayout:
     return RunLayout((out or Path(loaded.recipe.output.dir)).resolve())
 
 
-def make_plan(loaded: LoadedRecipe, backend: str, out: Path | None) -> tuple[RunLayout, list[str]]:
-    """Translate and write the plan under OUT/plan (runs nothing, maybe elsewhere)."""
+def make_plan(
+    loaded: LoadedRecipe, backend: str, out: Path | None, *, force: bool = False
+) -> tuple[RunLayout, list[str]]:
+    """Translate and write the plan under OUT/plan (runs nothing, maybe elsewhere); an
+    existing plan, the record of what an earlier run ran, is replaced only with --force."""
     target = target_for(loaded, backend, here=False)
     layout = layout_for(loaded, out)
+    claim_destination(layout.plan, force=force, inputs=input_paths(target.recipe, loaded.source))
     return layout, target.translate().write(layout)
 
 
-def claim_output(layout: RunLayout, *, force: bool, resuming: bool) -> None:
-    """Refuse to overwrite a non-empty OUT unless --force (wipe) or train.resume (keep)."""
-    if layout.is_fresh() or resuming:
-        return
-    if not force:
-        raise FtxError(
-            "the output folder exists and is not empty",
-            where=str(layout.root),
-            fix="pass --force to replace it, set train.resume=auto to continue it,"
-            " or choose another --out",
-        )
-    shutil.rmtree(layout.root)
+def claim_output(
+    layout: RunLayout, loaded: LoadedRecipe, *, force: bool, resuming: bool
+) -> Path | None:
+    """Refuse an OUT that is, holds or lies inside an input, and a non-empty OUT unless
+    --force (replace) or train.resume (continue). A replaced OUT is moved aside, to be
+    deleted once the new run completes; its path is returned."""
+    inputs = input_paths(loaded.recipe, loaded.source)
+    also = "set train.resume=auto to continue it, " if not resuming else ""
+    claim_destination(layout.root, force=force or resuming, inputs=inputs, also=also)
+    if resuming or layout.is_fresh():
+        return None
+    previous = layout.root.with_name(f".{layout.root.name}.replaced")
+    shutil.rmtree(previous, ignore_errors=True)  # left by an earlier failed replacement
+    os.replace(layout.root, previous)
+    return previous
 
 
 def run(
@@ -138,7 +160,7 @@ def run(
     recipe, spec = target.recipe, target.spec
     runtime = get_runtime(runtime_name)
     layout = layout_for(loaded, out)
-    claim_output(layout, force=force, resuming=bool(recipe.train.resume))
+    previous = claim_output(layout, loaded, force=force, resuming=bool(recipe.train.resume))
     layout.root.mkdir(parents=True, exist_ok=True)
 
     info("[bold]Preparing data[/] (tokenise, mask; cached by content hash)")
@@ -198,6 +220,10 @@ def run(
     if failure is not None:
         record["error"] = failure.describe()
     atomic_write_json(layout.run_json, record)
+    if previous is not None and record["status"] == "completed":
+        shutil.rmtree(previous, ignore_errors=True)
+    elif previous is not None:
+        info(f"the replaced output is kept in {previous} until a run completes")
     if record["status"] == "interrupted":
         raise FtxError(
             f"the run was interrupted (exit code {code}); a checkpoint was saved",

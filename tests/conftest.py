@@ -73,3 +73,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="Rewrite tests/snapshots from the translators' current output (`make snapshots`).",
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quickstart_model() -> Path:
+    """The model recipes/quickstart.yaml names (`make run` makes it the same way)."""
+    from ftx.core.models.init import init_model
+
+    path = ROOT / ".ftx" / "models" / "quickstart-llama"
+    if not (path / "config.json").exists():
+        init_model("llama", "small", path, force=True)
+    return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config) -> None:
+    """Say how many CLI cases the fuzz suite ran (the count `make fuzz` reports)."""
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and fuzz.CASES["count"]:
+        terminalreporter.write_line(
+            f"fuzz: {fuzz.CASES['count']} CLI cases, each exit 0 or 2, no traceback,"
+            " inputs unchanged, no half-written output"
+        )

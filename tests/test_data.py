@@ -10,9 +10,9 @@ import pytest
 
 from ftx.core.data.conversation import Conversation, Message
 from ftx.core.data.prepare import load_tokenizer, prepare
-from ftx.core.data.render import IGNORE, ChatEncoder
+from ftx.core.data.render import ChatEncoder
 from ftx.core.errors import FtxError
-from ftx.core.prepared import load_split, read_eval_prompts, read_manifest
+from ftx.core.prepared import IGNORE_INDEX, load_split, read_eval_prompts, read_manifest
 from ftx.core.recipe import load_recipe
 
 CHAT = Conversation(
@@ -40,7 +40,7 @@ def learned_text(tokenizer, ids, labels) -> list[str]:
     """Decoded runs of learned tokens."""
     runs, current = [], []
     for token, label in zip(ids, labels, strict=True):
-        if label != IGNORE:
+        if label != IGNORE_INDEX:
             assert label == token
             current.append(token)
         elif current:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from ftx.core.data.conversation import Conversation, Message
-from ftx.core.data.render import IGNORE, ChatEncoder
+from ftx.core.data.render import ChatEncoder
 from ftx.core.data.templates import TEMPLATES, render_named, to_jinja, to_paddlenlp
 from ftx.core.models.init import CORPUS, train_tokenizer
+from ftx.core.prepared import IGNORE_INDEX
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
 
@@ -30,6 +31,25 @@ FAMILIES = {
         "<|eot_id|>",
     ),
     "qwen": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|im_end|>"),
+    "qwen2_5": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|im_end|>"),
+    "llama3_1": (
+        [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|eom_id|>",
+            "<|python_tag|>",
+        ],
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+    ),
+    "mistral_v0_3": (
+        ["<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]"],
+        "<s>",
+        "</s>",
+    ),
     "qwen3": (
         ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
         None,
@@ -123,7 +143,7 @@ def test_ids_equal_the_official_template(name: str) -> None:
         assert prompt == official_ids(tok, conv.as_chat()[:-1], True), name
         assert reference == conv.messages[-1].content
         # Only the answers (with what ends them) are learned, each exactly once.
-        learned = tok.decode([t for t in enc.labels if t != IGNORE])
+        learned = tok.decode([t for t in enc.labels if t != IGNORE_INDEX])
         answers = [
             m.content.strip() if TEMPLATES[name].trim else m.content
             for m in conv.messages
@@ -135,7 +155,7 @@ def test_ids_equal_the_official_template(name: str) -> None:
             assert found >= 0, (name, answer, learned)
             position = found + len(answer)
         prompt_text = tok.decode(
-            [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab == IGNORE]
+            [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab == IGNORE_INDEX]
         )
         assert conv.messages[0].content.strip() in prompt_text
 
@@ -167,11 +187,11 @@ def test_qwen3_thinking_and_non_thinking() -> None:
                 for t in nothink.encode(
                     conv, max_len=9999, train_on_prompt=False, mask_history=False
                 ).labels
-                if t != IGNORE
+                if t != IGNORE_INDEX
             ]
         )
         assert "<think>" not in learned  # the empty think block is prompt in non-thinking mode
-    learned = tok.decode([t for t in think.labels if t != IGNORE])
+    learned = tok.decode([t for t in think.labels if t != IGNORE_INDEX])
     assert "new thoughts" in learned and "old thoughts" not in tok.decode(think.input_ids)
 
 

@@ -79,6 +79,10 @@ def write_paddlenlp(
                 where="model.path",
                 fix="point model.path at a folder with the tokenizer files",
             )
-        chat = to_paddlenlp(slots, bos or "", eos or "")
+        try:
+            chat = to_paddlenlp(slots, bos or "", eos or "")
+        except ValueError as exc:
+            fix = "export with another template"
+            raise FtxError(str(exc), where="model.template", fix=fix) from None
         (out / "chat_template.json").write_text(json.dumps(chat, indent=2, ensure_ascii=False))
     return {"train": len(train), "dev": len(val)}

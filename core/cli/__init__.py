@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import signal
 import sys
+import traceback
+from typing import NoReturn
 
 import click
 from rich.markup import escape
@@ -13,16 +17,60 @@ from ftx.core import __version__
 from ftx.core.console import console, set_quiet
 from ftx.core.errors import FtxError
 
+# What the machine says, and what to do about it, for errors no input check can prevent.
+SYSTEM_ERRORS = {
+    errno.ENOSPC: "free some disk space (or point the output elsewhere) and run it again",
+    errno.EDQUOT: "free some of your disk quota and run it again",
+    errno.EACCES: "check the permissions of that path, or choose another one",
+    errno.EPERM: "check the permissions of that path, or choose another one",
+    errno.EROFS: "that file system is read-only: choose a writable output folder",
+    errno.EISDIR: "name a file there, not a folder",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: fix the path",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+
+
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
 
 class FtxGroup(click.Group):
-    """Turns FtxError into one paragraph on stderr and its exit code (2 for user errors)."""
+    """Turns FtxError into one paragraph on stderr and its exit code (2 for user errors);
+    a full disk or a permission problem likewise; anything else is a bug in ftx: its
+    traceback, a request to report it, exit code 1."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except FtxError as exc:
-            console.print(f"[bold red]error:[/] {escape(exc.render())}", soft_wrap=True)
-            sys.exit(exc.exit_code)
+            _fail(exc)
+        except OSError as exc:
+            code = exc.errno
+            if code is None and SHORT_WRITE.search(str(exc)):
+                # numpy reports a write cut short by a full disk without an errno
+                code, exc.strerror = errno.ENOSPC, f"No space left on device ({exc})"
+            if code not in SYSTEM_ERRORS:
+                _bug(exc)
+            what = exc.strerror or str(exc)
+            _fail(FtxError(what, where=exc.filename or "ftx", fix=SYSTEM_ERRORS[code]))
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            _bug(exc)
+
+
+def _fail(exc: FtxError) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(exc.render())}", soft_wrap=True)
+    sys.exit(exc.exit_code)
+
+
+def _bug(exc: BaseException) -> NoReturn:
+    traceback.print_exception(exc)
+    console.print(
+        "[bold red]This is a bug in ftx[/] (an error it should have explained). Please report"
+        " it with the command you ran and the traceback above.",
+        soft_wrap=True,
+    )
+    sys.exit(1)
 
 
 @click.group(cls=FtxGroup, context_settings={"help_option_names": ["-h", "--help"]})

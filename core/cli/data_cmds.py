@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -12,6 +13,8 @@ from rich.text import Text
 
 from ftx.core.cli import cli
 from ftx.core.console import info, results
+from ftx.core.data.sources import input_paths
+from ftx.core.fsutil import claim_destination
 from ftx.core.prepared import IGNORE_INDEX
 from ftx.core.recipe import load_recipe
 from ftx.core.registry import exporters
@@ -32,7 +35,8 @@ def data() -> None:
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("overrides", nargs=-1)
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True)
-def prepare(recipe: Path, overrides: tuple[str, ...], out: Path) -> None:
+@click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
+def prepare(recipe: Path, overrides: tuple[str, ...], out: Path, force: bool) -> None:
     """Write the prepared dataset (numpy arrays + manifest.json) to --out.
 
     \b
@@ -41,8 +45,25 @@ def prepare(recipe: Path, overrides: tuple[str, ...], out: Path) -> None:
     """
     from ftx.core.data.prepare import prepared_data
 
-    manifest = prepared_data(load_recipe(recipe, overrides).recipe, out)
+    loaded = load_recipe(recipe, overrides)
+    claim_destination(out, force=force, inputs=input_paths(loaded.recipe, loaded.source))
+    manifest = prepared_data(loaded.recipe, out)
     results.print(f"{out}: {json.dumps(manifest['splits'])}")
+
+
+def _split(folder: Path, name: str) -> Any:
+    """A split of a prepared folder (None when absent); damaged arrays are an FtxError."""
+    from ftx.core.errors import FtxError
+    from ftx.core.prepared import load_split
+
+    try:
+        return load_split(folder, name)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FtxError(
+            f"the '{name}' split cannot be read ({exc})",
+            where=str(folder / name),
+            fix="prepare the data again with `ftx data prepare --force`",
+        ) from None
 
 
 def _resolve(source: Path, overrides: tuple[str, ...]) -> Path:
@@ -69,10 +90,11 @@ def show(source: Path, overrides: tuple[str, ...], count: int, split: str, as_js
     Example:
       ftx data show recipes/quickstart.yaml -n 1 --json
     """
-    from ftx.core.prepared import load_split, read_manifest
+    from ftx.core.prepared import read_manifest
 
     folder = _resolve(source, overrides)
-    rows = load_split(folder, split)
+    read_manifest(folder)
+    rows = _split(folder, split)
     if rows is None:
         raise click.BadParameter(f"{folder} has no '{split}' split", param_hint="--split")
     if as_json:
@@ -183,14 +205,12 @@ Example:
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True)
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
 def export(recipe: Path, overrides: tuple[str, ...], target: str, out: Path, force: bool) -> None:
-    from ftx.core.errors import FtxError
     from ftx.core.fsutil import staged_dir
     from ftx.core.registry import load
 
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FtxError("the output folder is not empty", where=str(out), fix="pass --force")
-    loaded = load_recipe(recipe, overrides).recipe
+    loaded = load_recipe(recipe, overrides)
+    claim_destination(out, force=force, inputs=input_paths(loaded.recipe, loaded.source))
     write = load(exporters()[target].function)
     with staged_dir(out, replace=True) as tmp:
-        summary = write(loaded, tmp)
+        summary = write(loaded.recipe, tmp)
     results.print(f"{out}: {summary}")

@@ -83,6 +83,13 @@ def doctor(names: tuple[str, ...]) -> None:
     Example:
       ftx env doctor torch
     """
+    unknown = sorted(set(names) - set(envs.env_names()))
+    if unknown:
+        raise FtxError(
+            f"no environment named {', '.join(unknown)}",
+            where="ftx env doctor",
+            fix=f"name one of {', '.join(envs.env_names())}, or none for all",
+        )
     table = Table(title="ftx env doctor")
     for column in ("name", "state", "python", "frameworks", "devices"):
         table.add_column(column)

@@ -31,7 +31,12 @@ def init_model(
     from ftx.core.models.init import init_model as build
 
     made = build(arch, size, out, seed=seed, vocab_size=vocab_size, dtype=dtype, force=force)
+    short = (
+        f" (asked for {vocab_size}: the bundled corpus yields no more distinct tokens)"
+        if made["vocab"] < vocab_size
+        else ""
+    )
     results.print(
         f"{made['path']}: {made['arch']} ({made['size']}), {made['parameters']:,} parameters,"
-        f" vocabulary {made['vocab']}"
+        f" vocabulary {made['vocab']}{short}"
     )

@@ -36,9 +36,10 @@ def validate(recipe: Path, overrides: tuple[str, ...], backend: str | None) -> N
     Example:
       ftx validate recipes/quickstart.yaml --backend torch train.learning_rate=1e-4
     """
-    from ftx.core.runner import check_overrides, target_for
+    from ftx.core.runner import check_model, check_overrides, target_for
 
     loaded = load_recipe(recipe, overrides)
+    check_model(loaded)
     check_overrides(loaded)
     if backend:
         target_for(loaded, backend)
@@ -51,7 +52,10 @@ def validate(recipe: Path, overrides: tuple[str, ...], backend: str | None) -> N
 @overrides_arg
 @backend_opt
 @out_opt
-def plan(recipe: Path, overrides: tuple[str, ...], backend: str, out: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing OUT/plan.")
+def plan(
+    recipe: Path, overrides: tuple[str, ...], backend: str, out: Path | None, force: bool
+) -> None:
     """Write the native config files and launch.sh under OUT/plan; run nothing.
 
     \b
@@ -61,7 +65,7 @@ def plan(recipe: Path, overrides: tuple[str, ...], backend: str, out: Path | Non
     """
     from ftx.core.runner import make_plan
 
-    layout, written = make_plan(load_recipe(recipe, overrides), backend, out)
+    layout, written = make_plan(load_recipe(recipe, overrides), backend, out, force=force)
     for name in written:
         click.echo(str(layout.plan / name))
 

@@ -20,7 +20,7 @@ from ftx.core.convert.names import NameMap
 from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile, write_safetensors
 from ftx.core.convert.sources import TRAINING_STATE, open_weights, weight_files
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import staged_dir
+from ftx.core.fsutil import claim_destination, staged_dir
 from ftx.core.models.architectures import ARCHITECTURES, parameter_shapes
 from ftx.core.models.formats import detect_format
 
@@ -122,14 +122,6 @@ FILE_FORMATS = {"safetensors": ("hf", "paddle", "mindspore"), "ckpt": ("mindspor
                 "pdparams": ("paddle",)}  # fmt: skip
 
 
-def check_destination(dst: Path, force: bool) -> None:
-    """Refuse to replace a non-empty destination unless forced."""
-    if dst.exists() and any(dst.iterdir()) and not force:
-        raise FtxError(
-            "the destination exists and is not empty", where=str(dst), fix="pass --force"
-        )
-
-
 def check_file_format(file_format: str, to: str) -> None:
     if to not in FILE_FORMATS[file_format]:
         raise FtxError(
@@ -190,7 +182,8 @@ def convert(
     the MindFormers YAML the weights were trained with). ``file_format`` "ckpt" writes
     MindSpore .ckpt, "pdparams" Paddle's pickle, instead of safetensors."""
     check_file_format(file_format, to)
-    check_destination(dst, force)
+    inputs = [src] if config_path is None else [src, config_path]
+    claim_destination(dst, force=force, inputs=inputs)
     from ftx.core.convert.adapters import adapter_format, convert_adapter
 
     if adapter_format(src):

@@ -16,7 +16,6 @@ import numpy as np
 from ftx.core.convert.adapters import read_adapter
 from ftx.core.convert.configs import load_config
 from ftx.core.convert.convert import (
-    check_destination,
     copy_side_files,
     transpose_2d,
     write_weights,
@@ -26,7 +25,7 @@ from ftx.core.convert.names import NameMap
 from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile
 from ftx.core.convert.sources import weight_files
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import staged_dir
+from ftx.core.fsutil import claim_destination, staged_dir
 from ftx.core.models.formats import detect_format
 
 
@@ -39,7 +38,7 @@ def merge_lora(
     base: Path, adapter_dir: Path, out: Path, *, force: bool = False, trust_pickle: bool = False
 ) -> dict:
     """Write base + adapter to ``out`` in the base's format; return a summary."""
-    check_destination(out, force)
+    claim_destination(out, force=force, inputs=[base, adapter_dir])
     fmt = detect_format(base)
     config = load_config(base)
     adapter = read_adapter(adapter_dir, trust_pickle=trust_pickle)
@@ -57,6 +56,18 @@ def merge_lora(
     missing = sorted(set(targets) - present)
     if missing:
         raise FtxError(f"the base has no tensor {missing[0]}", where=str(base))
+    for reader in readers:
+        for name in set(reader.names) & set(targets):
+            pair, flip = targets[name]
+            a, b = pair["A"].info.shape, pair["B"].info.shape
+            rows, cols = reader.info(name).shape[::-1] if flip else reader.info(name).shape
+            if len(a) != 2 or len(b) != 2 or a[0] != b[1] or (b[0], a[1]) != (rows, cols):
+                raise FtxError(
+                    f"the adapter's {name} has A {list(a)} and B {list(b)}, which do not make"
+                    f" the base weight's [{rows}, {cols}]",
+                    where=str(adapter_dir),
+                    fix="merge the adapter into the base model it was trained on",
+                )
 
     def produce(reader: WeightFile, name: str, info: TensorInfo):
         def make() -> np.ndarray:

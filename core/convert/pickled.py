@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -114,14 +115,25 @@ class TorchBinReader(WeightFile):
                 " ($FTX_HOME/envs/torch/bin/ftx, made by `ftx env create torch`), or"
                 " convert the folder to safetensors there first",
             ) from None
+        # torch.save's zip archive is memory-mapped; the legacy (pre-1.6, non-zip) format
+        # cannot be, so it is read whole, still with weights_only.
+        zipped = zipfile.is_zipfile(path)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
         except Exception as exc:  # torch raises several types for a corrupt archive
+            kind = "a torch zip archive" if zipped else "a legacy (non-zip) torch file"
             raise FtxError(
-                f"torch could not read it ({type(exc).__name__}: {str(exc)[:200]})",
+                f"torch could not read it as {kind} ({type(exc).__name__}: {str(exc)[:200]})",
                 where=str(path),
-                fix="the file is truncated or not a weights-only state dict: copy it again",
+                fix="the file is damaged or not a weights-only state dict: copy it again, or"
+                " re-save it with torch.save in a current torch",
             ) from None
+        if not isinstance(state, dict):
+            raise FtxError(
+                f"holds a {type(state).__name__}, not a state dict of tensors",
+                where=str(path),
+                fix="save the model's state_dict() instead",
+            )
         self.tensors = {n: t for n, t in state.items() if isinstance(t, torch.Tensor)}
         self.entries = {n: (_info(n, self._numpy(t), path),) for n, t in self.tensors.items()}
 

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,18 +83,18 @@ class SafetensorsReader(WeightFile):
                 raise FtxError("truncated safetensors file (header cut short)", where=str(path))
             try:
                 header = json.loads(handle.read(length))
-            except json.JSONDecodeError:
-                raise FtxError("corrupt safetensors header", where=str(path)) from None
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            except (ValueError, RecursionError):  # not JSON, not UTF-8
+                raise FtxError("corrupt safetensors header (not JSON)", where=str(path)) from None
+        if not isinstance(header, dict):
+            raise FtxError("corrupt safetensors header (not an object)", where=str(path))
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise FtxError("corrupt safetensors header (__metadata__)", where=str(path))
+        self.metadata: dict[str, str] = metadata
         self.data_start = 8 + length
         self.entries: dict[str, tuple[TensorInfo, int, int]] = {}
         for name, entry in header.items():
-            if entry["dtype"] not in DTYPES:
-                raise FtxError(
-                    f"tensor {name}: unsupported dtype {entry['dtype']}", where=str(path)
-                )
-            info = TensorInfo(name, entry["dtype"], tuple(entry["shape"]))
-            start, end = entry["data_offsets"]
+            info, start, end = _entry(name, entry, path)
             if end - start != info.nbytes:
                 raise FtxError(
                     f"tensor {name}: {end - start} bytes for shape {list(info.shape)}"
@@ -121,6 +122,32 @@ class SafetensorsReader(WeightFile):
             offset=self.data_start + start,
             shape=info.shape,
         )
+
+
+def _entry(name: str, entry: Any, path: Path) -> tuple[TensorInfo, int, int]:
+    """One header entry, checked: dtype, shape, data offsets."""
+
+    def whole(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 62
+
+    if not isinstance(entry, dict) or entry.get("dtype") not in DTYPES:
+        dtype = entry.get("dtype") if isinstance(entry, dict) else entry
+        raise FtxError(
+            f"tensor {name}: unsupported or missing dtype {dtype!r}",
+            where=str(path),
+            fix=f"ftx reads {', '.join(DTYPES)}",
+        )
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and all(whole(d) for d in shape) and len(shape) <= 16):
+        raise FtxError(f"tensor {name}: corrupt shape {shape!r}", where=str(path))
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(whole(o) for o in offsets)
+        and offsets[0] <= offsets[1]
+    ):
+        raise FtxError(f"tensor {name}: corrupt data_offsets {offsets!r}", where=str(path))
+    return TensorInfo(name, entry["dtype"], tuple(shape)), offsets[0], offsets[1]
 
 
 def write_safetensors(
@@ -155,6 +182,7 @@ def write_safetensors(
                     f" expected {list(info.shape)}",
                     where=str(path),
                 )
-            handle.write(memoryview(array).cast("B"))
+            if array.size:  # an empty tensor has no bytes (and no byte view)
+                handle.write(memoryview(array).cast("B"))
         handle.flush()
         os.fsync(handle.fileno())

@@ -18,6 +18,7 @@ import numpy as np
 from ftx.core.convert.names import NameMap, tensor_parallel_axis
 from ftx.core.convert.safetensors_stream import SafetensorsReader, TensorInfo, WeightFile
 from ftx.core.errors import FtxError
+from ftx.core.fsutil import inside
 
 # Training state that MindSpore and Paddle save beside the weights; conversion drops it.
 TRAINING_STATE = re.compile(
@@ -83,17 +84,25 @@ def indexed_files(folder: Path, index_name: str) -> list[Path]:
     index = folder / index_name
     if not index.exists():
         return []
-    weight_map = json.loads(index.read_text())["weight_map"]
-    files = sorted(set(weight_map.values()))
-    for name in files:
-        if not (folder / name).exists():
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted(set(weight_map.values()))
+        paths = [inside(folder, name, f"{index}: weight_map") for name in files]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise FtxError(
+            "not a valid index (a JSON object whose 'weight_map' maps tensor names to files)",
+            where=str(index),
+            fix="rewrite the index, or remove it so the shards are found by name",
+        ) from None
+    for name, path in zip(files, paths, strict=True):
+        if not path.is_file():
             tensor = next(t for t, f in weight_map.items() if f == name)
             raise FtxError(
                 f"shard {name} named in the index (for tensor {tensor}) is missing",
                 where=str(index),
                 fix="copy the missing shard next to the index",
             )
-    return [folder / f for f in files]
+    return paths
 
 
 class TensorParallelMerge(WeightFile):

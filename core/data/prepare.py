@@ -88,16 +88,20 @@ def load_tokenizer(recipe: Recipe) -> Any:
         ) from None
 
 
-def read_conversations(source: Source, on_error: str, report: RowReport) -> list[Conversation]:
+def read_conversations(
+    source: Source, on_error: str, report: RowReport, max_row_bytes: int = 16 << 20
+) -> list[Conversation]:
     """All rows of a source as conversations; bad rows raise or are skipped and counted."""
-    from ftx.core.data.readers import read_rows
+    from ftx.core.data.readers import BadRow, read_rows
 
     conversations = []
     for file in source.files:
-        for line, row in read_rows(file):
+        for line, row in read_rows(file, max_row_bytes):
             report.rows += 1
             where = f"{file}:{line}"
             try:
+                if isinstance(row, BadRow):
+                    raise RowError(row.reason)
                 conv = to_conversation(
                     source.format, row, source.columns, source.tags, ranking=source.ranking
                 )
@@ -132,8 +136,10 @@ def cache_key(recipe: Recipe) -> str:
         "template": recipe.model.template,
     }
     digest.update(json.dumps(fields, sort_keys=True).encode())
-    specs = list(recipe.data.datasets) + (list(recipe.evaluate.datasets) if recipe.evaluate else [])
-    for source in _sources(specs, recipe, "data.datasets"):
+    sources = _sources(list(recipe.data.datasets), recipe, "data.datasets")
+    if recipe.evaluate:
+        sources += _sources(list(recipe.evaluate.datasets), recipe, "evaluate.datasets")
+    for source in sources:
         for file in source.files:
             digest.update(_file_hash(file).encode())
     digest.update(_tokenizer_hash(Path(recipe.model.path)).encode())
@@ -170,7 +176,7 @@ def split_conversations(
     data = recipe.data
     conversations: list[Conversation] = []
     for source in _sources(list(data.datasets), recipe, "data.datasets"):
-        rows = read_conversations(source, data.on_error, report)
+        rows = read_conversations(source, data.on_error, report, data.max_row_bytes)
         conversations += rows[: data.max_samples] if data.max_samples else rows
     if not conversations:
         raise FtxError(
@@ -227,7 +233,7 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
     if recipe.evaluate is not None:
         encoder = encoder or ChatEncoder(tokenizer, recipe.model.template, where="model.template")
         for source in _sources(list(recipe.evaluate.datasets), recipe, "evaluate.datasets"):
-            for conv in read_conversations(source, data.on_error, RowReport()):
+            for conv in read_conversations(source, data.on_error, RowReport(), data.max_row_bytes):
                 ids, reference = encoder.encode_prompt(conv)
                 eval_rows.append({"input_ids": ids, "reference": reference, "source": conv.source})
         eval_rows = eval_rows[: recipe.evaluate.max_samples]
@@ -376,25 +382,24 @@ def cached_prepared(recipe: Recipe, *, say: Callable[[str], None] | None = None)
         if say is not None:
             say("preparing the data (cached by content hash)")
         prepare(recipe, cached, key)
+        for path in cached.rglob("*"):
+            if path.is_file():
+                path.chmod(0o444)  # shared through hard links: never to be written in place
     return cached
 
 
 def prepared_data(recipe: Recipe, dest: Path) -> dict[str, Any]:
-    """Prepare into the cache (or reuse it) and link the result at ``dest``."""
+    """Prepare into the cache (or reuse it) and link the result at ``dest`` (staged, then
+    renamed into place; the caller has claimed ``dest``)."""
     cached = cached_prepared(recipe)
-    if dest.exists() or dest.is_symlink():
-        if dest.is_symlink() or dest.is_file():
-            dest.unlink()
-        else:
-            shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _copy_tree_linked(cached, dest)
-    # The cache is shared by every copy of the same data and tokenizer: this run's manifest
-    # names this run's tokenizer (a new file, not a link into the cache).
-    manifest = json.loads((dest / "manifest.json").read_text())
-    manifest["tokenizer"] = recipe.model.path
-    (dest / "manifest.json").unlink()
-    atomic_write_json(dest / "manifest.json", manifest)
+    with staged_dir(dest, replace=True) as tmp:
+        _copy_tree_linked(cached, tmp)
+        # The cache is shared by every copy of the same data and tokenizer: this run's
+        # manifest names this run's tokenizer (a new file, never a write through a link).
+        manifest = json.loads((tmp / "manifest.json").read_text())
+        manifest["tokenizer"] = recipe.model.path
+        (tmp / "manifest.json").unlink()
+        atomic_write_json(tmp / "manifest.json", manifest)
     return manifest
 
 

@@ -1,122 +1,281 @@
-"""Read dataset files row by row, keeping the line number of each row."""
+"""Read dataset files row by row, streaming, keeping the line number of each row.
+
+Memory stays bounded whatever the file holds: no reader keeps more than one row
+(at most ``max_row_bytes``) plus a read buffer. A row that is larger than that,
+not UTF-8, or not valid JSON is yielded as a :class:`BadRow`, which the caller
+reports or skips (``data.on_error``) like any other bad row; a file that cannot
+be read at all is an FtxError.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ftx.core.errors import FtxError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+CHUNK = 1 << 20
+_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_or_row_number, row)`` from a json, jsonl, csv, parquet or txt file."""
+@dataclass(frozen=True)
+class BadRow:
+    """A row that could not be read; ``reason`` says why."""
+
+    reason: str
+
+
+def read_rows(path: Path, max_row_bytes: int = 16 << 20) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_or_row_number, row or BadRow)`` from a json, jsonl, csv, parquet or
+    txt file."""
     if not path.is_file():
         raise FtxError(
             "dataset file not found", where=str(path), fix="check the path in data.datasets"
         )
     suffix = path.suffix.lower()
-    if suffix == ".jsonl" or (suffix == ".json" and _looks_like_jsonl(path)):
-        yield from _jsonl(path)
-    elif suffix == ".json":
-        yield from _json_array(path)
-    elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            for number, row in enumerate(csv.DictReader(handle), start=2):
-                yield number, row
-    elif suffix == ".parquet":
-        yield from _parquet(path)
-    elif suffix == ".txt":
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    yield number, {"text": line.rstrip("\n")}
-    else:
+    if suffix not in SUFFIXES:
         raise FtxError(
             f"unsupported dataset file type '{suffix}'",
             where=str(path),
             fix=f"use one of {', '.join(SUFFIXES)}",
         )
+    with path.open("rb") as handle:
+        if suffix == ".jsonl" or (suffix == ".json" and _first_char(handle) == b"{"):
+            yield from _jsonl(handle, max_row_bytes)
+        elif suffix == ".json":
+            yield from _json_array(handle, path, max_row_bytes)
+        elif suffix == ".csv":
+            yield from _csv(handle, max_row_bytes)
+        elif suffix == ".txt":
+            for number, line in _lines(handle, max_row_bytes):
+                if isinstance(line, BadRow) or line.strip():
+                    yield number, line if isinstance(line, BadRow) else {"text": line}
+        else:
+            yield from _parquet(path, max_row_bytes)
 
 
-def _looks_like_jsonl(path: Path) -> bool:
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                return line.lstrip().startswith("{")
-    return False
+def _first_char(handle: BinaryIO) -> bytes:
+    """The first non-blank byte (the file position is restored)."""
+    while True:
+        chunk = handle.read(CHUNK)
+        stripped = chunk.lstrip()
+        if stripped or not chunk:
+            handle.seek(0)
+            return stripped[:1]
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FtxError(
-                    f"line {number} is not valid JSON ({exc.msg} at column {exc.colno})",
-                    where=f"{path}:{number}",
-                    fix="fix or remove that line",
-                ) from None
+def _too_large(size: int, limit: int) -> BadRow:
+    return BadRow(
+        f"row of more than {limit:,} bytes (found at least {size:,}); raise data.max_row_bytes"
+        " if it is meant to be that long"
+    )
 
 
-def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FtxError(
-            f"not valid JSON ({exc.msg} at column {exc.colno})",
-            where=f"{path}:{exc.lineno}",
-            fix="fix the JSON there",
-        ) from None
-    if not isinstance(data, list):
-        raise FtxError(
-            "a .json dataset must hold a list of rows (or one JSON object per line)",
-            where=str(path),
-            fix="wrap the rows in [ ... ] or save them as .jsonl",
-        )
-    # Line numbers of the top-level objects, so errors point into the file.
-    starts = _object_lines(text)
-    for index, row in enumerate(data):
-        yield (starts[index] if index < len(starts) else index + 1), row
-
-
-def _object_lines(text: str) -> list[int]:
-    """1-based line of each top-level element of a JSON array."""
-    lines, depth, line, in_str, escape = [], 0, 1, False, False
-    for ch in text:
-        if ch == "\n":
-            line += 1
-        if in_str:
-            if escape:
-                escape = False
-            elif ch == "\\":
-                escape = True
-            elif ch == '"':
-                in_str = False
+def _lines(handle: BinaryIO, limit: int) -> Iterator[tuple[int, str | BadRow]]:
+    """Lines as text (without the newline), or BadRow for over-long or non-UTF-8 lines;
+    an over-long line is skipped without ever being held in memory."""
+    number = 0
+    while True:
+        raw = handle.readline(limit + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            size = len(raw)
+            while raw and not raw.endswith(b"\n"):  # drain the rest of the line
+                raw = handle.readline(CHUNK)
+                size += len(raw)
+            yield number, _too_large(size, limit)
             continue
-        if ch == '"':
-            in_str = True
-            if depth == 1:
-                lines.append(line)
-        elif ch in "[{":
-            if depth == 1:
-                lines.append(line)
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-    return lines
+        try:
+            yield number, raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            yield number, BadRow(f"not UTF-8 text (byte {exc.start} of the line)")
 
 
-def _parquet(path: Path) -> Iterator[tuple[int, Any]]:
+def _jsonl(handle: BinaryIO, limit: int) -> Iterator[tuple[int, Any]]:
+    for number, line in _lines(handle, limit):
+        if isinstance(line, BadRow):
+            yield number, line
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, BadRow(f"not valid JSON ({exc.msg} at column {exc.colno})")
+        except RecursionError:
+            yield number, BadRow("JSON nested too deeply")
+
+
+# The rest of a string, closing quote included (unrolled: one step per escape, not per character).
+_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_PLAIN = re.compile(r'[^"\[\]{},]*')  # up to the next character that matters outside strings
+
+
+class _ArrayReader:
+    """The elements of a top-level JSON array, found by scanning (strings, brackets) and
+    decoded one at a time; an element larger than ``limit`` is skipped while scanning,
+    so it is never held in memory."""
+
+    def __init__(self, handle: BinaryIO, path: Path, limit: int):
+        self.text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape")
+        self.path, self.limit = path, limit
+        self.buffer, self.pos, self.line, self.eof = "", 0, 1, False
+
+    def _more(self, keep_from: int) -> int:
+        """Read another chunk, dropping the buffer before ``keep_from``; return the shift."""
+        if self.eof:
+            raise FtxError(
+                "the JSON array ends in the middle of a row",
+                where=f"{self.path}:{self.line}",
+                fix="the file is cut short: restore its end",
+            )
+        chunk = self.text.read(CHUNK)
+        self.eof = not chunk
+        self.buffer = self.buffer[keep_from:] + chunk
+        self.pos -= keep_from
+        return keep_from
+
+    def _skip_space(self) -> str:
+        """Skip white space; the next character ('' at the end of the file)."""
+        while True:
+            end = len(self.buffer) - len(self.buffer[self.pos :].lstrip())
+            self.line += self.buffer.count("\n", self.pos, end)
+            self.pos = end
+            if self.pos < len(self.buffer):
+                return self.buffer[self.pos]
+            if self.eof:
+                return ""
+            self._more(self.pos)
+
+    def rows(self) -> Iterator[tuple[int, Any]]:
+        if self._skip_space() != "[":
+            raise FtxError(
+                "a .json dataset must hold a list of rows (or one JSON object per line)",
+                where=str(self.path),
+                fix="wrap the rows in [ ... ] or save them as .jsonl",
+            )
+        self.pos += 1
+        if self._skip_space() == "]":
+            return
+        while True:
+            start_line = self.line
+            text, size = self._element()
+            if text is None:
+                yield start_line, _too_large(size, self.limit)
+            elif _SURROGATE.search(text):
+                yield start_line, BadRow("not UTF-8 text")
+            else:
+                try:
+                    yield start_line, json.loads(text)
+                except json.JSONDecodeError as exc:
+                    yield start_line, BadRow(f"not valid JSON ({exc.msg})")
+                except RecursionError:
+                    yield start_line, BadRow("JSON nested too deeply")
+            following = self._skip_space()
+            if following == "]":
+                return
+            if following != ",":
+                raise FtxError(
+                    f"expected ',' or ']' after a row, found {following or 'the end'!r}",
+                    where=f"{self.path}:{self.line}",
+                    fix="fix the JSON there",
+                )
+            self.pos += 1
+            self._skip_space()
+
+    def _element(self) -> tuple[str | None, int]:
+        """The next element's text (None when over the limit) and its size in characters."""
+        start = scan = self.pos
+        depth, dropped, in_string = 0, 0, False
+        while True:
+            if dropped or scan - start > self.limit:
+                dropped += scan - start  # too large: forget what was scanned so far
+                self.line += self.buffer.count("\n", start, scan)
+                start = scan
+            if scan >= len(self.buffer):
+                shift = self._more(start)
+                start, scan = start - shift, scan - shift
+                continue
+            if in_string:
+                found = _STRING_REST.match(self.buffer, scan)
+                if found is None:  # the string goes on in the next chunk
+                    end = back = len(self.buffer)
+                    while back > scan and self.buffer[back - 1] == "\\":
+                        back -= 1
+                    scan = end - (end - back) % 2  # never split an escape pair
+                    shift = self._more(start)
+                    start, scan = start - shift, scan - shift
+                    continue
+                scan, in_string = found.end(), False
+                if depth == 0:
+                    break
+                continue
+            char = self.buffer[scan]
+            if char == '"':
+                scan, in_string = scan + 1, True
+            elif char in "[{":
+                depth, scan = depth + 1, scan + 1
+            elif char in "]}" and depth > 0:
+                depth, scan = depth - 1, scan + 1
+                if depth == 0:
+                    break
+            elif char in ",]" and depth == 0:
+                break
+            else:  # numbers, literals, ':' and ',' inside containers, white space, junk
+                plain = _PLAIN.match(self.buffer, scan + 1)
+                assert plain is not None
+                scan = plain.end()
+                if scan == len(self.buffer) and self.eof:
+                    break
+        self.line += self.buffer.count("\n", start, scan)
+        self.pos = scan
+        if dropped:
+            return None, dropped + scan - start
+        return self.buffer[start:scan], scan - start
+
+
+def _json_array(handle: BinaryIO, path: Path, limit: int) -> Iterator[tuple[int, Any]]:
+    yield from _ArrayReader(handle, path, limit).rows()
+
+
+def _csv(handle: BinaryIO, limit: int) -> Iterator[tuple[int, Any]]:
+    csv.field_size_limit(limit)
+    text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
+    reader = csv.DictReader(text)
+    number = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            number = reader.line_num
+            yield number, BadRow(f"not a valid CSV row ({exc})")
+            continue
+        number = reader.line_num
+        values = [v for v in row.values() if isinstance(v, str)]
+        if any(_SURROGATE.search(v) for v in values) or any(
+            _SURROGATE.search(k) for k in row if isinstance(k, str)
+        ):
+            yield number, BadRow("not UTF-8 text")
+        elif sum(len(v) for v in values) > limit:
+            yield number, _too_large(sum(len(v) for v in values), limit)
+        else:
+            yield number, row
+
+
+def _parquet(path: Path, limit: int) -> Iterator[tuple[int, Any]]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise FtxError(
@@ -124,4 +283,17 @@ def _parquet(path: Path) -> Iterator[tuple[int, Any]]:
             where=str(path),
             fix="pip install pyarrow (or convert the file to jsonl)",
         ) from None
-    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+    try:
+        table = pq.ParquetFile(path)
+        number = 0
+        for batch in table.iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                number += 1
+                size = sum(len(v) for v in row.values() if isinstance(v, str | bytes))
+                yield number, _too_large(size, limit) if size > limit else row
+    except (pa.ArrowException, OSError) as exc:
+        raise FtxError(
+            f"not a readable parquet file ({exc})",
+            where=str(path),
+            fix="check the file, or convert it to jsonl",
+        ) from None

@@ -30,13 +30,16 @@ class ChatTemplate:
     assistant: str  # an assistant turn's learned part (content + end-of-turn)
     generation: str = ""  # the assistant header that precedes it (the generation prompt)
     system: str = "{content}"  # the system block (system_mode "block")
-    system_mode: Literal["block", "first_user"] = "block"
-    system_merge: str = "{system}\n\n{content}"  # system_mode "first_user"
+    # "block": a system block after the prefix; "first_user": the system prompt is merged
+    # (system_merge) into the first user turn; "last_user": into the final message when it
+    # is a user turn (so a finished conversation has none, as Mistral v0.3's template does)
+    system_mode: Literal["block", "first_user", "last_user"] = "block"
+    system_merge: str = "{system}\n\n{content}"
     default_system: str | None = None
     prefix: str = ""  # once, at the very start
     tool: str | None = None  # a tool/observation turn (None: the family has none)
     suffix: str = ""  # after the last turn of a finished conversation (not learned)
-    trim: bool = False  # strip message content, as the official template does
+    trim: bool | Literal["assistant"] = False  # strip content (all, or answers only)
     final_assistant: str | None = None  # the last assistant turn, when it differs
     final_prefix: str = ""  # before the last answer and in the generation prompt (not learned)
     next_turn_stop: str = ""  # learn this opening of the next turn as the stop token
@@ -50,8 +53,9 @@ class ChatTemplate:
         return out
 
 
-def _content(template: ChatTemplate, text: str) -> str:
-    return text.strip() if template.trim else text
+def _content(template: ChatTemplate, text: str, role: str) -> str:
+    trims = template.trim is True or (template.trim == "assistant" and role == "assistant")
+    return text.strip() if trims else text
 
 
 def render(
@@ -71,21 +75,28 @@ def render(
         system, messages = messages[0]["content"], messages[1:]
     text = template.fill(template.prefix, bos, eos)
     if system is not None and template.system_mode == "block":
-        text += template.fill(template.system, bos, eos, content=_content(template, system))
+        content = _content(template, system, "system")
+        text += template.fill(template.system, bos, eos, content=content)
     spans: list[Span] = []
     last = len(messages) - 1
+    ends_with_user = bool(messages) and messages[-1]["role"] == "user"
+    merge_at = {"first_user": 0, "last_user": last if ends_with_user else -1}.get(
+        template.system_mode
+    )
     for i, message in enumerate(messages):
         role, content = message["role"], message["content"]
         if role == "user":
-            if i == 0 and system is not None and template.system_mode == "first_user":
+            if i == merge_at and system is not None:
                 content = template.system_merge.replace("{system}", system).replace(
                     "{content}", content
                 )
-            text += template.fill(template.user, bos, eos, content=_content(template, content))
+            content = _content(template, content, role)
+            text += template.fill(template.user, bos, eos, content=content)
         elif role == "tool":
             if template.tool is None:
                 raise ValueError(f"the {template.name} template has no tool/observation turn")
-            text += template.fill(template.tool, bos, eos, content=_content(template, content))
+            content = _content(template, content, role)
+            text += template.fill(template.tool, bos, eos, content=content)
         elif role == "assistant":
             text += template.fill(template.generation, bos, eos)
             if i == last:
@@ -93,7 +104,7 @@ def render(
             slot = template.final_assistant if (i == last and template.final_assistant) else None
             start = len(text)
             text += template.fill(
-                slot or template.assistant, bos, eos, content=_content(template, content)
+                slot or template.assistant, bos, eos, content=_content(template, content, role)
             )
             spans.append((start, len(text)))
         else:
@@ -147,6 +158,20 @@ TEMPLATES: dict[str, ChatTemplate] = {
             trim=True,
         ),
         ChatTemplate(
+            name="llama3_1",
+            prefix="{bos}",
+            system=(
+                "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date:"
+                " December 2023\nToday Date: 26 Jul 2024\n\n{content}<|eot_id|>"
+            ),
+            default_system="",
+            user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+            generation="<|start_header_id|>assistant<|end_header_id|>\n\n",
+            assistant="{content}<|eot_id|>",
+            trim=True,
+            notes="Llama 3.1-3.3: a system header with the knowledge and today dates, always",
+        ),
+        ChatTemplate(
             name="qwen",
             system=CHATML_SYSTEM,
             default_system="You are a helpful assistant.",
@@ -154,7 +179,17 @@ TEMPLATES: dict[str, ChatTemplate] = {
             generation="<|im_start|>assistant\n",
             assistant=CHATML_ANSWER,
             tool="<|im_start|>tool\n{content}<|im_end|>\n",
-            notes="ChatML: Qwen1.5, Qwen2, Qwen2.5",
+            notes="ChatML: Qwen1.5, Qwen2 (Qwen2.5 has its own default system prompt: qwen2_5)",
+        ),
+        ChatTemplate(
+            name="qwen2_5",
+            system=CHATML_SYSTEM,
+            default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+            user=CHATML_USER,
+            generation="<|im_start|>assistant\n",
+            assistant=CHATML_ANSWER,
+            tool="<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
+            notes="Qwen2.5: ChatML with Qwen2.5's default system prompt",
         ),
         ChatTemplate(
             name="qwen3",
@@ -210,6 +245,16 @@ TEMPLATES: dict[str, ChatTemplate] = {
             assistant=" {content}{eos}",
             system_mode="first_user",
             system_merge="{system}\n\n{content}",
+        ),
+        ChatTemplate(
+            name="mistral_v0_3",
+            prefix="{bos}",
+            user="[INST] {content}[/INST]",
+            assistant=" {content}{eos}",
+            system_mode="last_user",
+            trim="assistant",
+            notes="Mistral-7B-Instruct-v0.3: a system prompt is written into the final user turn"
+            " only, so training conversations (ending with an answer) carry none",
         ),
         ChatTemplate(
             name="gemma",
@@ -329,7 +374,9 @@ def to_jinja(template: ChatTemplate) -> str:
     def out(slot: str) -> str:
         return "{{- " + _expr(slot, names) + " -}}"
 
-    trim = " | trim" if template.trim else ""
+    def trim(role: str) -> str:
+        return " | trim" if _content(template, " ", role) == "" else ""
+
     default = json.dumps(template.default_system) if template.default_system is not None else "none"
     final = (template.final_assistant or "").replace("{reasoning}", "")
     merge = _expr(template.system_merge, {"system": "system", "content": "m['content']"})
@@ -342,23 +389,33 @@ def to_jinja(template: ChatTemplate) -> str:
     if template.system_mode == "block":
         parts.append(
             "{%- if system is not none -%}{%- set content = system"
-            + trim
+            + trim("system")
             + " -%}"
             + out(template.system)
             + "{%- endif -%}"
         )
     parts.append("{%- for m in msgs -%}{%- set content = m['content'] -%}")
-    if template.system_mode == "first_user":
+    if template.system_mode != "block":
+        where = (
+            "loop.first"
+            if template.system_mode == "first_user"
+            else "(loop.last and m['role'] == 'user')"
+        )
         parts.append(
-            "{%- if loop.first and system is not none -%}{%- set content = "
+            "{%- if "
+            + where
+            + " and system is not none -%}{%- set content = "
             + merge
             + " -%}{%- endif -%}"
         )
-    parts.append("{%- set content = content" + trim + " -%}")
-    parts.append("{%- if m['role'] == 'user' -%}" + out(template.user))
+    parts.append("{%- if m['role'] == 'user' -%}{%- set content = content" + trim("user") + " -%}")
+    parts.append(out(template.user))
     if template.tool is not None:
-        parts.append("{%- elif m['role'] == 'tool' -%}" + out(template.tool))
-    answer = out(template.generation)
+        parts.append(
+            "{%- elif m['role'] == 'tool' -%}{%- set content = content" + trim("tool") + " -%}"
+        )
+        parts.append(out(template.tool))
+    answer = "{%- set content = content" + trim("assistant") + " -%}" + out(template.generation)
     if template.final_prefix:
         answer += "{%- if loop.last -%}" + out(template.final_prefix) + "{%- endif -%}"
     if final:
@@ -389,29 +446,35 @@ def to_paddlenlp(template: ChatTemplate, bos: str = "", eos: str = "") -> dict[s
     def fill(slot: str, content: str) -> str:
         return template.fill(slot, bos, eos, content=content)
 
-    def var(name: str) -> str:
-        return "{{ " + name + (" | trim" if template.trim else "") + " }}"
+    if template.system_mode == "last_user":
+        raise ValueError(
+            f"PaddleNLP's chat_template.json cannot put the system prompt into the last user"
+            f" turn, as the {template.name} template does"
+        )
+
+    def var(name: str, role: str) -> str:
+        return "{{ " + name + (" | trim" if _content(template, " ", role) == "" else "") + " }}"
 
     def user_part(name: str) -> str:
-        plain = fill(template.user, var(name)) + fill(template.generation, "")
+        plain = fill(template.user, var(name, "user")) + fill(template.generation, "")
         if template.system_mode != "first_user":
             return plain
         merged = template.system_merge.replace("{system}", "{{ system }}").replace(
             "{content}", "{{ " + name + " }}"
         )
-        if template.trim:
+        if template.trim is True:
             merged = "{% filter trim %}" + merged + "{% endfilter %}"
         first = fill(template.user, merged) + fill(template.generation, "")
         return "{% if index == 0 and system %}" + first + "{% else %}" + plain + "{% endif %}"
 
     system = fill(template.prefix, "")
     if template.system_mode == "block":
-        block = fill(template.system, var("system"))
+        block = fill(template.system, var("system", "system"))
         default = template.default_system
         fallback = "" if default is None else fill(template.system, default)
         system += "{% if system %}" + block + "{% else %}" + fallback + "{% endif %}"
     return {
         "system": system,
-        "conversation": [user_part("user"), fill(template.assistant, var("bot"))],
+        "conversation": [user_part("user"), fill(template.assistant, var("bot", "assistant"))],
         "query": user_part("query"),
     }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 from ftx.core.errors import FtxError
@@ -12,17 +10,10 @@ FORMATS = ("hf", "paddle", "mindspore")
 
 
 def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file (reads only its header)."""
-    with path.open("rb") as handle:
-        size_bytes = handle.read(8)
-        if len(size_bytes) != 8:
-            raise FtxError("truncated safetensors file (no header)", where=str(path))
-        (size,) = struct.unpack("<Q", size_bytes)
-        header = handle.read(size)
-    try:
-        return json.loads(header).get("__metadata__", {}) or {}
-    except json.JSONDecodeError:
-        raise FtxError("corrupt safetensors header", where=str(path)) from None
+    """The ``__metadata__`` of a safetensors file (reads and checks only its header)."""
+    from ftx.core.convert.safetensors_stream import SafetensorsReader
+
+    return SafetensorsReader(path).metadata
 
 
 def detect_format(folder: Path) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import staged_dir
+from ftx.core.fsutil import claim_destination, staged_dir
 from ftx.core.models.architectures import ARCHITECTURES, parameter_shapes
 
 SIZES: dict[str, dict[str, int]] = {
@@ -158,6 +158,9 @@ def random_weights(
     }
 
 
+MIN_VOCAB, MAX_VOCAB = 300, 1 << 20
+
+
 def init_model(
     arch: str,
     size: str,
@@ -173,12 +176,14 @@ def init_model(
 
     if arch not in CHAT_STYLES:
         raise FtxError(f"unknown architecture '{arch}'", fix=f"use one of {', '.join(CHAT_STYLES)}")
-    if out.exists() and any(out.iterdir()) and not force:
+    if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
         raise FtxError(
-            "the output folder exists and is not empty",
-            where=str(out),
-            fix="choose another --out or pass --force",
+            f"a vocabulary of {vocab_size} tokens cannot be trained here",
+            where="--vocab-size",
+            fix=f"use {MIN_VOCAB} to {MAX_VOCAB:,} (the byte alphabet and the special tokens"
+            f" alone take about {MIN_VOCAB})",
         )
+    claim_destination(out, force=force, inputs=[])
     corpus = CORPUS.read_text(encoding="utf-8").splitlines()
     tokenizer = train_tokenizer(CHAT_STYLES[arch], vocab_size, corpus)
     config = hf_config(arch, size, tokenizer, dtype)

@@ -53,7 +53,15 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Loade
             where=str(source),
             fix="pass the path of a recipe YAML file (see recipes/ for examples)",
         )
-    text = source.read_text(encoding="utf-8")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = source.read_bytes()[: exc.start].count(b"\n") + 1
+        raise FtxError(
+            f"the recipe is not UTF-8 text (byte {exc.start})",
+            where=f"{source}:{line}",
+            fix="save the recipe as UTF-8",
+        ) from None
     raw, lines = _parse_yaml(text, source)
     for item in overrides:
         _apply_override(raw, item)
@@ -161,8 +169,32 @@ def _parse_yaml(text: str, source: Path) -> tuple[Any, dict[Loc, int]]:
         ) from None
     lines: dict[Loc, int] = {}
     if node is not None:
+        _check_expansion(node, source)
         _index_lines(node, (), lines, source)
     return (data if data is not None else {}), lines
+
+
+MAX_NODES = 20_000  # a recipe has a few hundred; YAML aliases can multiply them exponentially
+
+
+def _check_expansion(root: yaml.Node, source: Path) -> None:
+    """Refuse a document whose aliases expand to more than MAX_NODES nodes (an alias
+    bomb), before anything walks the expanded structure."""
+    seen, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise FtxError(
+                f"the recipe expands to more than {MAX_NODES:,} YAML nodes (aliases"
+                " repeating aliases)",
+                where=str(source),
+                fix="write the values out instead of nesting anchors and aliases",
+            )
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(v for pair in node.value for v in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _index_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], source: Path) -> None:

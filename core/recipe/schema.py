@@ -104,6 +104,12 @@ class DataSection(Section):
     on_error: Literal["raise", "skip"] = Field(
         "raise", description="Bad rows: stop with an error, or skip and count them."
     )
+    max_row_bytes: int = Field(
+        16 << 20,
+        ge=1024,
+        le=1 << 31,
+        description="A dataset row larger than this is a bad row (memory stays bounded).",
+    )
     seed: int = Field(42, description="Seed for shuffling and the validation split.")
 
     _expand = field_validator("datasets", mode="before")(_expand_datasets)
@@ -181,14 +187,20 @@ class MethodSection(Section):
 
 
 class TrainSection(Section):
-    epochs: float | None = Field(None, gt=0, description="Passes over the data (default 3).")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (instead of epochs).")
+    epochs: float | None = Field(
+        None, gt=0, le=100_000, description="Passes over the data (default 3)."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, le=1_000_000_000, description="Optimizer steps (instead of epochs)."
+    )
     learning_rate: float = Field(5e-5, gt=0, le=1)
     scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
-    warmup_steps: int | None = Field(None, ge=0)
-    micro_batch_size: int = Field(1, ge=1, description="Rows per device per forward pass.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    warmup_steps: int | None = Field(None, ge=0, le=1_000_000_000)
+    micro_batch_size: int = Field(
+        1, ge=1, le=1 << 20, description="Rows per device per forward pass."
+    )
+    grad_accum: int = Field(1, ge=1, le=1 << 20, description="Micro-batches per optimizer step.")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -1,0 +1,429 @@
+"""Fuzzing the CLI: mutated recipes, datasets in every format, dataset_info.json entries,
+safetensors headers and offsets, index files, adapters and .ckpt files.
+
+Every case must end with exit code 0 or 2 (1 is a bug: a traceback), print no traceback,
+change no file outside its output, and leave no half-written output. The commands run
+in-process (click's runner: the real CLI, minus interpreter start-up) so a CI budget
+covers many cases. ``make test`` runs FTX_FUZZ_EXAMPLES cases per target (default 25);
+``make fuzz`` runs 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from conftest import ROOT
+
+EXAMPLES = int(os.environ.get("FTX_FUZZ_EXAMPLES", "25"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=os.environ.get("FTX_FUZZ_RANDOM") != "1",  # CI: the same cases every run
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+CASES = {"count": 0}
+
+
+def tree(folder: Path, skip: Path | None = None) -> dict[str, str]:
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not (skip and (path == skip or skip in path.parents)):
+            found[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def ftx(*args: str, watch: Path, out: Path | None = None) -> int:
+    """Run one CLI case and check the invariants; return its exit code."""
+    from ftx.core.cli import cli, convert_cmds, data_cmds, env_cmds, model_cmds, run_cmds
+
+    del convert_cmds, data_cmds, env_cmds, model_cmds, run_cmds  # registering the commands
+    before = tree(watch, skip=out)
+    out_before = tree(out) if out is not None and out.is_dir() else None
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
+    CASES["count"] += 1
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    case = f"ftx {' '.join(args)}\n{text[-3000:]}"
+    assert result.exit_code in (0, 2), case
+    assert "Traceback" not in text and "bug in ftx" not in text, case
+    if result.exception is not None:
+        assert isinstance(result.exception, SystemExit), case
+    assert tree(watch, skip=out) == before, f"an input changed: {case}"
+    if out is not None:
+        leftovers = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+        assert leftovers == [], f"staging left behind: {leftovers}\n{case}"
+        if result.exit_code != 0:
+            now = tree(out) if out.is_dir() else None
+            assert now == out_before, f"a failed command changed its output: {case}"
+    return result.exit_code
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A project (model, data, recipe) the cases read; outputs go to ``out`` beside it."""
+    from ftx.core.models.init import init_model
+
+    root = tmp_path_factory.mktemp("fuzz")
+    init_model("llama", "tiny", root / "project" / "model")
+    (root / "project" / "data").mkdir()
+    shutil.copy(ROOT / "recipes/data/alpaca_demo.jsonl", root / "project/data/train.jsonl")
+    previous = os.environ.get("FTX_HOME")
+    os.environ["FTX_HOME"] = str(root / "home")  # the cases' own prepared-data cache
+    yield root
+    if previous is None:
+        os.environ.pop("FTX_HOME", None)
+    else:
+        os.environ["FTX_HOME"] = previous
+
+
+def base_recipe(root: Path) -> dict:
+    return {
+        "model": {"path": str(root / "project" / "model")},
+        "data": {"datasets": [str(root / "project/data/train.jsonl")], "max_seq_len": 64},
+        "method": {"finetuning": "lora", "lora": {"rank": 4}},
+        "train": {"max_steps": 2, "learning_rate": 1e-3},
+        "output": {"dir": str(root / "out")},
+    }
+
+
+def fresh(path: Path) -> Path:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    return path
+
+
+# --------------------------------------------------------------------------- values
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(["auto", "lora", "full", "sft", "pt", "../../etc", "/", "", "1e308"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def mutate(document: dict, draw_path: list[str], value: object, delete: bool) -> dict:
+    """The document with the value at a key path replaced (or deleted, or added)."""
+    node = document
+    for key in draw_path[:-1]:
+        child = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    if delete:
+        node.pop(draw_path[-1], None)
+    else:
+        node[draw_path[-1]] = value
+    return document
+
+
+KEY_PATHS = [
+    ["model", "path"], ["model", "template"], ["model", "format"], ["model", "dtype"],
+    ["data", "datasets"], ["data", "max_seq_len"], ["data", "packing"], ["data", "val_size"],
+    ["data", "on_error"], ["data", "max_row_bytes"], ["data", "dataset_dir"],
+    ["method", "stage"], ["method", "finetuning"], ["method", "lora", "rank"],
+    ["method", "lora", "targets"], ["train", "epochs"], ["train", "max_steps"],
+    ["train", "micro_batch_size"], ["train", "learning_rate"], ["train", "scheduler"],
+    ["train", "resume"], ["parallel", "nproc_per_node"], ["parallel", "tp"], ["parallel", "zero"],
+    ["output", "dir"], ["evaluate"], ["backends"], ["backends", "torch"],
+    ["backends", "torch", "gradient_accumulation_steps"], ["backends", "torch", "bf16"],
+    ["unknown_section"], ["train", "learning_rat"],
+]  # fmt: skip
+
+
+@FUZZ
+@given(
+    edits=st.lists(
+        st.tuples(st.sampled_from(KEY_PATHS), values, st.booleans()), min_size=1, max_size=3
+    ),
+    noise=st.one_of(st.none(), st.binary(min_size=1, max_size=8)),
+)
+@example(edits=[(["backends", "torch", "bf16"], False, False)], noise=None)
+@example(edits=[(["train", "epochs"], 1e308, False)], noise=None)
+@example(edits=[(["model", "path"], "/nowhere", False)], noise=b"\xe9")
+@example(edits=[(["data", "max_seq_len"], "x" * 3, False)], noise=b"&a [*a]")
+def test_fuzz_recipes(workspace: Path, edits: list, noise: bytes | None) -> None:
+    document = base_recipe(workspace)
+    for path, value, delete in edits:
+        document = mutate(document, list(path), value, delete)
+    text = yaml.safe_dump(document, allow_unicode=True).encode()
+    if noise is not None:
+        at = random.Random(len(text)).randrange(len(text))
+        text = text[:at] + noise + text[at:]
+    recipe = workspace / "project" / "fuzz.yaml"
+    recipe.write_bytes(text)
+    out = fresh(workspace / "out")
+    ftx("validate", str(recipe), watch=workspace / "project")
+    ftx("plan", str(recipe), "--out", str(out), watch=workspace / "project", out=out)
+    ftx("validate", str(recipe), "--backend", "torch", watch=workspace / "project")
+
+
+# --------------------------------------------------------------------------- datasets
+
+COLUMNS = ["instruction", "input", "output", "system", "history", "conversations", "messages",
+           "text", "from", "value", "role", "content", "tools", "chosen", "rejected"]  # fmt: skip
+rows = st.lists(st.dictionaries(st.sampled_from(COLUMNS), values, max_size=5), max_size=6)
+
+
+def serialise(items: list[dict], suffix: str) -> bytes:
+    if suffix == ".jsonl":
+        return b"".join(json.dumps(r, default=str).encode() + b"\n" for r in items)
+    if suffix == ".json":
+        return json.dumps(items, default=str).encode()
+    if suffix == ".txt":
+        return "\n".join(str(r.get("text", r)) for r in items).encode()
+    if suffix == ".csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in items:
+            writer.writerow(
+                {k: json.dumps(v) if not isinstance(v, str) else v for k, v in r.items()}
+            )
+        return buffer.getvalue().encode()
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({c: [json.dumps(r.get(c)) for r in items] for c in ("instruction", "output")})
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+@FUZZ
+@given(
+    items=rows,
+    suffix=st.sampled_from([".jsonl", ".json", ".csv", ".txt", ".parquet"]),
+    fmt=st.sampled_from(["alpaca", "sharegpt", "openai", "text"]),
+    cut=st.one_of(st.none(), st.floats(0, 1)),
+    junk=st.one_of(st.none(), st.binary(min_size=1, max_size=6)),
+    skip=st.booleans(),
+)
+@example(items=[{"instruction": "ok", "output": "x"}], suffix=".json", fmt="alpaca", cut=0.5,
+         junk=None, skip=False)  # fmt: skip
+@example(items=[{"text": "caf"}], suffix=".txt", fmt="text", cut=None, junk=b"\xe9", skip=True)
+def test_fuzz_datasets(
+    workspace: Path, items: list, suffix: str, fmt: str, cut: float | None, junk, skip: bool
+) -> None:
+    data = serialise(items, suffix)
+    if cut is not None:
+        data = data[: int(len(data) * cut)]
+    if junk is not None:
+        at = random.Random(len(data)).randrange(len(data) + 1)
+        data = data[:at] + junk + data[at:]
+    dataset = workspace / "project" / "data" / f"fuzz{suffix}"
+    dataset.write_bytes(data)
+    recipe = workspace / "project" / "fuzz.yaml"
+    document = base_recipe(workspace)
+    document["data"]["datasets"] = [{"path": str(dataset), "format": fmt}]
+    document["data"]["on_error"] = "skip" if skip else "raise"
+    if fmt == "text":
+        document["method"]["stage"] = "pt"
+    recipe.write_text(yaml.safe_dump(document))
+    ftx("data", "stats", str(recipe), watch=workspace / "project")
+    out = fresh(workspace / "out")
+    ftx("data", "prepare", str(recipe), "--out", str(out), watch=workspace / "project", out=out)
+
+
+@FUZZ
+@given(entry=st.dictionaries(
+    st.sampled_from(["file_name", "folder", "formatting", "columns", "tags", "ranking",
+                     "num_samples", "hf_hub_url", "split"]),
+    values | st.sampled_from(["train.jsonl", "../train.jsonl", "/etc/passwd", "data", "."]),
+    max_size=5,
+))  # fmt: skip
+@example(entry={"file_name": "../../outside.jsonl"})
+@example(entry={"file_name": "/etc/passwd"})
+@example(entry={"file_name": "train.jsonl", "columns": ["prompt"]})
+def test_fuzz_dataset_info(workspace: Path, entry: dict) -> None:
+    info = workspace / "project" / "data" / "dataset_info.json"
+    info.write_text(json.dumps({"fuzzed": entry}, default=str))
+    recipe = workspace / "project" / "fuzz.yaml"
+    document = base_recipe(workspace)
+    document["data"] = {
+        "datasets": ["fuzzed"],
+        "dataset_dir": str(workspace / "project" / "data"),
+        "max_seq_len": 64,
+    }
+    recipe.write_text(yaml.safe_dump(document))
+    ftx("data", "stats", str(recipe), watch=workspace / "project")
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def checkpoints(workspace: Path) -> Path:
+    """Sources the checkpoint cases mutate: safetensors, an adapter, a .ckpt."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = workspace / "sources"
+    model = workspace / "project" / "model"
+    ckpt = folder / "ckpt"
+    code = ftx("convert", str(model), str(ckpt), "--to", "mindspore", "--format", "ckpt",
+               watch=workspace / "project", out=ckpt)  # fmt: skip
+    assert code == 0
+    adapter = folder / "adapter"
+    adapter.mkdir()
+    config = json.loads((model / "config.json").read_text())
+    hidden = config["hidden_size"]
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
+                    "base_model_name_or_path": str(model)})
+    )  # fmt: skip
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file(
+        {
+            f"{prefix}.lora_A.weight": np.ones((2, hidden), np.float32),
+            f"{prefix}.lora_B.weight": np.ones((hidden, 2), np.float32),
+        },
+        str(adapter / "adapter_model.safetensors"),
+    )
+    return folder
+
+
+def copy_model(workspace: Path, name: str) -> Path:
+    target = fresh(workspace / "mutants" / name)
+    shutil.copytree(workspace / "project" / "model", target)
+    return target
+
+
+@FUZZ
+@given(
+    field=st.sampled_from(["dtype", "shape", "data_offsets", "__metadata__", "entry", "length"]),
+    value=values,
+    flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=4),
+)
+@example(field="length", value=1 << 40, flips=[])
+@example(field="data_offsets", value=[0, 1 << 62], flips=[])
+@example(field="shape", value=[-1, 4], flips=[])
+def test_fuzz_safetensors_headers(
+    workspace: Path, checkpoints: Path, field: str, value, flips: list
+) -> None:
+    model = copy_model(workspace, "safetensors")
+    weights = model / "model.safetensors"
+    raw = weights.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    name = sorted(k for k in header if k != "__metadata__")[0]
+    if field == "length":
+        raw = (
+            struct.pack("<Q", value if isinstance(value, int) and 0 <= value < 2**64 else 0)
+            + raw[8:]
+        )
+    else:
+        if field == "entry":
+            header[name] = value
+        elif field == "__metadata__":
+            header["__metadata__"] = value
+        else:
+            header[name][field] = value
+        text = json.dumps(header, default=str).encode()
+        raw = struct.pack("<Q", len(text)) + text + raw[8 + length :]
+    data = bytearray(raw)
+    for at, byte in flips:
+        data[at % len(data)] = byte
+    weights.write_bytes(bytes(data))
+    out = fresh(workspace / "out")
+    ftx("convert", str(model), str(out), "--to", "paddle", watch=model.parent, out=out)
+
+
+@FUZZ
+@given(weight_map=st.one_of(values, st.dictionaries(
+    st.text(max_size=30),
+    st.sampled_from(["model.safetensors", "../model.safetensors", "/etc/passwd", "missing",
+                     "model-00001-of-00002.safetensors"]) | st.text(max_size=10),
+    max_size=4,
+)))  # fmt: skip
+@example(weight_map={"model.embed_tokens.weight": "../../x.safetensors"})
+@example(weight_map={"model.embed_tokens.weight": "/tmp/x.safetensors"})
+def test_fuzz_index_files(workspace: Path, checkpoints: Path, weight_map) -> None:
+    model = copy_model(workspace, "indexed")
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": weight_map}, default=str)
+    )
+    out = fresh(workspace / "out")
+    ftx("convert", str(model), str(out), "--to", "paddle", watch=model.parent, out=out)
+
+
+@FUZZ
+@given(
+    key=st.sampled_from(["r", "lora_alpha", "target_modules", "peft_type", "use_rslora",
+                         "base_model_name_or_path", "modules_to_save"]),
+    value=values,
+    shape=st.tuples(st.integers(0, 9), st.integers(0, 70)),
+)  # fmt: skip
+@example(key="r", value=2, shape=(2, 7))
+def test_fuzz_adapters(workspace: Path, checkpoints: Path, key: str, value, shape) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    adapter = fresh(workspace / "mutants" / "adapter")
+    shutil.copytree(checkpoints / "adapter", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config[key] = value
+    (adapter / "adapter_config.json").write_text(json.dumps(config, default=str))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file(
+        {
+            f"{prefix}.lora_A.weight": np.ones(shape, np.float32),
+            f"{prefix}.lora_B.weight": np.ones(shape[::-1], np.float32),
+        },
+        str(adapter / "adapter_model.safetensors"),
+    )
+    out = fresh(workspace / "out")
+    model = workspace / "project" / "model"
+    ftx("convert", str(adapter), str(out), "--to", "paddle", "--model-type", "llama",
+        watch=adapter.parent, out=out)  # fmt: skip
+    out = fresh(workspace / "out")
+    ftx("merge-lora", str(model), str(adapter), str(out), watch=workspace / "project", out=out)
+
+
+@FUZZ
+@given(
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.one_of(st.none(), st.floats(0, 1)),
+)
+@example(flips=[(0.0, 0)], cut=0.5)
+def test_fuzz_ckpt_files(workspace: Path, checkpoints: Path, flips: list, cut) -> None:
+    source = fresh(workspace / "mutants" / "ckpt")
+    shutil.copytree(checkpoints / "ckpt", source)
+    (ckpt,) = source.glob("*.ckpt")
+    data = bytearray(ckpt.read_bytes())
+    for where, byte in flips:
+        data[int(where * (len(data) - 1))] = byte
+    if cut is not None:
+        data = data[: int(len(data) * cut)]
+    ckpt.write_bytes(bytes(data))
+    out = fresh(workspace / "out")
+    ftx("convert", str(source), str(out), "--to", "hf", watch=source.parent, out=out)

@@ -1,0 +1,336 @@
+"""Safe by construction: each bad input a security review reproduced gets the one-paragraph
+error with exit code 2, destroys nothing, escapes no folder and stays within memory."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import FTX, ROOT, run_ftx
+
+DATA = ROOT / "recipes" / "data"
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its sha256 (what "nothing changed" compares)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit code 2, one paragraph, no traceback, mentioning each needle."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    assert len(re.findall(r"^error:", result.stderr, re.M)) == 1
+    assert ("\n" + result.stderr).split("\nerror:")[-1].count("\n") <= 4  # one paragraph
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+@pytest.fixture()
+def project(tmp_path: Path, tiny_llama: Path) -> Path:
+    """A user's project folder: recipe, dataset and model side by side."""
+    folder = tmp_path / "project"
+    shutil.copytree(tiny_llama, folder / "model")
+    (folder / "data").mkdir()
+    shutil.copy(DATA / "alpaca_demo.jsonl", folder / "data" / "train.jsonl")
+    (folder / "recipe.yaml").write_text(
+        "model: {path: model}\n"
+        "data: {datasets: [data/train.jsonl], max_seq_len: 64}\n"
+        "train: {max_steps: 2}\n"
+        "output: {dir: runs/r}\n"
+    )
+    return folder
+
+
+# --------------------------------------------------------------------------- data loss
+
+
+def test_data_prepare_never_deletes_what_it_was_not_asked_to(project: Path) -> None:
+    before = tree(project)
+    recipe = str(project / "recipe.yaml")
+    for out in (project, project / "data", project / "model"):
+        for force in ([], ["--force"]):
+            user_error(run_ftx("data", "prepare", recipe, "--out", str(out), *force), "input")
+    assert tree(project) == before
+    keep = project.parent / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    user_error(run_ftx("data", "prepare", recipe, "--out", str(keep)), "not empty", "--force")
+    assert (keep / "notes.txt").read_text() == "mine"
+    done = run_ftx("data", "prepare", recipe, "--out", str(keep), "--force")
+    assert done.returncode == 0, done.stderr
+    assert not (keep / "notes.txt").exists() and (keep / "manifest.json").exists()
+    assert tree(project) == before
+
+
+def test_prepared_data_is_never_written_through_its_cache_links(project: Path) -> None:
+    from ftx.core.envs import ftx_home
+
+    recipe = str(project / "recipe.yaml")
+    out = project.parent / "prepared"
+    assert run_ftx("data", "prepare", recipe, "--out", str(out)).returncode == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    cache = ftx_home() / "prepared" / manifest["key"]
+    cached = tree(cache)
+    assert (out / "manifest.json").stat().st_nlink == 1  # this run's own file
+    assert all(p.stat().st_mode & 0o222 == 0 for p in cache.rglob("*.npy"))
+    (project / "model" / "tokenizer_config.json").touch()  # same tokens, new run
+    again = run_ftx("data", "prepare", recipe, "--out", str(out), "--force")
+    assert again.returncode == 0, again.stderr
+    assert tree(cache) == cached
+
+
+def test_convert_and_merge_refuse_to_overwrite_their_inputs(project: Path) -> None:
+    model = project / "model"
+    before = tree(project)
+    for dst in (model, project, project / "model" / "inside"):
+        user_error(run_ftx("convert", str(model), str(dst), "--to", "paddle", "--force"), "input")
+    user_error(run_ftx("merge-lora", str(model), str(model), str(model), "--force"), "an input")
+    file_dst = project.parent / "a-file"
+    file_dst.write_text("x")
+    user_error(run_ftx("convert", str(model), str(file_dst), "--to", "paddle"), "is a file")
+    assert tree(project) == before and file_dst.read_text() == "x"
+
+
+def test_plan_does_not_replace_the_record_of_what_ran(project: Path) -> None:
+    recipe = str(project / "recipe.yaml")
+    out = project.parent / "run"
+    assert run_ftx("plan", recipe, "--out", str(out)).returncode == 0
+    launch = (out / "plan" / "launch.sh").read_text()
+    user_error(run_ftx("plan", recipe, "--out", str(out), "train.learning_rate=0.5"), "--force")
+    assert (out / "plan" / "launch.sh").read_text() == launch
+    assert run_ftx("plan", recipe, "--out", str(out), "--force").returncode == 0
+
+
+def test_run_refuses_an_output_folder_that_holds_its_inputs(project: Path) -> None:
+    before = tree(project)
+    recipe = str(project / "recipe.yaml")
+    user_error(run_ftx("run", recipe, "--out", str(project), "--force"), "input")
+    assert tree(project) == before
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (the tests run as root, as CI does)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_full_disk_is_an_explained_error_that_leaves_nothing_half_written(
+    project: Path, tmp_path: Path
+) -> None:
+    recipe = str(project / "recipe.yaml")
+    rows = "".join(
+        json.dumps({"instruction": f"question {i} " * 5, "output": f"answer {i}"}) + "\n"
+        for i in range(3000)
+    )
+    (project / "data" / "train.jsonl").write_text(rows)  # prepared, several times 48 KiB
+    with small_disk(tmp_path / "full", "48k") as disk:
+        env = dict(os.environ, FTX_HOME=str(disk / "home"))
+        result = subprocess.run(
+            [str(FTX), "data", "prepare", recipe, "--out", str(disk / "out")],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        user_error(result, "No space left on device", "free some disk space")
+        assert not (disk / "out").exists()
+        assert not list((disk / "home").rglob("manifest.json"))  # no half-made cache entry
+        assert not [p for p in disk.rglob("*") if p.name.endswith((".partial", ".tmp"))]
+        converted = run_ftx("convert", str(project / "model"), str(disk / "conv"), "--to", "paddle")
+        user_error(converted, "No space left on device")
+        assert not (disk / "conv").exists()
+        assert not [p for p in disk.iterdir() if p.name.startswith(".conv")]
+
+
+def test_outputs_respect_the_umask(tmp_path: Path, tiny_llama: Path) -> None:
+    code = (
+        "import os, sys; os.umask(0o022); "
+        "from ftx.core.cli import main; sys.argv = ['ftx'] + sys.argv[1:]; main()"
+    )
+    for args in (
+        ["init-model", "--out", str(tmp_path / "m")],
+        ["convert", str(tiny_llama), str(tmp_path / "c"), "--to", "paddle"],
+    ):
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True)
+        assert result.returncode == 0, result.stderr
+    for folder in (tmp_path / "m", tmp_path / "c"):
+        assert folder.stat().st_mode & 0o777 == 0o755
+        assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir() if p.is_file())
+
+
+# --------------------------------------------------------------------------- confinement
+
+
+def test_dataset_info_entries_stay_in_their_folder(project: Path) -> None:
+    outside = project.parent / "outside.jsonl"
+    outside.write_text('{"instruction": "secret", "output": "x"}\n')
+    for name in ("../outside.jsonl", str(outside)):
+        (project / "data" / "dataset_info.json").write_text(
+            json.dumps({"leak": {"file_name": name}})
+        )
+        result = run_ftx(
+            "data", "show", str(project / "recipe.yaml"), "data.dataset_dir=data",
+            "data.datasets=leak",
+        )  # fmt: skip
+        user_error(result, "points outside", "leak.file_name")
+        assert "secret" not in result.stdout
+
+
+def test_index_shards_stay_in_their_folder(project: Path) -> None:
+    model = project / "model"
+    shutil.move(model / "model.safetensors", project / "weights.safetensors")
+    index = {"weight_map": {"model.embed_tokens.weight": "../weights.safetensors"}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    result = run_ftx("convert", str(model), str(project.parent / "out"), "--to", "paddle")
+    user_error(result, "points outside", "weight_map")
+    assert not (project.parent / "out").exists()
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_a_huge_row_is_a_row_error_in_bounded_memory(project: Path) -> None:
+    data = project / "data" / "train.jsonl"
+    with data.open("ab") as handle:
+        handle.write(b'{"instruction": "' + b"x" * (200 << 20) + b'", "output": "y"}\n')
+    recipe = str(project / "recipe.yaml")
+    result = run_ftx("data", "stats", recipe)
+    user_error(result, "train.jsonl:", "row of more than 16,777,216 bytes", "on_error: skip")
+    code = (
+        "import resource, subprocess, sys;"
+        "r = subprocess.run(sys.argv[1:]);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    )
+    skipped = subprocess.run(
+        [sys.executable, "-c", code, str(FTX), "data", "stats", recipe, "data.on_error=skip"],
+        capture_output=True,
+        text=True,
+    )
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    peak_kib = int(skipped.stdout.strip().splitlines()[-1])
+    assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+    assert "skipped (bad rows)" in skipped.stdout
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 9):
+        prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 10) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    user_error(run_ftx("validate", str(bomb), timeout=20), "YAML nodes")
+
+
+# --------------------------------------------------------------------------- no tracebacks
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".txt"])
+def test_a_latin1_byte_is_a_row_error_that_skip_covers(project: Path, suffix: str) -> None:
+    rows = {
+        ".jsonl": b'{"instruction": "ok", "output": "fine"}\n'
+        b'{"instruction": "caf\xe9", "output": "x"}\n',
+        ".json": b'[{"instruction": "ok", "output": "fine"},'
+        b' {"instruction": "caf\xe9", "output": "x"}]',
+        ".csv": b"instruction,output\nok,fine\ncaf\xe9,x\n",
+        ".txt": b"all fine here\ncaf\xe9 au lait\n",
+    }[suffix]  # fmt: skip
+    data = project / "data" / f"bad{suffix}"
+    data.write_bytes(rows)
+    stage = ["method.stage=pt"] if suffix == ".txt" else []
+    fmt = "text" if suffix == ".txt" else "alpaca"
+    recipe = str(project / "recipe.yaml")
+    dataset = f"data.datasets=[{{path: {data}, format: {fmt}}}]"
+    user_error(run_ftx("data", "stats", recipe, dataset, *stage), "not UTF-8")
+    skipped = run_ftx("data", "stats", recipe, dataset, "data.on_error=skip", *stage)
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+
+
+def test_broken_files_get_explained(project: Path, tmp_path: Path) -> None:
+    recipe = str(project / "recipe.yaml")
+    parquet = project / "data" / "random.parquet"
+    parquet.write_bytes(os.urandom(4096))
+    user_error(
+        run_ftx("data", "stats", recipe, f"data.datasets=[{parquet}]"), "not a readable parquet"
+    )
+    (tmp_path / "latin1.yaml").write_bytes(b"model: {path: x}\n# caf\xe9\n")
+    user_error(run_ftx("validate", str(tmp_path / "latin1.yaml")), "not UTF-8", "latin1.yaml:2")
+    model = project / "model"
+    weights = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + weights[8:])
+    user_error(run_ftx("convert", str(model), str(tmp_path / "c"), "--to", "paddle"), "truncated")
+    (model / "model.safetensors").write_bytes(weights)
+    bin_model = tmp_path / "legacy"
+    bin_model.mkdir()
+    shutil.copy(model / "config.json", bin_model / "config.json")
+    (bin_model / "pytorch_model.bin").write_bytes(b"\x80\x02not a real pickle")
+    result = run_ftx("convert", str(bin_model), str(tmp_path / "b"), "--to", "paddle")
+    assert "Traceback" not in result.stderr and result.returncode == 2, result.stderr
+
+
+def test_merge_lora_with_an_adapter_of_another_base(tmp_path: Path, tiny_llama: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps(
+            {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
+             "base_model_name_or_path": str(tiny_llama)}
+        )
+    )  # fmt: skip
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file(
+        {
+            f"{prefix}.lora_A.weight": np.zeros((2, 7), np.float32),
+            f"{prefix}.lora_B.weight": np.zeros((5, 2), np.float32),
+        },
+        str(adapter / "adapter_model.safetensors"),
+    )
+    result = run_ftx("merge-lora", str(tiny_llama), str(adapter), str(tmp_path / "m"))
+    user_error(result, "do not make the base weight", "the base model it was trained on")
+    assert not (tmp_path / "m").exists()
+
+
+def test_smaller_mistakes(project: Path, tmp_path: Path) -> None:
+    recipe = str(project / "recipe.yaml")
+    user_error(run_ftx("validate", recipe, "model.path=nowhere"), "model.path", "does not exist")
+    user_error(run_ftx("plan", recipe, "model.path=nowhere", "--out", str(tmp_path / "p")))
+    assert not (tmp_path / "p").exists()
+    user_error(run_ftx("validate", recipe, "train.epochs=1e308", "train.max_steps=null"))
+    user_error(run_ftx("validate", recipe, "train.micro_batch_size=100000000000000000000000"))
+    for size in ("-5", "0"):
+        user_error(run_ftx("init-model", "--vocab-size", size, "--out", str(tmp_path / "m")))
+    (tmp_path / "file").write_text("x")
+    user_error(run_ftx("init-model", "--out", str(tmp_path / "file")), "is a file")
+    user_error(run_ftx("env", "doctor", "nosuch"), "nosuch")
+    user_error(
+        run_ftx("data", "stats", recipe, "evaluate={datasets: [missing.jsonl]}"),
+        "evaluate.datasets[0]",
+    )
+    prepared = tmp_path / "prepared"
+    assert run_ftx("data", "prepare", recipe, "--out", str(prepared)).returncode == 0
+    (prepared / "manifest.json").unlink()
+    (prepared / "manifest.json").write_text("{not json")
+    user_error(run_ftx("data", "show", str(prepared)), "manifest")
