@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 MODEL := .ftx/models/quickstart-llama
 export FTX_HOME ?= $(HOME)/.cache/ftx
 
-.PHONY: setup run test snapshots lint format clean
+.PHONY: setup run test snapshots fuzz lint format clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ftx env create torch --if-missing
 	$(BIN)/python -m pytest -ra
+
+fuzz: setup
+	FTX_FUZZ_EXAMPLES=500 FTX_FUZZ_RANDOM=1 $(BIN)/python -m pytest tests/test_fuzz.py -q
 
 snapshots: setup
 	$(BIN)/python -m pytest tests/test_snapshots.py -q --update-snapshots

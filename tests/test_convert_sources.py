@@ -110,7 +110,8 @@ import json, sys, torch
 from safetensors.torch import load_file
 state = load_file(sys.argv[1] + "/model.safetensors")
 state = {k: v.to(torch.bfloat16) if k.endswith("proj.weight") else v for k, v in state.items()}
-torch.save(state, sys.argv[2] + "/pytorch_model.bin")
+legacy = sys.argv[3] == "legacy"  # torch's pre-1.6 (non-zip) format
+torch.save(state, sys.argv[2] + "/pytorch_model.bin", _use_new_zipfile_serialization=not legacy)
 print(json.dumps({"n": len(state)}))
 """
 
@@ -124,11 +125,14 @@ print(json.dumps({"code": done.returncode, "err": done.stderr[-2000:]}))
 
 
 @pytest.mark.env
-def test_pytorch_model_bin_is_read_with_torch_only(tmp_path: Path, tiny_llama: Path) -> None:
+@pytest.mark.parametrize("kind", ["zip", "legacy"])
+def test_pytorch_model_bin_is_read_with_torch_only(
+    tmp_path: Path, tiny_llama: Path, kind: str
+) -> None:
     folder = tmp_path / "bin"
     folder.mkdir()
     shutil.copy(tiny_llama / "config.json", folder)
-    assert run_in_env("torch", TORCH_BIN, str(tiny_llama), str(folder))["n"] > 0
+    assert run_in_env("torch", TORCH_BIN, str(tiny_llama), str(folder), kind)["n"] > 0
     without = run_ftx("convert", str(folder), str(tmp_path / "ms"), "--to", "mindspore")
     assert without.returncode == 2 and "needs torch" in without.stderr
     done = run_in_env("torch", TORCH_ENV_CONVERT, str(folder), str(tmp_path / "ms"))

@@ -258,12 +258,14 @@ def test_fuzz_datasets(
 @given(entry=st.dictionaries(
     st.sampled_from(["file_name", "folder", "formatting", "columns", "tags", "ranking",
                      "num_samples", "hf_hub_url", "split"]),
-    values | st.sampled_from(["train.jsonl", "../train.jsonl", "/etc/passwd", "data", "."]),
+    values | st.sampled_from(["train.jsonl", "../train.jsonl", "/etc/passwd", "data", ".",
+                              "alpaca", "sharegpt", "foo"]),
     max_size=5,
 ))  # fmt: skip
 @example(entry={"file_name": "../../outside.jsonl"})
 @example(entry={"file_name": "/etc/passwd"})
 @example(entry={"file_name": "train.jsonl", "columns": ["prompt"]})
+@example(entry={"file_name": "train.jsonl", "formatting": "foo"})
 def test_fuzz_dataset_info(workspace: Path, entry: dict) -> None:
     info = workspace / "project" / "data" / "dataset_info.json"
     info.write_text(json.dumps({"fuzzed": entry}, default=str))

@@ -124,6 +124,26 @@ def test_run_refuses_an_output_folder_that_holds_its_inputs(project: Path) -> No
     assert tree(project) == before
 
 
+def test_run_force_keeps_the_old_run_until_the_new_one_completes(project: Path) -> None:
+    recipe = str(project / "recipe.yaml")
+    out = project.parent / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("the previous run")
+    broken = project.parent / "broken-model"
+    shutil.copytree(project / "model", broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["intermediate_size"] += 8  # the weights no longer fit: the worker fails to load
+    (broken / "config.json").write_text(json.dumps(config))
+    failed = run_ftx("run", recipe, "--out", str(out), "--force", f"model.path={broken}")
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    previous = project.parent / ".run.replaced"
+    assert (previous / "old.txt").read_text() == "the previous run"
+    done = run_ftx("run", recipe, "--out", str(out), "--force")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not previous.exists() and not (out / "old.txt").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+
+
 @contextlib.contextmanager
 def small_disk(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``path`` (the tests run as root, as CI does)."""

@@ -130,7 +130,11 @@ def _entry(name: str, entry: Any, path: Path) -> tuple[TensorInfo, int, int]:
     def whole(x: Any) -> bool:
         return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 62
 
-    if not isinstance(entry, dict) or entry.get("dtype") not in DTYPES:
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("dtype"), str)
+        or (entry["dtype"] not in DTYPES)
+    ):
         dtype = entry.get("dtype") if isinstance(entry, dict) else entry
         raise FtxError(
             f"tensor {name}: unsupported or missing dtype {dtype!r}",

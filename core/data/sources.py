@@ -95,7 +95,7 @@ def resolve(spec: DatasetSpec, dataset_dir: Path, where: str) -> Source:
     return Source(
         label=spec.name or path.name,
         files=files,
-        format=spec.format or _typed(entry, "formatting", str, where_entry) or "alpaca",
+        format=spec.format or _formatting(entry, where_entry),
         columns={**_mapping(entry, "columns", where_entry), **spec.columns},
         tags={**_mapping(entry, "tags", where_entry), **spec.tags},
         num_samples=spec.num_samples or _typed(entry, "num_samples", int, where_entry),
@@ -112,6 +112,20 @@ def _files(path: Path, where: str) -> tuple[Path, ...]:
             "dataset file not found", where=where, fix="check the dataset's path in the recipe"
         )
     return (path,)
+
+
+def _formatting(entry: dict, where: str) -> str:
+    """The entry's row format (LLaMA-Factory's default: alpaca)."""
+    from ftx.core.recipe.schema import DATA_FORMATS
+
+    value = _typed(entry, "formatting", str, where) or "alpaca"
+    if value not in DATA_FORMATS:
+        raise FtxError(
+            f"unknown formatting {value!r}",
+            where=f"{where}.formatting",
+            fix=f"use one of {', '.join(DATA_FORMATS)}",
+        )
+    return str(value)
 
 
 def _typed(entry: dict, key: str, kind: type, where: str) -> object:
