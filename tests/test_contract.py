@@ -96,8 +96,9 @@ def test_a_failing_worker_leaves_error_json_and_the_runner_reports_it(
 ) -> None:
     model = tmp_path / "model"
     shutil.copytree(tiny_llama, model)
-    weights = model / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:4096])  # truncated: loading fails in the worker
+    config = json.loads((model / "config.json").read_text())
+    config["intermediate_size"] += 8  # the weights no longer fit: loading fails in the worker
+    (model / "config.json").write_text(json.dumps(config))
     result = run_ftx(
         "run",
         "recipes/quickstart.yaml",

@@ -60,8 +60,22 @@ def test_sharegpt_with_system_tools_function_calls_and_observations() -> None:
         "tools": '[{"name": "weather"}]',
     }
     conv = to_conversation("sharegpt", row, {}, {})
-    assert conv.system == "You can call tools." and conv.tools == '[{"name": "weather"}]'
+    assert conv.system == "You can call tools."
+    assert conv.tools == ({"type": "function", "function": {"name": "weather"}},)
     assert roles(conv) == ["user", "assistant", "tool", "assistant"]
+    call = conv.messages[1]
+    assert call.content == "" and [(c.name, c.arguments) for c in call.tool_calls] == [
+        ("weather", {"city": "Paris"})
+    ]
+    assert conv.as_chat()[2]["tool_calls"] == [
+        {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
+    ]
+    broken = {**row, "conversations": [*row["conversations"][:2], {"from": "function_call",
+              "value": "weather(city=Paris)"}, *row["conversations"][3:]]}  # fmt: skip
+    with pytest.raises(RowError, match="a function call must be JSON"):
+        to_conversation("sharegpt", broken, {}, {})
+    with pytest.raises(RowError, match="tools column must be JSON"):
+        to_conversation("sharegpt", {**row, "tools": "[{"}, {}, {})
 
 
 def test_openai_messages_and_custom_tags() -> None:

@@ -287,3 +287,22 @@ def test_paddlenlp_renders_the_exported_chat_template_like_ftx() -> None:
     found = run_in_env("paddle", PADDLENLP_RENDER, json.dumps(cases))
     for case, got, want in zip(cases, found, expected, strict=True):
         assert got == want, case["template"]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_array_encoding_equals_the_list_encoding(name: str) -> None:
+    """Data preparation's fast path (char-to-token spans) learns exactly the same tokens."""
+    tok = family_tokenizer(name, (FIXTURES / f"{name}.jinja").read_text())
+    encoder = ChatEncoder(tok, name, where="test")
+    convs = list(cases(name))
+    for train_on_prompt, mask_history in ((False, False), (False, True), (True, False)):
+        options = {
+            "max_len": 60,  # some conversations are cut, so the slow path is taken too
+            "train_on_prompt": train_on_prompt,
+            "mask_history": mask_history,
+        }
+        lists = encoder.encode_many(convs, **options)
+        arrays = encoder.encode_arrays(convs, **options)
+        for listed, (ids, labels, truncated) in zip(lists, arrays, strict=True):
+            assert ids.tolist() == listed.input_ids and labels.tolist() == listed.labels
+            assert truncated == listed.truncated

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ftx.core.data.conversation import Conversation, Message
+from ftx.core.data.conversation import Conversation, Message, ToolCall
 
 
 class RowError(ValueError):
@@ -133,20 +134,57 @@ def _chat(defaults_cols: Mapping[str, str], default_tags: Mapping[str, str]):
                     else f"{tag['assistant_tag']}/{tag['function_tag']}"
                 )
                 raise RowError(f"wrong role order: turn {i} is {role_name!r}, expected {want}")
+            if role_name == tag["function_tag"]:
+                messages.append(Message("assistant", "", tool_calls=_calls(content, i)))
+                continue
             if role == "assistant":
                 _assistant_text(content, f"turn {i}")
             messages.append(Message(role, content))
         if not messages or messages[-1].role != final_role:
             article = "an" if final_role == "assistant" else "a"
             raise RowError(f"the conversation must end with {article} {final_role} turn")
-        tools = row.get(cols["tools"])
-        return Conversation(
-            tuple(messages),
-            system=system,
-            tools=tools if isinstance(tools, str) and tools else None,
-        )
+        return Conversation(tuple(messages), system=system, tools=_tools(row.get(cols["tools"])))
 
     return read
+
+
+def _calls(content: str, turn: int) -> tuple[ToolCall, ...]:
+    """A function-call turn: JSON ``{"name", "arguments"}`` or a list of them."""
+    try:
+        parsed = json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise RowError(f"turn {turn}: a function call must be JSON ({exc.msg})") from None
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    found = []
+    for call in calls:
+        if not (isinstance(call, Mapping) and isinstance(call.get("name"), str) and call["name"]):
+            raise RowError(f'turn {turn}: a function call needs {{"name": ..., "arguments": ...}}')
+        found.append(ToolCall(call["name"], call.get("arguments", {})))
+    if not found:
+        raise RowError(f"turn {turn}: an empty list of function calls")
+    return tuple(found)
+
+
+def _tools(value: Any) -> tuple[Any, ...]:
+    """The tools column: function schemas as a JSON string (LLaMA-Factory) or a list, each
+    given as {"name", "description", "parameters"} or already wrapped as a function tool."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"the tools column must be JSON ({exc.msg})") from None
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+        raise RowError("the tools column must be a list of function schemas")
+    wrapped = []
+    for tool in value:
+        if "type" not in tool and not isinstance(tool.get("name"), str):
+            raise RowError("every tool needs a 'name' (or a 'type' and its definition)")
+        wrapped.append(dict(tool) if "type" in tool else {"type": "function", "function": tool})
+    return tuple(wrapped)
 
 
 def text(
@@ -242,3 +280,40 @@ def to_conversation(
             raise RowError(f"field '{kto_column}' must be true or false")
         conv = Conversation(conv.messages, conv.system, conv.tools, conv.text, kto_tag=tag)
     return conv
+
+
+def to_document(
+    fmt: str, row: Any, columns: Mapping[str, str], tags: Mapping[str, str]
+) -> Conversation:
+    """A pre-training document (stage pt), as LLaMA-Factory reads one: the text column of
+    text rows, an alpaca row's prompt (+ "\\n" + query; the response is not needed), a
+    chat row's first turn."""
+    if not isinstance(row, Mapping):
+        raise RowError(f"a row must be a JSON object, got {type(row).__name__}")
+    if fmt == "text":
+        return text(row, columns, tags)
+    if fmt == "alpaca":
+        cols = {**ALPACA_COLUMNS, **columns}
+        prompt = cols["prompt"]
+        if prompt not in row and "prompt" not in columns and "text" in row:
+            prompt = "text"  # a .txt file, or {"text": ...} rows, without a columns mapping
+        document = _text(row, prompt, required=True)
+        query = _text(row, cols["query"], required=False)
+        document = f"{document}\n{query}" if query else document
+    elif fmt in ("sharegpt", "openai"):
+        cols = {**(SHAREGPT_COLUMNS if fmt == "sharegpt" else OPENAI_COLUMNS), **columns}
+        tag = {**(SHAREGPT_TAGS if fmt == "sharegpt" else OPENAI_TAGS), **tags}
+        turns = row.get(cols["messages"])
+        first = next(
+            (t for t in turns or [] if isinstance(t, Mapping) and t.get(tag["role_tag"])
+             != tag["system_tag"]),
+            None,
+        )  # fmt: skip
+        if first is None or not isinstance(first.get(tag["content_tag"]), str):
+            raise RowError(f"field '{cols['messages']}' has no first turn to pre-train on")
+        document = first[tag["content_tag"]]
+    else:
+        raise RowError(f"{fmt} rows are not pre-training documents; use text or alpaca")
+    if not document.strip():
+        raise RowError("the document is empty")
+    return Conversation(text=document)

@@ -17,14 +17,13 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ftx.core.data.conversation import Conversation
-from ftx.core.data.formats import RowError, to_conversation
+from ftx.core.data.formats import RowError, to_conversation, to_document
 from ftx.core.data.packing import first_fit_decreasing
 from ftx.core.data.render import ChatEncoder
 from ftx.core.data.sources import Source, resolve
@@ -89,22 +88,35 @@ def load_tokenizer(recipe: Recipe) -> Any:
 
 
 def read_conversations(
-    source: Source, on_error: str, report: RowReport, max_row_bytes: int = 16 << 20
+    source: Source,
+    on_error: str,
+    report: RowReport,
+    max_row_bytes: int = 16 << 20,
+    stage: str = "sft",
 ) -> list[Conversation]:
-    """All rows of a source as conversations; bad rows raise or are skipped and counted."""
+    """All rows of a source as conversations (documents for stage pt); bad rows raise or
+    are skipped and counted; rows ftx cannot train on (media, KTO under sft) raise."""
     from ftx.core.data.readers import BadRow, read_rows
 
     conversations = []
+    media = [c for c in MEDIA_COLUMNS if c not in source.columns] + [
+        source.columns[c] for c in MEDIA_COLUMNS if c in source.columns
+    ]
     for file in source.files:
         for line, row in read_rows(file, max_row_bytes):
             report.rows += 1
             where = f"{file}:{line}"
+            if isinstance(row, dict):
+                _refuse_untrainable(row, media, source, stage, where)
             try:
                 if isinstance(row, BadRow):
                     raise RowError(row.reason)
-                conv = to_conversation(
-                    source.format, row, source.columns, source.tags, ranking=source.ranking
-                )
+                if stage == "pt" and not source.ranking:
+                    conv = to_document(source.format, row, source.columns, source.tags)
+                else:
+                    conv = to_conversation(
+                        source.format, row, source.columns, source.tags, ranking=source.ranking
+                    )
             except RowError as exc:
                 if on_error == "skip":
                     report.skipped.append(f"{where}: {exc}")
@@ -118,6 +130,33 @@ def read_conversations(
             if source.num_samples and len(conversations) >= source.num_samples:
                 return conversations
     return conversations
+
+
+MEDIA_COLUMNS = ("images", "videos", "audios")
+
+
+def _refuse_untrainable(
+    row: dict[str, Any], media: list[str], source: Source, stage: str, where: str
+) -> None:
+    """Rows that are well-formed but cannot be trained here: an error, never a silent drop
+    or a silent change of meaning (data.on_error: skip does not cover them)."""
+    for column in media:
+        if row.get(column):
+            raise FtxError(
+                f"the dataset '{source.label}' has a multimodal column '{column}'; ftx trains"
+                " text models and would drop the media, leaving <image>/<video>/<audio> as text",
+                where=where,
+                fix="train on a text-only dataset (remove the column and its placeholders)",
+            )
+    kto = source.columns.get("kto_tag", "kto_tag")
+    if kto in row and stage == "sft":
+        raise FtxError(
+            f"the dataset '{source.label}' holds KTO rows (column '{kto}'): under sft every"
+            " answer would be learned, the undesirable ones too",
+            where=where,
+            fix="remove the kto_tag column to learn every answer, or keep only the desirable"
+            " rows; KTO training itself is not in ftx yet",
+        )
 
 
 def _sources(specs: list[DatasetSpec], recipe: Recipe, key: str) -> list[Source]:
@@ -176,18 +215,21 @@ def split_conversations(
     data = recipe.data
     conversations: list[Conversation] = []
     for source in _sources(list(data.datasets), recipe, "data.datasets"):
-        rows = read_conversations(source, data.on_error, report, data.max_row_bytes)
+        rows = read_conversations(
+            source, data.on_error, report, data.max_row_bytes, recipe.method.stage
+        )
         conversations += rows[: data.max_samples] if data.max_samples else rows
     if not conversations:
         raise FtxError(
             "the datasets hold no usable rows", where="data.datasets", fix="check the files"
         )
-    if any(c.is_preference for c in conversations):
+    ranked = next((c for c in conversations if c.is_preference), None)
+    if ranked is not None:
         raise FtxError(
-            "the datasets hold preference rows (ranking: true), which need stage dpo or kto;"
-            " those stages are not yet supported",
-            where="data.datasets",
-            fix="train on instruction data, or remove the ranked dataset",
+            "this dataset holds preference rows (ranking: true), which need a preference"
+            " stage (dpo, kto); ftx does not train those stages yet",
+            where=ranked.source,
+            fix="train on instruction data, or remove the ranked dataset from data.datasets",
         )
     order = list(range(len(conversations)))
     random.Random(data.seed).shuffle(order)
@@ -300,6 +342,7 @@ def _encode_chats(
         "max_len": data.max_seq_len,
         "train_on_prompt": data.train_on_prompt,
         "mask_history": data.mask_history,
+        "truncation": data.truncation,
     }
     chunks = [convs[i : i + BATCH] for i in range(0, len(convs), BATCH)]
     examples: list[tuple[np.ndarray, np.ndarray]] = []
@@ -320,15 +363,13 @@ def _encode_chunk(chunk: list[Conversation], options: dict[str, Any]) -> tuple:
     truncated and nothing-to-learn counts: arrays cross the process boundary in
     microseconds, where lists of Python ints take the parent a second per 20k examples."""
     assert _WORKER_ENCODER is not None
-    encoded = _WORKER_ENCODER.encode_many(chunk, **options)
-    kept = [
-        e for e in encoded if max(e.labels, default=IGNORE_INDEX) != IGNORE_INDEX
-    ]  # ids are >= 0
-    lengths = np.fromiter((len(e.input_ids) for e in kept), dtype=np.int64, count=len(kept))
-    total = int(lengths.sum())
-    ids = np.fromiter(chain.from_iterable(e.input_ids for e in kept), dtype=np.int32, count=total)
-    labels = np.fromiter(chain.from_iterable(e.labels for e in kept), dtype=np.int32, count=total)
-    truncated = sum(e.truncated for e in encoded)
+    encoded = _WORKER_ENCODER.encode_arrays(chunk, **options)
+    kept = [(ids, labels) for ids, labels, _ in encoded if (labels != IGNORE_INDEX).any()]
+    lengths = np.fromiter((len(ids) for ids, _ in kept), dtype=np.int64, count=len(kept))
+    empty = np.zeros(0, dtype=np.int32)
+    ids = np.concatenate([i for i, _ in kept]) if kept else empty
+    labels = np.concatenate([lab for _, lab in kept]) if kept else empty
+    truncated = sum(t for _, _, t in encoded)
     return lengths, ids, labels, truncated, len(encoded) - len(kept)
 
 

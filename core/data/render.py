@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ftx.core.data.conversation import Conversation
 from ftx.core.errors import FtxError
 from ftx.core.prepared import IGNORE_INDEX
+
+Chat = list[dict[str, Any]]
+Tools = Sequence[Any]
+Span = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -54,14 +61,24 @@ class ChatEncoder:
                 fix=f"use 'auto' or one of: {', '.join(TEMPLATES)}",
             )
 
-    def _render(self, chat: list[dict[str, str]], generation_prompt: bool) -> str:
+    def _render(self, chat: Chat, generation_prompt: bool, tools: Tools = ()) -> str:
         if self.template != "auto":
-            return self._named(chat, generation_prompt)[0]
-        return self.tokenizer.apply_chat_template(
-            chat, tokenize=False, add_generation_prompt=generation_prompt
-        )
+            return self._named(chat, generation_prompt, tools)[0]
+        try:
+            return self.tokenizer.apply_chat_template(
+                chat,
+                tools=list(tools) or None,
+                tokenize=False,
+                add_generation_prompt=generation_prompt,
+            )
+        except Exception as exc:  # jinja raises its own errors (raise_exception, undefined)
+            raise FtxError(
+                f"the tokenizer's chat template cannot render this conversation ({exc})",
+                where=self.where,
+                fix="fix the data, or name a registered template in model.template",
+            ) from None
 
-    def _named(self, chat: list[dict[str, str]], generation_prompt: bool):
+    def _named(self, chat: Chat, generation_prompt: bool, tools: Tools = ()):
         from ftx.core.data.templates import render_named
 
         tok = self.tokenizer
@@ -69,6 +86,7 @@ class ChatEncoder:
             return render_named(
                 self.template,
                 chat,
+                tools=tools,
                 bos=tok.bos_token or "",
                 eos=tok.eos_token or "",
                 add_generation_prompt=generation_prompt,
@@ -78,21 +96,21 @@ class ChatEncoder:
                 str(exc), where=self.where, fix="pick a template for this data"
             ) from None
 
-    def _spans(self, chat: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    def _spans(self, chat: Chat, tools: Tools = ()) -> tuple[str, list[tuple[int, int]]]:
         """Rendered text and the character span of each assistant turn."""
         if self.template != "auto":
-            return self._named(chat, False)
+            return self._named(chat, False, tools)
         # A jinja template: an assistant turn starts where the conversation up to it,
         # with the generation prompt, ends; it ends where the rendering with it stops
         # agreeing with the whole conversation (templates may close a finished
         # conversation differently, e.g. with an EOS).
-        full = self._render(chat, False)
+        full = self._render(chat, False, tools)
         spans = []
         for i, message in enumerate(chat):
             if message["role"] != "assistant":
                 continue
-            prompt = self._render(chat[:i], True)
-            upto = self._render(chat[: i + 1], False)
+            prompt = self._render(chat[:i], True, tools)
+            upto = self._render(chat[: i + 1], False, tools)
             if not full.startswith(prompt):
                 raise FtxError(
                     "the tokenizer's chat template renders earlier turns differently depending"
@@ -105,15 +123,34 @@ class ChatEncoder:
         return full, spans
 
     def encode(
-        self, conv: Conversation, *, max_len: int, train_on_prompt: bool, mask_history: bool
+        self,
+        conv: Conversation,
+        *,
+        max_len: int,
+        train_on_prompt: bool,
+        mask_history: bool,
+        truncation: str = "oldest_rounds",
     ) -> Encoded:
-        """Token ids and labels (-100 where not learned), dropping oldest rounds to fit."""
-        messages = conv.as_chat()
+        """Token ids and labels (-100 where not learned), cut to ``max_len`` by the
+        ``truncation`` rule: "oldest_rounds" drops whole rounds from the start (keeping the
+        system prompt); "lf_split" is LLaMA-Factory's: rounds in order (the last first with
+        mask_history), each cut to share what is left between prompt and answer."""
+        messages, tools = conv.as_chat(), conv.tools
+        if truncation == "lf_split":
+            text, spans = self._spans(messages, tools)
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = list(enc["input_ids"])
+            labels = _labels(ids, enc["offset_mapping"], spans, train_on_prompt, mask_history)
+            if len(ids) <= max_len:
+                return Encoded(ids, labels, False)
+            pieces = _token_spans(enc["offset_mapping"], spans)
+            cut_ids, cut_labels = lf_split(ids, labels, pieces, max_len, mask_history)
+            return Encoded(cut_ids, cut_labels, True)
         head = messages[:1] if messages and messages[0]["role"] == "system" else []
         body = messages[len(head) :]
         truncated = False
         while True:
-            ids, labels = self._encode_chat(head + body, train_on_prompt, mask_history)
+            ids, labels = self._encode_chat(head + body, tools, train_on_prompt, mask_history)
             starts = [i for i, m in enumerate(body) if m["role"] == "user" and i > 0]
             if len(ids) <= max_len or not starts:
                 break
@@ -124,9 +161,9 @@ class ChatEncoder:
         return Encoded(ids, labels, truncated)
 
     def _encode_chat(
-        self, chat: list[dict[str, str]], train_on_prompt: bool, mask_history: bool
+        self, chat: Chat, tools: Tools, train_on_prompt: bool, mask_history: bool
     ) -> tuple[list[int], list[int]]:
-        text, spans = self._spans(chat)
+        text, spans = self._spans(chat, tools)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
         return ids, _labels(ids, enc["offset_mapping"], spans, train_on_prompt, mask_history)
@@ -138,10 +175,11 @@ class ChatEncoder:
         max_len: int,
         train_on_prompt: bool,
         mask_history: bool,
+        truncation: str = "oldest_rounds",
     ) -> list[Encoded]:
         """``encode`` for many conversations: rendered, then tokenised in one batch by the
         fast tokenizer (in parallel, in Rust); only over-long ones take the slow path."""
-        rendered = [self._spans(conv.as_chat()) for conv in convs]
+        rendered = [self._spans(conv.as_chat(), conv.tools) for conv in convs]
         ids_batch, offsets_batch = self._tokenize_batch([text for text, _ in rendered])
         out = []
         for i, conv in enumerate(convs):
@@ -153,11 +191,57 @@ class ChatEncoder:
                         max_len=max_len,
                         train_on_prompt=train_on_prompt,
                         mask_history=mask_history,
+                        truncation=truncation,
                     )
                 )
                 continue
             labels = _labels(ids, offsets_batch[i], rendered[i][1], train_on_prompt, mask_history)
             out.append(Encoded(ids, labels, False))
+        return out
+
+    def encode_arrays(
+        self,
+        convs: list[Conversation],
+        *,
+        max_len: int,
+        train_on_prompt: bool,
+        mask_history: bool,
+        truncation: str = "oldest_rounds",
+    ) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        """``encode_many`` as int32 arrays (ids, labels, truncated), for data preparation:
+        the learned spans are found with the Rust tokenizer's char-to-token map (a few calls
+        per turn) instead of every token's offsets in Python."""
+        options = {
+            "max_len": max_len,
+            "train_on_prompt": train_on_prompt,
+            "mask_history": mask_history,
+            "truncation": truncation,
+        }
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return [
+                (np.asarray(e.input_ids, np.int32), np.asarray(e.labels, np.int32), e.truncated)
+                for e in self.encode_many(convs, **options)
+            ]
+        rendered = [self._spans(conv.as_chat(), conv.tools) for conv in convs]
+        encodings = backend.encode_batch([text for text, _ in rendered], add_special_tokens=False)
+        out = []
+        for conv, (_, spans), encoding in zip(convs, rendered, encodings, strict=True):
+            ids = np.asarray(encoding.ids, dtype=np.int32)
+            if len(ids) > max_len:
+                e = self.encode(conv, **options)
+                out.append(
+                    (np.asarray(e.input_ids, np.int32), np.asarray(e.labels, np.int32), True)
+                )
+                continue
+            if train_on_prompt:
+                out.append((ids, ids.copy(), False))
+                continue
+            labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
+            for a, b in spans[-1:] if mask_history else spans:
+                first, last = _first_token_at(encoding, a), _first_token_at(encoding, b)
+                labels[first:last] = ids[first:last]
+            out.append((ids, labels, False))
         return out
 
     def _tokenize_batch(self, texts: list[str]) -> tuple[list[list[int]], list[list[tuple]]]:
@@ -174,7 +258,7 @@ class ChatEncoder:
         """Ids of everything before the last assistant turn (plus the generation prompt)
         and that turn's text, for generation-based evaluation."""
         chat = conv.as_chat()
-        prompt = self._render(chat[:-1], True)
+        prompt = self._render(chat[:-1], True, conv.tools)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         return list(ids), chat[-1]["content"]
 
@@ -183,6 +267,27 @@ class ChatEncoder:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         eos = self.tokenizer.eos_token_id
         return ids + ([eos] if eos is not None else [])
+
+
+def _first_token_at(encoding: Any, position: int) -> int:
+    """The index of the first token that starts at or after character ``position`` (the
+    rule of ``_labels``: a token belongs where it starts)."""
+    count = len(encoding.ids)
+    token = encoding.char_to_token(position)
+    if token is None:  # the end of the text (or a character no token covers)
+        starts = [start for start, _ in encoding.offsets]
+        return bisect_left(starts, position)
+    while token > 0 and encoding.token_to_chars(token - 1)[0] >= position:
+        token -= 1  # pieces of one character share its offsets
+    if encoding.token_to_chars(token)[0] < position:
+        token += 1
+    return min(token, count)
+
+
+def _token_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[Span]:
+    """Character spans as token index spans (a token belongs where it starts)."""
+    starts = [a for a, _ in offsets]
+    return [(bisect_left(starts, a), bisect_left(starts, b)) for a, b in spans]
 
 
 def _labels(
@@ -197,9 +302,53 @@ def _labels(
         return list(ids)
     if mask_history:
         spans = spans[-1:]
-    starts = [a for a, _ in offsets]
     labels = [IGNORE_INDEX] * len(ids)
-    for a, b in spans:
-        first, last = bisect_left(starts, a), bisect_left(starts, b)
+    for first, last in _token_spans(offsets, spans):
         labels[first:last] = ids[first:last]
     return labels
+
+
+def infer_seqlen(source_len: int, target_len: int, budget: int) -> tuple[int, int]:
+    """LLaMA-Factory's split of ``budget`` tokens between a round's prompt and answer: the
+    answer whole when it takes under half, the prompt whole when it does, else in
+    proportion; the prompt gets what the answer leaves."""
+    if target_len * 2 < budget:
+        max_target = budget
+    elif source_len * 2 < budget:
+        max_target = budget - source_len
+    else:
+        max_target = int(budget * (target_len / (source_len + target_len)))
+    new_target = min(max_target, target_len)
+    return min(max(budget - new_target, 0), source_len), new_target
+
+
+def lf_split(
+    ids: list[int], labels: list[int], answers: list[Span], max_len: int, mask_history: bool
+) -> tuple[list[int], list[int]]:
+    """Cut a conversation the way LLaMA-Factory does: (prompt, answer) rounds in order (the
+    last first with mask_history), each cut by ``infer_seqlen`` to what is left."""
+    rounds, start = [], 0
+    for i, (first, last) in enumerate(answers):
+        end = len(ids) if i == len(answers) - 1 else last  # what follows the last answer
+        rounds.append(((start, first), (first, end)))
+        start = end
+    if not rounds:
+        return ids[:max_len], labels[:max_len]
+    if mask_history:
+        rounds = rounds[::-1]
+    out_ids: list[int] = []
+    out_labels: list[int] = []
+    total = 0
+    for (s0, s1), (t0, t1) in rounds:
+        if total >= max_len:
+            break
+        keep_s, keep_t = infer_seqlen(s1 - s0, t1 - t0, max_len - total)
+        piece = (slice(s0, s0 + keep_s), slice(t0, t0 + keep_t))
+        round_ids = ids[piece[0]] + ids[piece[1]]
+        round_labels = labels[piece[0]] + labels[piece[1]]
+        total += keep_s + keep_t
+        if mask_history:
+            out_ids, out_labels = round_ids + out_ids, round_labels + out_labels
+        else:
+            out_ids, out_labels = out_ids + round_ids, out_labels + round_labels
+    return out_ids, out_labels

@@ -15,10 +15,16 @@ the token ids ftx produces equal ``tokenizer.apply_chat_template``'s.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 Span = tuple[int, int]
+
+
+ALL_ROLES = ("system", "user", "assistant", "tool")
+PLACEHOLDER = re.compile(r"\{(bos|eos|content|system|tools|name|arguments|id|calls)\}")
 
 
 @dataclass(frozen=True)
@@ -39,80 +45,125 @@ class ChatTemplate:
     prefix: str = ""  # once, at the very start
     tool: str | None = None  # a tool/observation turn (None: the family has none)
     suffix: str = ""  # after the last turn of a finished conversation (not learned)
-    trim: bool | Literal["assistant"] = False  # strip content (all, or answers only)
+    trim: tuple[str, ...] = ()  # roles whose content is stripped, as the official template does
     final_assistant: str | None = None  # the last assistant turn, when it differs
     final_prefix: str = ""  # before the last answer and in the generation prompt (not learned)
     next_turn_stop: str = ""  # learn this opening of the next turn as the stop token
+    # Function calling, where the family's official template defines it (see tool_format.py).
+    tool_style: str | None = None  # how tool schemas and calls are written (None: no tools)
+    tools_block: str | None = None  # written after the prefix when tools are given: {tools}
+    tools_system: str | None = None  # the system content when tools are given: {system} {tools}
+    system_with_tools: str | None = None  # the system slot when tools are given
+    tools_first_user: str | None = None  # the first user turn when tools are given
+    tools_last_user: str | None = None  # written before the last user turn: {tools}
+    call: str = ""  # one function call: {name} {arguments} {id}
+    calls_join: str = "\n"
+    call_answer: str | None = None  # a call turn's slot ({calls}); default: the assistant slot
+    calls_keep_content: bool = True  # a call turn also writes its text
+    max_calls: int | None = None  # calls one turn may make
+    tool_group: tuple[str, str, str] | None = None  # consecutive results: open, each, close
+    tool_content_json: bool = False  # results written as JSON strings
     notes: str = ""
 
     def fill(self, slot: str, bos: str, eos: str, **values: str) -> str:
-        """A slot with its placeholders replaced (literal text otherwise untouched)."""
-        out = slot.replace("{bos}", bos).replace("{eos}", eos)
-        for key, value in values.items():
-            out = out.replace("{" + key + "}", value)
-        return out
+        """A slot with its placeholders replaced in one pass (so a placeholder inside a
+        value is never expanded; literal text, braces included, is untouched)."""
+        values = {"bos": bos, "eos": eos, **values}
+        return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), slot)
 
 
 def _content(template: ChatTemplate, text: str, role: str) -> str:
-    trims = template.trim is True or (template.trim == "assistant" and role == "assistant")
-    return text.strip() if trims else text
+    return text.strip() if role in template.trim else text
 
 
 def render(
     template: ChatTemplate,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     *,
+    tools: Sequence[Any] = (),
     bos: str = "",
     eos: str = "",
     add_generation_prompt: bool = False,
 ) -> tuple[str, list[Span]]:
     """Text of a conversation and the spans of its assistant turns (to learn).
 
-    ``messages`` is role/content dicts; an optional leading system message.
+    ``messages`` is role/content dicts (assistant ones may carry ``tool_calls``); an
+    optional leading system message. ``tools`` are function schemas for the system.
     """
+    from ftx.core.data import tool_format
+
+    def fill(slot: str, **values: str) -> str:
+        return template.fill(slot, bos, eos, **values)
+
+    if tools and template.tool_style is None:
+        raise ValueError(
+            f"the {template.name} template does not define tool calling; use one that does"
+            f" ({', '.join(n for n, t in TEMPLATES.items() if t.tool_style)}) or 'auto'"
+        )
+    tools_text = tool_format.schemas(template.tool_style, tools) if tools else ""
     system = template.default_system
     if messages and messages[0]["role"] == "system":
         system, messages = messages[0]["content"], messages[1:]
-    text = template.fill(template.prefix, bos, eos)
+    text = fill(template.prefix)
+    if tools and template.tools_block:
+        text += fill(template.tools_block, tools=tools_text)
+    if tools and template.tools_system:
+        system = fill(template.tools_system, system=system or "", tools=tools_text)
+    system_slot = template.system_with_tools if tools and template.system_with_tools else None
     if system is not None and template.system_mode == "block":
-        content = _content(template, system, "system")
-        text += template.fill(template.system, bos, eos, content=content)
+        text += fill(system_slot or template.system, content=_content(template, system, "system"))
     spans: list[Span] = []
     last = len(messages) - 1
     ends_with_user = bool(messages) and messages[-1]["role"] == "user"
     merge_at = {"first_user": 0, "last_user": last if ends_with_user else -1}.get(
         template.system_mode
     )
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    calls = tool_format.CallIds()
     for i, message in enumerate(messages):
         role, content = message["role"], message["content"]
         if role == "user":
             if i == merge_at and system is not None:
-                content = template.system_merge.replace("{system}", system).replace(
-                    "{content}", content
-                )
+                content = fill(template.system_merge, system=system, content=content)
             content = _content(template, content, role)
-            text += template.fill(template.user, bos, eos, content=content)
+            if tools and i == 0 and template.tools_first_user:
+                content = fill(template.tools_first_user, tools=tools_text, content=content)
+            if tools and i == last_user and template.tools_last_user:
+                text += fill(template.tools_last_user, tools=tools_text)
+            text += fill(template.user, content=content)
         elif role == "tool":
-            if template.tool is None:
+            if template.tool is None and template.tool_group is None:
                 raise ValueError(f"the {template.name} template has no tool/observation turn")
             content = _content(template, content, role)
-            text += template.fill(template.tool, bos, eos, content=content)
+            if template.tool_content_json:
+                content = json.dumps(content, ensure_ascii=False)
+            values = {"content": content, "id": calls.answer()}
+            if template.tool_group is not None:
+                opening, each, closing = template.tool_group
+                if i == 0 or messages[i - 1]["role"] != "tool":
+                    text += fill(opening)
+                text += fill(each, **values)
+                if i == last or messages[i + 1]["role"] != "tool":
+                    text += fill(closing)
+            else:
+                text += fill(template.tool or "", **values)
         elif role == "assistant":
-            text += template.fill(template.generation, bos, eos)
+            text += fill(template.generation)
             if i == last:
-                text += template.fill(template.final_prefix, bos, eos)
-            slot = template.final_assistant if (i == last and template.final_assistant) else None
+                text += fill(template.final_prefix)
             start = len(text)
-            text += template.fill(
-                slot or template.assistant, bos, eos, content=_content(template, content, role)
-            )
+            if message.get("tool_calls"):
+                text += tool_format.call_turn(template, message, calls, fill)
+            else:
+                slot = template.final_assistant if i == last and template.final_assistant else None
+                text += fill(slot or template.assistant, content=_content(template, content, role))
             spans.append((start, len(text)))
         else:
             raise ValueError(f"unknown role {role!r}")
     if add_generation_prompt:
-        text += template.fill(template.generation + template.final_prefix, bos, eos)
+        text += fill(template.generation + template.final_prefix)
     elif messages and messages[-1]["role"] == "assistant":
-        text += template.fill(template.suffix, bos, eos)
+        text += fill(template.suffix)
     if template.next_turn_stop:
         # Families without an end-of-turn token stop by emitting the next turn's tag.
         spans = [
@@ -145,7 +196,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
             assistant=" {content} {eos}",
             system_mode="first_user",
             system_merge="<<SYS>>\n{system}\n<</SYS>>\n\n{content}",
-            trim=True,
+            trim=ALL_ROLES,
         ),
         ChatTemplate(
             name="llama3",
@@ -155,7 +206,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
             generation="<|start_header_id|>assistant<|end_header_id|>\n\n",
             assistant="{content}<|eot_id|>",
             tool="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
-            trim=True,
+            trim=ALL_ROLES,
         ),
         ChatTemplate(
             name="llama3_1",
@@ -168,8 +219,23 @@ TEMPLATES: dict[str, ChatTemplate] = {
             user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
             generation="<|start_header_id|>assistant<|end_header_id|>\n\n",
             assistant="{content}<|eot_id|>",
-            trim=True,
-            notes="Llama 3.1-3.3: a system header with the knowledge and today dates, always",
+            trim=("system", "user", "assistant"),
+            tool_style="llama",
+            system_with_tools=(
+                "<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\nCutting"
+                " Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n{content}<|eot_id|>"
+            ),
+            tools_first_user="Given the following functions, please respond with a JSON for a"
+            " function call with its proper arguments that best answers the given prompt.\n\n"
+            'Respond in the format {"name": function name, "parameters": dictionary of argument'
+            " name and its value}.Do not use variables.\n\n{tools}{content}",
+            call='{"name": "{name}", "parameters": {arguments}}',
+            calls_keep_content=False,
+            max_calls=1,
+            tool="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
+            tool_content_json=True,
+            notes="Llama 3.1-3.3: a system header with the knowledge and today dates, always;"
+            " tools in the first user turn",
         ),
         ChatTemplate(
             name="qwen",
@@ -188,8 +254,20 @@ TEMPLATES: dict[str, ChatTemplate] = {
             user=CHATML_USER,
             generation="<|im_start|>assistant\n",
             assistant=CHATML_ANSWER,
-            tool="<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
-            notes="Qwen2.5: ChatML with Qwen2.5's default system prompt",
+            tool_style="qwen",
+            tools_system="{system}\n\n# Tools\n\nYou may call one or more functions to assist"
+            " with the user query.\n\nYou are provided with function signatures within"
+            " <tools></tools> XML tags:\n<tools>{tools}\n</tools>\n\nFor each function call,"
+            " return a json object with function name and arguments within <tool_call>"
+            '</tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments":'
+            " <args-json-object>}\n</tool_call>",
+            call='<tool_call>\n{"name": "{name}", "arguments": {arguments}}\n</tool_call>',
+            tool_group=(
+                "<|im_start|>user",
+                "\n<tool_response>\n{content}\n</tool_response>",
+                "<|im_end|>\n",
+            ),
+            notes="Qwen2.5: ChatML with Qwen2.5's default system prompt; tools, calls, results",
         ),
         ChatTemplate(
             name="qwen3",
@@ -224,6 +302,11 @@ TEMPLATES: dict[str, ChatTemplate] = {
         ChatTemplate(
             name="glm4",
             prefix="[gMASK]<sop>",
+            tool_style="glm4",
+            tools_block="<|system|>\n你是一个名为 ChatGLM 的人工智能助手。"
+            "你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
+            "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具{tools}",
+            call="{name}\n{arguments}",
             system="<|system|>\n{content}",
             user="<|user|>\n{content}",
             generation="<|assistant|>",
@@ -252,7 +335,14 @@ TEMPLATES: dict[str, ChatTemplate] = {
             user="[INST] {content}[/INST]",
             assistant=" {content}{eos}",
             system_mode="last_user",
-            trim="assistant",
+            trim=("assistant",),
+            tool_style="mistral",
+            tools_last_user="[AVAILABLE_TOOLS] [{tools}][/AVAILABLE_TOOLS]",
+            call='{"name": "{name}", "arguments": {arguments}, "id": "{id}"}',
+            calls_join=", ",
+            call_answer="[TOOL_CALLS] [{calls}]{eos}",
+            calls_keep_content=False,
+            tool='[TOOL_RESULTS] {"content": {content}, "call_id": "{id}"}[/TOOL_RESULTS]',
             notes="Mistral-7B-Instruct-v0.3: a system prompt is written into the final user turn"
             " only, so training conversations (ending with an answer) carry none",
         ),
@@ -264,7 +354,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
             assistant="{content}<end_of_turn>\n",
             system_mode="first_user",
             system_merge="{system}\n\n{content}",
-            trim=True,
+            trim=ALL_ROLES,
             notes="Gemma has no system role: a system prompt is folded into the first user turn",
         ),
         ChatTemplate(
@@ -316,7 +406,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
 
 
 def render_qwen3(
-    template: ChatTemplate, messages: list[dict[str, str]], **kwargs: object
+    template: ChatTemplate, messages: list[dict[str, Any]], **kwargs: Any
 ) -> tuple[str, list[Span]]:
     """Qwen3 moves reasoning (<think>...</think>) into the final answer's think block
     and drops it from earlier answers, as its official template does."""
@@ -337,15 +427,21 @@ def render_qwen3(
 
 def render_named(
     name: str,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     *,
+    tools: Sequence[Any] = (),
     bos: str = "",
     eos: str = "",
     add_generation_prompt: bool = False,
 ) -> tuple[str, list[Span]]:
     """Render with a registered template (text, assistant spans)."""
     template = TEMPLATES[name]
-    kwargs = {"bos": bos, "eos": eos, "add_generation_prompt": add_generation_prompt}
+    kwargs = {
+        "tools": tools,
+        "bos": bos,
+        "eos": eos,
+        "add_generation_prompt": add_generation_prompt,
+    }
     if name.startswith("qwen3"):
         return render_qwen3(template, messages, **kwargs)
     return render(template, messages, **kwargs)
@@ -462,7 +558,7 @@ def to_paddlenlp(template: ChatTemplate, bos: str = "", eos: str = "") -> dict[s
         merged = template.system_merge.replace("{system}", "{{ system }}").replace(
             "{content}", "{{ " + name + " }}"
         )
-        if template.trim is True:
+        if "user" in template.trim:
             merged = "{% filter trim %}" + merged + "{% endfilter %}"
         first = fill(template.user, merged) + fill(template.generation, "")
         return "{% if index == 0 and system %}" + first + "{% else %}" + plain + "{% endif %}"

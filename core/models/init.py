@@ -61,6 +61,13 @@ CHAT_STYLES: dict[str, dict[str, Any]] = {
         ),
     },
     "qwen2": {
+        # Qwen2's own pre-tokenizer (digits split one by one) and NFC normaliser: transformers
+        # 5 rebuilds a qwen2 tokenizer with them whatever tokenizer.json says, so saving them
+        # is what makes 4.x and 5.x tokenise the same ids.
+        "split": (
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        ),
         "specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         "bos": None,
         "eos": "<|im_end|>",
@@ -82,11 +89,19 @@ CORPUS = Path(__file__).resolve().parent.parent / "assets" / "tokenizer_corpus.t
 
 def train_tokenizer(style: dict[str, Any], vocab_size: int, corpus: list[str]) -> Any:
     """A byte-level BPE tokenizer trained on ``corpus``, wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if style.get("split"):
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(style["split"]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -104,6 +104,11 @@ class DataSection(Section):
     on_error: Literal["raise", "skip"] = Field(
         "raise", description="Bad rows: stop with an error, or skip and count them."
     )
+    truncation: Literal["oldest_rounds", "lf_split"] = Field(
+        "oldest_rounds",
+        description="Over-long conversations: drop the oldest rounds (keeping the system"
+        " prompt), or cut each round's prompt and answer as LLaMA-Factory does.",
+    )
     max_row_bytes: int = Field(
         16 << 20,
         ge=1024,
