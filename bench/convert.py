@@ -1,15 +1,19 @@
-"""Conversion memory and throughput on a multi-GB checkpoint, next to `cp` of the same files.
+"""Conversion speed and memory on a multi-GB checkpoint, next to copying the same files.
 
-    .venv/bin/python bench/convert.py [--layers 8] [--workdir /tmp/ftx-bench-convert]
+    .venv/bin/python bench/convert.py [--layers 8] [--repeats 3] [--workdir /tmp/ftx-bench-convert]
 
 Writes a random Llama-2-7B-shaped checkpoint in bf16 (hidden 4096, intermediate 11008,
-vocab 32000; 8 of the 32 layers by default: about 3.6 GB, --layers 32 for the full
-13.5 GB) as 2 GB shards with an index, then times, each in a fresh process with its peak
-RSS read from the kernel (ru_maxrss of the child):
-  cp -r + sync              the floor: every byte read and written once, on disk
-  ftx convert --to mindspore  renames only (safetensors, then .ckpt, then .ckpt back to HF)
-  ftx convert --to paddle     every Linear weight transposed
-Targets: peak RSS < 1.5 GB; throughput >= 50% of cp (renames) and >= 30% (transposes).
+vocab 32000; 8 of the 32 layers by default: 3.76 GB, --layers 32 for the full 13.5 GB)
+as 2 GB shards with an index, then runs, interleaved (bench/harness.py), each in a fresh
+process after dropping the page cache:
+  copy + fsync          the floor: every file copied (the kernel's copy) and fsynced, as
+                        ftx fsyncs what it writes; nothing else flushed
+  renames               ftx convert --to mindspore (safetensors: names change, bytes do not)
+  .ckpt write           ftx convert --to mindspore --format ckpt
+  .ckpt read            ftx convert of that .ckpt --to hf
+  transposes            ftx convert --to paddle (every Linear weight transposed)
+Targets: renames >= 90% of the floor, transposes >= 60%, .ckpt write and read >= 70%,
+peak RSS <= 2x the largest tensor (262 MB) + 0.3 GB, and not growing with the model.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 SHARD_BYTES = 2 * 1024**3
 
@@ -86,9 +92,25 @@ def drop_caches() -> None:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+COPY = """
+import os, shutil, sys
+from pathlib import Path
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+dst.mkdir(parents=True)
+for path in sorted(src.iterdir()):
+    shutil.copyfile(path, dst / path.name)  # copy_file_range / sendfile, as ftx
+    fd = os.open(dst / path.name, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+"""
+
+
 def main() -> None:
+    from harness import Run, header, interleave, machine, spread
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ftx-bench-convert"))
     args = parser.parse_args()
     work = args.workdir
@@ -99,58 +121,48 @@ def main() -> None:
         make_checkpoint(source, args.layers)
     size = sum(p.stat().st_size for p in source.iterdir())
     ftx = str(Path(sys.executable).with_name("ftx"))
+    ckpt = work / "ckpt-source"
+    if not ckpt.exists():
+        subprocess.run(
+            [ftx, "-q", "convert", str(source), str(ckpt), "--to", "mindspore", "--format", "ckpt"],
+            check=True,
+        )
+    started = machine()
 
-    def convert_to(out: Path, target: str, src: Path = source) -> list[str]:
-        return [ftx, "-q", "convert", str(src), str(out), "--to", target, "--force"]
+    def fresh(out: Path) -> Callable[[], None]:
+        def clear() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+            drop_caches()
+
+        return clear
+
+    def convert(out: str, target: str, *extra: str, src: Path = source) -> list[str]:
+        return [ftx, "-q", "convert", str(src), str(work / out), "--to", target, *extra]
 
     runs = [
-        # cp, then sync: ftx fsyncs what it writes, so the floor must reach the disk too
-        ("cp -r + sync (floor)", ["sh", "-c", f"cp -r '{source}' '{work / 'copy'}' && sync"]),
-        (
-            "ftx convert --to mindspore (renames)",
-            convert_to(work / "ms", "mindspore"),
-        ),
-        (
-            "ftx convert --to mindspore --format ckpt",
-            [*convert_to(work / "ckpt", "mindspore"), "--format", "ckpt"],
-        ),
-        (
-            "ftx convert .ckpt --to hf (reads .ckpt)",
-            convert_to(work / "back", "hf", work / "ckpt"),
-        ),
-        (
-            "ftx convert --to paddle (transposes)",
-            convert_to(work / "pd", "paddle"),
-        ),
-    ]
-    rows = []
-    for label, command in runs:
-        shutil.rmtree(work / "copy", ignore_errors=True)
-        drop_caches()
-        # Each measurement in its own child of a fresh interpreter, so ru_maxrss is its own.
-        probe = (
-            "import resource, subprocess, sys, time, json;"
-            "t = time.perf_counter();"
-            "subprocess.run(sys.argv[1:], check=True, capture_output=True);"
-            "s = time.perf_counter() - t;"
-            "print(json.dumps([s, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", probe, *command], check=True, capture_output=True, text=True
-        ).stdout
-        seconds, peak_kb = json.loads(out.strip().splitlines()[-1])
-        rows.append((label, seconds, peak_kb / 1024**2))
-    floor = rows[0][1]
+        Run("copy + fsync (floor)", [sys.executable, "-c", COPY, str(source), str(work / "copy")],
+            before=fresh(work / "copy")),
+        Run("renames: --to mindspore", convert("ms", "mindspore"), before=fresh(work / "ms")),
+        Run(".ckpt write: --to mindspore --format ckpt",
+            convert("ckpt", "mindspore", "--format", "ckpt"), before=fresh(work / "ckpt")),
+        Run(".ckpt read: .ckpt --to hf", convert("back", "hf", src=ckpt),
+            before=fresh(work / "back")),
+        Run("transposes: --to paddle", convert("pd", "paddle"), before=fresh(work / "pd")),
+    ]  # fmt: skip
+    interleave(runs, args.repeats)
+    floor = runs[0].median
+    print(header(f"bench/convert.py --layers {args.layers} --repeats {args.repeats}", started))
     print(
-        f"\n{size / 1e9:.2f} GB checkpoint ({args.layers} layers, bf16, 2 GB shards), largest"
-        f" tensor {32000 * 4096 * 2 / 1e6:.0f} MB\n"
+        f"{size / 1e9:.2f} GB checkpoint ({args.layers} layers, bf16, 2 GB shards), largest"
+        f" tensor {32000 * 4096 * 2 / 1e6:.0f} MB; seconds are median (min-max) of"
+        f" {args.repeats}, interleaved, page cache dropped before each\n"
     )
-    print("| run | seconds | GB/s | vs cp | peak RSS (GB) |")
+    print("| run | seconds | GB/s | vs copy + fsync | peak RSS (GB) |")
     print("| --- | --- | --- | --- | --- |")
-    for label, seconds, peak in rows:
+    for run in runs:
         print(
-            f"| {label} | {seconds:.1f} | {size / seconds / 1e9:.2f} | {floor / seconds:.0%} |"
-            f" {peak:.2f} |"
+            f"| {run.label} | {spread(run)} | {size / run.median / 1e9:.2f} |"
+            f" {floor / run.median:.0%} | {run.peak_mb / 1e3:.2f} |"
         )
 
 

@@ -1,13 +1,19 @@
-"""Training throughput of the torch backend on this machine's CPU.
+"""Training throughput of the torch backend on this machine's CPU, with its baselines.
 
-    .venv/bin/python bench/train_torch.py [--rows 1024] [--workdir /tmp/ftx-bench-train]
+    .venv/bin/python bench/train_torch.py [--rows 1024] [--batch 8] [--repeats 3]
+                                          [--workdir /tmp/ftx-bench-train]
 
-1. ftx vs a plain transformers Trainer script, same model, same prepared examples,
-   same batch size, batches padded to their longest example: real (non-pad) tokens
-   per second of the training loop alone (model loading excluded on both sides).
-2. ftx padded vs ftx packed on a variable-length (alpaca-like) set: real tokens/s.
-
-Everything runs in the torch backend's environment; the table is printed at the end.
+Same model (llama "small", 3.4M parameters, fp32), same prepared examples (alpaca-like,
+max 512 tokens), same batch size, one epoch; four runs interleaved (bench/harness.py),
+--repeats rounds, each in a fresh process:
+  ftx padded          `ftx run`, micro-batches padded to their longest example
+  Trainer padded      a plain transformers Trainer script on ftx's prepared examples
+  ftx packed          `ftx run data.packing=true` (rows of 512, attention kept per example)
+  Trainer flattening  the Trainer with transformers' own padding-free collator
+                      (DataCollatorWithFlattening: each batch one row with position ids)
+Real (non-pad) tokens per second of the training loop alone (model loading excluded on
+every side), median (min-max), and the final logged loss of each. Targets: ftx padded
+>= 0.95x the padded Trainer; ftx packed >= 1.0x the flattening collator.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FTX = Path(sys.executable).with_name("ftx")
+sys.path.insert(0, str(ROOT / "bench"))
 
 PLAIN_TRAINER = r"""
 import json, sys, numpy as np, torch
@@ -54,9 +61,22 @@ args = TrainingArguments(
     lr_scheduler_type="cosine", logging_steps=10, save_strategy="no", report_to=[],
     dataloader_num_workers=0, seed=0, disable_tqdm=True, use_cpu=True,
 )
-result = Trainer(model=model, args=args, train_dataset=Rows(), data_collator=collate).train()
+if sys.argv[5] == "flattening":
+    from transformers import DataCollatorWithFlattening
+    collate = DataCollatorWithFlattening(return_position_ids=True)
+trainer = Trainer(model=model, args=args, train_dataset=Rows(), data_collator=collate)
+result = trainer.train()
 tokens = int(sum(len(r[0]) for r in rows))
-print(json.dumps({"train_seconds": result.metrics["train_runtime"], "tokens": tokens}))
+losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+print(json.dumps({"train_seconds": result.metrics["train_runtime"], "tokens": tokens,
+                  "final_loss": losses[-1]}))
+"""
+
+FTX_RUN = """
+import json, subprocess, sys
+subprocess.run(sys.argv[1:-1], check=True, capture_output=True)
+run = json.load(open(sys.argv[-1]))
+print(json.dumps({**run["training"], "final_loss": run["final_loss"]}))
 """
 
 
@@ -67,32 +87,20 @@ def sh(*command: str) -> str:
     return result.stdout
 
 
-def ftx_run(recipe: Path, out: Path, *overrides: str) -> dict:
-    sh(str(FTX), "-q", "run", str(recipe), "--out", str(out), "--force", *overrides)
-    return json.loads((out / "run.json").read_text())["training"]
-
-
 def main() -> None:
+    from harness import Run, header, interleave, machine
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1024)  # alpaca-like rows
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ftx-bench-train"))
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model"
     if not (model / "config.json").exists():
-        sh(
-            str(FTX),
-            "init-model",
-            "--arch",
-            "llama",
-            "--size",
-            "small",
-            "--out",
-            str(model),
-            "--force",
-        )
+        sh(str(FTX), "init-model", "--arch", "llama", "--size", "small", "--out", str(model))
     data = work / "alpaca_like.jsonl"
     sh(sys.executable, str(ROOT / "bench/make_alpaca_like.py"), str(data), "--rows", str(args.rows))
     recipe = work / "bench.yaml"
@@ -103,50 +111,63 @@ def main() -> None:
         f"train: {{epochs: 1, micro_batch_size: {args.batch}, learning_rate: 1.0e-3,"
         " logging_steps: 10}\n"
     )
-    padded = ftx_run(recipe, work / "padded")
-    packed = ftx_run(recipe, work / "packed", "data.packing=true")
+    prepared = work / "prepared"
+    if not (prepared / "manifest.json").exists():
+        sh(str(FTX), "-q", "data", "prepare", str(recipe), "--out", str(prepared))
 
     sys.path.insert(0, str(ROOT))
     from ftx.core import envs
 
-    python = envs.ensure("torch")
-    plain = json.loads(
-        subprocess.run(
-            [
-                str(python),
-                "-c",
-                PLAIN_TRAINER,
-                str(work / "padded/data"),
-                str(model),
-                str(work / "plain"),
-                str(args.batch),
-            ],
-            text=True,
-            capture_output=True,
-            check=True,
-            env=envs.process_env("torch"),
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    python = str(envs.ensure("torch"))
+    env = envs.process_env("torch")
 
-    def rate(result: dict) -> float:
-        return result["tokens"] / result["train_seconds"]
+    def ftx(name: str, *overrides: str) -> list[str]:
+        out = work / name
+        run = [str(FTX), "-q", "run", str(recipe), "--out", str(out), "--force", *overrides]
+        return [sys.executable, "-c", FTX_RUN, *run, str(out / "run.json")]
 
+    def trainer(collator: str) -> list[str]:
+        out = str(work / f"trainer-{collator}")
+        return [python, "-c", PLAIN_TRAINER, str(prepared), str(model), out, str(args.batch),
+                collator]  # fmt: skip
+
+    runs = [
+        Run(f"ftx, padded, batch {args.batch}", ftx("padded")),
+        Run(f"transformers Trainer, padded, batch {args.batch}", trainer("padded"), env=env),
+        Run(f"ftx, packed rows of 512, batch {args.batch}", ftx("packed", "data.packing=true")),
+        Run(
+            f"Trainer + DataCollatorWithFlattening, batch {args.batch}",
+            trainer("flattening"),
+            env=env,
+        ),
+    ]
+    started = machine()
+    interleave(runs, args.repeats)
+
+    def results(run: Run) -> list[dict]:
+        return [json.loads(s.output.strip().splitlines()[-1]) for s in run.samples]
+
+    def rates(run: Run) -> list[float]:
+        return sorted(r["tokens"] / r["train_seconds"] for r in results(run))
+
+    medians = [rates(r)[len(r.samples) // 2] for r in runs]
+    print(header(f"bench/train_torch.py --rows {args.rows} --repeats {args.repeats}", started))
     print(
-        f"\nTorch backend on CPU: {args.rows} alpaca-like rows (max 512 tokens), llama 'small'"
-        " (3.4M parameters), fp32, one epoch\n"
+        f"Torch backend on CPU: {args.rows} alpaca-like rows (max 512 tokens), llama 'small'"
+        " (3.4M parameters), fp32, one epoch; real tokens/s of the training loop, median"
+        f" (min-max) of {args.repeats} interleaved runs\n"
     )
-    print("| run | real tokens/s | vs plain Trainer | vs ftx padded |")
+    print("| run | real tokens/s | ratio | final loss |")
     print("| --- | --- | --- | --- |")
-    base, ours = rate(plain), rate(padded)
-    print(f"| plain transformers Trainer, padded, batch {args.batch} | {base:,.0f} | 1.00x | - |")
-    print(f"| ftx, padded, batch {args.batch} | {ours:,.0f} | {ours / base:.2f}x | 1.00x |")
-    print(
-        f"| ftx, packed rows of 512, batch {args.batch} | {rate(packed):,.0f} |"
-        f" {rate(packed) / base:.2f}x |"
-        f" {rate(packed) / ours:.2f}x |"
-    )
+    baseline = {0: medians[1], 1: medians[1], 2: medians[3], 3: medians[3]}
+    for i, run in enumerate(runs):
+        found = rates(run)
+        loss = results(run)[0]["final_loss"]
+        print(
+            f"| {run.label} | {medians[i]:,.0f} ({found[0]:,.0f}-{found[-1]:,.0f}) |"
+            f" {medians[i] / baseline[i]:.2f}x | {loss:.4f} |"
+        )
+    print("\n(ratio: ftx padded vs the padded Trainer, ftx packed vs the flattening collator)")
 
 
 if __name__ == "__main__":

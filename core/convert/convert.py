@@ -8,13 +8,16 @@ temporary folder beside the destination and renamed into place when complete.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ftx.core.convert.bytecopy import Tensor
 from ftx.core.convert.configs import convert_config, load_config
 from ftx.core.convert.names import NameMap
 from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile, write_safetensors
@@ -94,7 +97,8 @@ def plan_tensors(
 
 def transpose_2d(array: np.ndarray, tile: int = 256) -> np.ndarray:
     """A contiguous transpose done tile by tile: several times faster than numpy's
-    strided copy of a large matrix, because each tile stays in the CPU cache.
+    strided copy of a large matrix, because each tile stays in the CPU cache. Bands of
+    rows go to one thread per core (numpy releases the GIL while it copies a tile).
 
     The source is first read in one sequential pass (a memory map read tile by tile
     would fault its pages in column order).
@@ -104,18 +108,33 @@ def transpose_2d(array: np.ndarray, tile: int = 256) -> np.ndarray:
     source = np.array(array, copy=True) if isinstance(array, np.memmap) else array
     rows, cols = source.shape
     out = np.empty((cols, rows), dtype=source.dtype)
-    for i in range(0, rows, tile):
-        for j in range(0, cols, tile):
-            out[j : j + tile, i : i + tile] = source[i : i + tile, j : j + tile].T
+
+    def band(first: int, last: int) -> None:
+        for i in range(first, last, tile):
+            for j in range(0, cols, tile):
+                out[j : j + tile, i : i + tile] = source[i : i + tile, j : j + tile].T
+
+    workers = min(os.cpu_count() or 1, 8, max(1, rows // (4 * tile)))
+    if workers == 1:
+        band(0, rows)
+        return out
+    step = -(-rows // workers // tile) * tile  # whole tiles per band
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda first: band(first, min(first + step, rows)), range(0, rows, step)))
     return out
 
 
-def _produce(item: Planned):
+def _produce(item: Planned) -> Tensor:
+    """The output tensor: the source bytes as they are (copied by the kernel), or
+    transposed."""
+
     def make() -> np.ndarray:
         array = item.source.read(item.source_name)
         return transpose_2d(array) if item.transpose else array
 
-    return make
+    ranges = item.source.byte_ranges(item.source_name)
+    same_dtype = item.source.info(item.source_name).dtype == item.target.dtype
+    return Tensor(make, ranges, passthrough=not item.transpose and same_dtype)
 
 
 FILE_FORMATS = {"safetensors": ("hf", "paddle", "mindspore"), "ckpt": ("mindspore",),

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ftx.core.convert.bytecopy import ByteRange, copy_ranges, prefetch, write_all
 from ftx.core.convert.safetensors_stream import DTYPES, TensorInfo, WeightFile
 from ftx.core.errors import FtxError
 
@@ -188,6 +189,9 @@ class CkptReader(WeightFile):
                 content = span
         return tag, dims, kind, content
 
+    def byte_ranges(self, name: str) -> list[ByteRange]:
+        return [ByteRange(self.path, offset, length) for offset, length in self.entries[name][1]]
+
     def read(self, name: str) -> np.ndarray:
         """The tensor's bytes, read (and its slices joined) into a fresh array."""
         info, parts = self.entries[name]
@@ -206,6 +210,16 @@ def _message(field: int, payload_length: int) -> bytes:
     return _encode_varint((field << 3) | 2) + _encode_varint(payload_length)
 
 
+def _slice_shapes(info: TensorInfo) -> list[tuple[int, ...]]:
+    """The shapes MindSpore splits a tensor into: along the first axis, in parts of at most
+    SLICE_BYTES (as numpy.array_split does: the first parts one row longer)."""
+    if info.nbytes <= SLICE_BYTES or not info.shape:
+        return [info.shape]
+    parts = math.ceil(info.nbytes / SLICE_BYTES)
+    rows, rest = divmod(info.shape[0], parts)
+    return [(rows + (i < rest), *info.shape[1:]) for i in range(parts)]
+
+
 def write_ckpt(
     path: Path,
     tensors: Iterable[tuple[TensorInfo, Callable[[], np.ndarray]]],
@@ -214,20 +228,22 @@ def write_ckpt(
 ) -> None:
     """Write tensors one at a time (split like MindSpore above 512 MB)."""
     checksum = 0
-    with path.open("wb") as handle:
-        for info, produce in tensors:
-            array = np.ascontiguousarray(produce(), dtype=DTYPES[info.dtype])
-            parts = (
-                np.array_split(array, math.ceil(array.nbytes / SLICE_BYTES))
-                if array.nbytes > SLICE_BYTES and array.ndim
-                else [array]
-            )
-            for part in parts:
-                dims = b"".join(b"\x08" + _encode_varint(d) for d in (part.shape or (0,)))
+    items = list(tensors)
+    with path.open("wb", buffering=0) as handle:
+        fd = handle.fileno()
+        for index, (info, produce) in enumerate(items):
+            if index + 1 < len(items):
+                prefetch(items[index + 1][1])
+            # Bytes unchanged and no checksum to compute: the kernel copies them.
+            direct = getattr(produce, "passthrough", False) and not crc
+            array = None if direct else np.ascontiguousarray(produce(), dtype=DTYPES[info.dtype])
+            start = 0
+            for shape in _slice_shapes(info):
+                length = math.prod(shape) * DTYPES[info.dtype].itemsize  # () -> one item
+                dims = b"".join(b"\x08" + _encode_varint(d) for d in (shape or (0,)))
                 kind = TO_MS[info.dtype].encode()
-                content = memoryview(np.ascontiguousarray(part)).cast("B")
                 tensor_len = len(dims) + len(_message(2, len(kind))) + len(kind)
-                tensor_len += len(_message(3, len(content))) + len(content)
+                tensor_len += len(_message(3, length)) + length
                 tag = info.name.encode()
                 value_len = len(_message(1, len(tag))) + len(tag)
                 value_len += len(_message(2, tensor_len)) + tensor_len
@@ -239,13 +255,18 @@ def write_ckpt(
                     + dims
                     + _message(2, len(kind))
                     + kind
-                    + _message(3, len(content))
+                    + _message(3, length)
                 )
-                handle.write(head)
-                handle.write(content)
-                if crc:
-                    checksum = binascii.crc32(content, binascii.crc32(head, checksum))
+                write_all(fd, head)
+                if array is None:
+                    copy_ranges(produce.source_ranges, fd, start, length)
+                else:
+                    content = array.reshape(-1).view(np.uint8)[start : start + length]
+                    if length:
+                        write_all(fd, content)
+                    if crc:
+                        checksum = binascii.crc32(content, binascii.crc32(head, checksum))
+                start += length
         if crc:
-            handle.write(CRC_MARK + checksum.to_bytes(10, "big"))
-        handle.flush()
+            write_all(fd, CRC_MARK + checksum.to_bytes(10, "big"))
         os.fsync(handle.fileno())

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ftx.core.convert.bytecopy import ByteRange, copy_ranges, prefetch, write_all
 from ftx.core.errors import FtxError
 
 # safetensors dtype -> (numpy dtype used to carry it, bytes per element)
@@ -67,6 +68,11 @@ class WeightFile(ABC):
     def read(self, name: str) -> np.ndarray:
         """The tensor's values (without loading the rest of the file)."""
 
+    def byte_ranges(self, name: str) -> list[ByteRange] | None:
+        """Where the tensor's raw little-endian bytes lie in files, in order (None when
+        they are not stored raw, as in a pickle)."""
+        return None
+
 
 class SafetensorsReader(WeightFile):
     """The header of a safetensors file, and its tensors on demand (memory-mapped)."""
@@ -109,6 +115,10 @@ class SafetensorsReader(WeightFile):
                     fix="copy or download the file again",
                 )
             self.entries[name] = (info, start, end)
+
+    def byte_ranges(self, name: str) -> list[ByteRange]:
+        _, start, end = self.entries[name]
+        return [ByteRange(self.path, self.data_start + start, end - start)]
 
     def read(self, name: str) -> np.ndarray:
         """The tensor as a read-only memory map (BF16 as raw uint16)."""
@@ -175,10 +185,17 @@ def write_safetensors(
         offset += info.nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    with path.open("wb") as handle:
-        handle.write(struct.pack("<Q", len(text)))
-        handle.write(text)
-        for info, produce in items:
+    with path.open("wb", buffering=0) as handle:
+        fd = handle.fileno()
+        write_all(fd, struct.pack("<Q", len(text)) + text)
+        for i, (info, produce) in enumerate(items):
+            if i + 1 < len(items):
+                prefetch(items[i + 1][1])  # the kernel reads the next one meanwhile
+            if getattr(produce, "passthrough", False):
+                ranges = produce.source_ranges
+                if sum(r.length for r in ranges) == info.nbytes:
+                    copy_ranges(ranges, fd)
+                    continue
             array = np.ascontiguousarray(produce(), dtype=DTYPES[info.dtype])
             if array.shape != info.shape:
                 raise FtxError(
@@ -187,6 +204,5 @@ def write_safetensors(
                     where=str(path),
                 )
             if array.size:  # an empty tensor has no bytes (and no byte view)
-                handle.write(memoryview(array).cast("B"))
-        handle.flush()
+                write_all(fd, array)
         os.fsync(handle.fileno())

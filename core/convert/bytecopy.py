@@ -1,0 +1,116 @@
+"""Moving tensor bytes at disk speed.
+
+A tensor whose bytes do not change (a rename between formats, the dtype kept) is copied
+file to file by the kernel (``copy_file_range``: no trip through Python buffers, and a
+reflink where the filesystem shares extents), falling back to ``sendfile`` and then to
+plain reads. Producers say what they are with two attributes a writer looks for:
+``source_ranges`` (where the tensor's bytes lie, so the next one can be read ahead) and
+``passthrough`` (the output bytes are exactly those).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHUNK = 64 << 20
+_KERNEL_REFUSALS = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """``length`` bytes of ``path`` from ``offset``."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+class Tensor:
+    """A producer: ``make()`` gives the array; ``source_ranges`` where its source bytes lie;
+    ``passthrough`` when the output bytes are the source bytes unchanged."""
+
+    def __init__(
+        self,
+        make: Callable[[], np.ndarray],
+        source_ranges: Sequence[ByteRange] | None = None,
+        passthrough: bool = False,
+    ):
+        self.make = make
+        self.source_ranges = source_ranges
+        self.passthrough = passthrough and source_ranges is not None
+
+    def __call__(self) -> np.ndarray:
+        return self.make()
+
+
+def write_all(fd: int, data: Any) -> None:
+    """Write a whole buffer to an unbuffered file descriptor (write(2) may write less)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(fd, view[: 1 << 30])
+        view = view[written:]
+
+
+def prefetch(producer: Any) -> None:
+    """Ask the kernel to start reading a producer's source bytes (while this one is busy)."""
+    for part in getattr(producer, "source_ranges", None) or ():
+        try:
+            fd = os.open(part.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, part.offset, part.length, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
+
+def copy_ranges(ranges: Iterable[ByteRange], out_fd: int, start: int = 0, count: int = -1) -> None:
+    """Append bytes ``start .. start + count`` of the ranges (joined) to ``out_fd``."""
+    for part in ranges:
+        if count == 0:
+            return
+        if start >= part.length:
+            start -= part.length
+            continue
+        length = part.length - start if count < 0 else min(count, part.length - start)
+        with open(part.path, "rb", buffering=0) as source:
+            _copy(source.fileno(), out_fd, part.offset + start, length)
+        count = count - length if count > 0 else count
+        start = 0
+
+
+def _copy(in_fd: int, out_fd: int, offset: int, length: int) -> None:
+    done = 0
+    try:
+        while done < length:
+            n = os.copy_file_range(in_fd, out_fd, min(length - done, 1 << 30), offset + done)
+            if n == 0:
+                raise EOFError("the source file ended early")
+            done += n
+        return
+    except OSError as exc:
+        if exc.errno not in _KERNEL_REFUSALS:
+            raise
+    try:
+        while done < length:
+            n = os.sendfile(out_fd, in_fd, offset + done, min(length - done, 1 << 30))
+            if n == 0:
+                raise EOFError("the source file ended early")
+            done += n
+        return
+    except OSError as exc:
+        if exc.errno not in _KERNEL_REFUSALS:
+            raise
+    while done < length:
+        chunk = os.pread(in_fd, min(CHUNK, length - done), offset + done)
+        if not chunk:
+            raise EOFError("the source file ended early")
+        write_all(out_fd, chunk)
+        done += len(chunk)
