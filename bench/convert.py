@@ -129,9 +129,12 @@ def main() -> None:
         )
     started = machine()
 
+    outputs = [work / name for name in ("copy", "ms", "ckpt", "back", "pd")]
+
     def fresh(out: Path) -> Callable[[], None]:
         def clear() -> None:
-            shutil.rmtree(out, ignore_errors=True)
+            for folder in outputs:  # one output on disk at a time (the 32-layer one is 13.5 GB)
+                shutil.rmtree(folder, ignore_errors=True)
             drop_caches()
 
         return clear

@@ -114,3 +114,24 @@ def _copy(in_fd: int, out_fd: int, offset: int, length: int) -> None:
             raise EOFError("the source file ended early")
         write_all(out_fd, chunk)
         done += len(chunk)
+
+
+def read_ranges(ranges: Sequence[ByteRange], dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """The bytes of ``ranges`` read into a fresh array with plain reads: no mapped pages
+    stay counted against this process, as they would reading through a memory map."""
+    out = np.empty(shape, dtype=dtype)
+    view = memoryview(out.reshape(-1)).cast("B") if out.size else memoryview(b"")
+    position = 0
+    for part in ranges:
+        with open(part.path, "rb", buffering=0) as source:
+            done = 0
+            while done < part.length:
+                n = os.preadv(
+                    source.fileno(), [view[position + done : position + part.length]],
+                    part.offset + done,
+                )  # fmt: skip
+                if n == 0:
+                    raise EOFError("the source file ended early")
+                done += n
+        position += part.length
+    return out

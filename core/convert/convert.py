@@ -17,10 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from ftx.core.convert.bytecopy import Tensor
+from ftx.core.convert.bytecopy import Tensor, read_ranges
 from ftx.core.convert.configs import convert_config, load_config
 from ftx.core.convert.names import NameMap
-from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile, write_safetensors
+from ftx.core.convert.safetensors_stream import (
+    DTYPES,
+    TensorInfo,
+    WeightFile,
+    write_safetensors,
+)
 from ftx.core.convert.sources import TRAINING_STATE, open_weights, weight_files
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import claim_destination, staged_dir
@@ -128,11 +133,15 @@ def _produce(item: Planned) -> Tensor:
     """The output tensor: the source bytes as they are (copied by the kernel), or
     transposed."""
 
+    ranges = item.source.byte_ranges(item.source_name)
+
     def make() -> np.ndarray:
+        if item.transpose and ranges is not None:
+            info = item.source.info(item.source_name)
+            return transpose_2d(read_ranges(ranges, DTYPES[info.dtype], info.shape))
         array = item.source.read(item.source_name)
         return transpose_2d(array) if item.transpose else array
 
-    ranges = item.source.byte_ranges(item.source_name)
     same_dtype = item.source.info(item.source_name).dtype == item.target.dtype
     return Tensor(make, ranges, passthrough=not item.transpose and same_dtype)
 
