@@ -78,8 +78,7 @@ data = get_dataset(template, model_args, data_args, training_args, "sft", **toke
 seconds = time.perf_counter() - start
 train = data["train_dataset"]
 pad = tokenizer_module["tokenizer"].pad_token_id
-tokens = sum(sum(1 for t in x if t != pad) for x in train["input_ids"]) if not packing else \
-    sum(len(x) for x in train["input_ids"])
+tokens = sum(sum(1 for t in x if t != pad) for x in train["input_ids"])  # real tokens only
 print(json.dumps({"seconds": seconds, "rows": len(train), "tokens": tokens}))
 """
 
@@ -143,11 +142,18 @@ def alpaca_rows(sentences: list[str], count: int, seed: int = 0) -> list[dict[st
 
 def tokenizer_model(folder: Path, sentences: list[str]) -> None:
     """A 50,000-token Qwen2-style tokenizer trained on the corpus, with a qwen2 config."""
-    from ftx.core.models.init import CHAT_STYLES, hf_config, train_tokenizer
+    from ftx.core.models.init import (
+        CHAT_STYLES,
+        _portable_tokenizer_config,
+        hf_config,
+        train_tokenizer,
+    )
 
     tokenizer = train_tokenizer(CHAT_STYLES["qwen2"], 50_000, sentences)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(folder))
+    # Loadable by LLaMA-Factory's transformers 4.57 as well as by 5.x.
+    _portable_tokenizer_config(folder / "tokenizer_config.json", tokenizer.chat_template)
     (folder / "config.json").write_text(json.dumps(hf_config("qwen2", "tiny", tokenizer)))
 
 
