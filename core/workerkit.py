@@ -227,18 +227,11 @@ class Checkpoints:
     def save(
         self, step: int, state: TrainerState, rank: Rank, write: Callable[[Path], None]
     ) -> None:
-        tmp = self.root / f".checkpoint-{step}.partial"
+        def complete(folder: Path) -> None:  # rank 0, once every rank has written
+            write_record(folder / self.STATE, state)
+
+        staged_on_every_rank(self.root / f"checkpoint-{step}", rank, write, complete)
         if rank.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        rank.barrier()
-        write(tmp)
-        rank.barrier()
-        if rank.main:
-            write_record(tmp / self.STATE, state)
-            final = self.root / f"checkpoint-{step}"
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.replace(final)
             for old in self.complete()[: -self.keep] if self.keep else []:
                 shutil.rmtree(old, ignore_errors=True)
         rank.barrier()
@@ -251,10 +244,16 @@ class Checkpoints:
         return state
 
 
-def write_final(layout: RunLayout, rank: Rank, write: Callable[[Path], None]) -> None:
-    """OUT/final, written by ``write(folder)`` on every rank into a staged folder and
-    renamed into place on rank 0, so OUT/final is complete or absent."""
-    tmp = layout.root / ".final.partial"
+def staged_on_every_rank(
+    final: Path,
+    rank: Rank,
+    write: Callable[[Path], None],
+    complete: Callable[[Path], None] | None = None,
+) -> None:
+    """``final``, written by ``write(folder)`` on every rank into one staged folder (a fixed
+    name, so every rank finds it) and renamed into place by rank 0 once all are done, so
+    ``final`` is complete or absent."""
+    tmp = final.with_name(f".{final.name}.partial")
     if rank.main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -262,9 +261,16 @@ def write_final(layout: RunLayout, rank: Rank, write: Callable[[Path], None]) ->
     write(tmp)
     rank.barrier()
     if rank.main:
-        shutil.rmtree(layout.final, ignore_errors=True)
-        tmp.replace(layout.final)
+        if complete is not None:
+            complete(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
     rank.barrier()
+
+
+def write_final(layout: RunLayout, rank: Rank, write: Callable[[Path], None]) -> None:
+    """OUT/final, written on every rank by ``write(folder)``, staged."""
+    staged_on_every_rank(layout.final, rank, write)
 
 
 # --------------------------------------------------------------------------- the loop's bookkeeping

@@ -88,26 +88,21 @@ def copy_ranges(ranges: Iterable[ByteRange], out_fd: int, start: int = 0, count:
 
 def _copy(in_fd: int, out_fd: int, offset: int, length: int) -> None:
     done = 0
-    try:
-        while done < length:
-            n = os.copy_file_range(in_fd, out_fd, min(length - done, 1 << 30), offset + done)
-            if n == 0:
-                raise EOFError("the source file ended early")
-            done += n
-        return
-    except OSError as exc:
-        if exc.errno not in _KERNEL_REFUSALS:
-            raise
-    try:
-        while done < length:
-            n = os.sendfile(out_fd, in_fd, offset + done, min(length - done, 1 << 30))
-            if n == 0:
-                raise EOFError("the source file ended early")
-            done += n
-        return
-    except OSError as exc:
-        if exc.errno not in _KERNEL_REFUSALS:
-            raise
+    kernel = (
+        lambda n: os.copy_file_range(in_fd, out_fd, n, offset + done),
+        lambda n: os.sendfile(out_fd, in_fd, offset + done, n),
+    )
+    for copy in kernel:  # the fastest the kernel and filesystem allow
+        try:
+            while done < length:
+                n = copy(min(length - done, 1 << 30))
+                if n == 0:
+                    raise EOFError("the source file ended early")
+                done += n
+            return
+        except OSError as exc:
+            if exc.errno not in _KERNEL_REFUSALS:
+                raise
     while done < length:
         chunk = os.pread(in_fd, min(CHUNK, length - done), offset + done)
         if not chunk:
