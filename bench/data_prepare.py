@@ -9,8 +9,9 @@ BPE with a 50,000-token vocabulary and Qwen2's pre-tokenizer is trained on it; a
 are drawn from it with Stanford Alpaca-like lengths (one-sentence instructions, inputs on
 40% of rows, answers with a long tail). Both tools use the Qwen2.5 ChatML layout (ftx
 `qwen2_5`, LLaMA-Factory `qwen`), a 1024-token cutoff and LLaMA-Factory's truncation rule
-(ftx `data.truncation: lf_split`); an untimed run first checks that both produce the same
-number of tokens, and the bench stops if they do not.
+(ftx `data.truncation: lf_split`; when packing, LLaMA-Factory cuts and packs to 1023 tokens,
+keeping one for padding, so ftx packs rows of 1023 too); the first run of each pair checks
+that both produce the same number of tokens, and the bench stops if they do not.
 
 Timed (bench/harness.py): each tool in a fresh process, interleaved, --repeats rounds; the
 preparation alone (each tool's own clock, started once its tokenizer is loaded, as
@@ -86,7 +87,7 @@ FTX_RUN = r"""
 import json, sys, time, tempfile, pathlib
 from ftx.core.recipe import load_recipe
 from ftx.core.data.prepare import prepare
-recipe = load_recipe(sys.argv[1], ["data.packing=" + sys.argv[2]]).recipe
+recipe = load_recipe(sys.argv[1], sys.argv[2:]).recipe
 # The tokenizer loaded before the clock, as LLaMA-Factory's run does (prepare loads its own).
 from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(recipe.model.path)
 out = pathlib.Path(tempfile.mkdtemp()) / "p"
@@ -208,7 +209,10 @@ def main() -> None:
             " truncation: lf_split}\n"
         )
         for packing in (False, True):
-            ftx = [sys.executable, "-c", FTX_RUN, str(recipe), "true" if packing else "false"]
+            # LLaMA-Factory packs into cutoff - 1 tokens (one kept for padding) and cuts
+            # examples to that when packing: ftx gets the same length to hold the same tokens.
+            overrides = ["data.packing=true", "data.max_seq_len=1023"] if packing else []
+            ftx = [sys.executable, "-c", FTX_RUN, str(recipe), *overrides]
             lf = [str(venv / "bin/python"), "-c", LLAMAFACTORY_RUN, str(work), str(model),
                   f"bench{rows}", "1" if packing else "0"]  # fmt: skip
             runs = [Run("ftx", ftx), Run("LLaMA-Factory", lf)]

@@ -55,8 +55,17 @@ def test_plan_writes_launch_script(tmp_path: Path) -> None:
     launch = tmp_path / "plan" / "launch.sh"
     assert launch.exists() and launch.stat().st_mode & 0o111
     text = launch.read_text()
-    assert "torchrun" in text and "--nproc_per_node=1" in text
-    assert "ftx.backends.torch.worker" in text
+    # one process, no DeepSpeed: the worker starts directly, without torchrun
+    assert "exec python \\\n    -m \\\n    ftx.backends.torch.worker" in text
+    two = run_ftx(
+        "plan",
+        "recipes/quickstart.yaml",
+        "--out",
+        str(tmp_path / "two"),
+        "parallel.nproc_per_node=2",
+    )
+    assert two.returncode == 0, two.stderr
+    assert "torchrun" in (tmp_path / "two/plan/launch.sh").read_text()
     config = json.loads((tmp_path / "plan" / "worker.json").read_text())
     assert config["train"]["learning_rate"] == pytest.approx(1e-3)
     assert config["data"]["prepared"] == "data"  # relative to OUT: the plan can move

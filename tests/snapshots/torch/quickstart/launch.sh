@@ -4,9 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TOKENIZERS_PARALLELISM=false
-exec torchrun \
-    --standalone \
-    --nproc_per_node=1 \
+exec python \
     -m \
     ftx.backends.torch.worker \
     plan/worker.json
