@@ -105,14 +105,18 @@ def _jsonl(handle: BinaryIO, limit: int) -> Iterator[tuple[int, Any]]:
         if isinstance(line, BadRow):
             yield number, line
             continue
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, BadRow(f"not valid JSON ({exc.msg} at column {exc.colno})")
-        except RecursionError:
-            yield number, BadRow("JSON nested too deeply")
+        if line.strip():
+            yield number, _parse_json(line)
+
+
+def _parse_json(text: str) -> Any:
+    """One row's JSON, or the BadRow that says why it is not."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return BadRow(f"not valid JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return BadRow("JSON nested too deeply")
 
 
 # The rest of a string, closing quote included (unrolled: one step per escape, not per character).
@@ -174,12 +178,7 @@ class _ArrayReader:
             elif _SURROGATE.search(text):
                 yield start_line, BadRow("not UTF-8 text")
             else:
-                try:
-                    yield start_line, json.loads(text)
-                except json.JSONDecodeError as exc:
-                    yield start_line, BadRow(f"not valid JSON ({exc.msg})")
-                except RecursionError:
-                    yield start_line, BadRow("JSON nested too deeply")
+                yield start_line, _parse_json(text)
             following = self._skip_space()
             if following == "]":
                 return
