@@ -35,6 +35,10 @@ class Capabilities:
     packing: bool = True
     model_formats: frozenset[str] = frozenset({"hf"})  # checkpoint formats it trains from
     accelerator_only: frozenset[str] = frozenset()  # methods that need a GPU/NPU
+    # Values (finetuning methods, precisions, parallel modes) the translator writes into
+    # the native plan for the framework's own trainer, but ftx's worker does not run:
+    # `ftx plan` takes them, `ftx run` refuses them and says how to run the plan.
+    plan_only: frozenset[str] = frozenset()
     notes: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -75,6 +79,9 @@ class BackendSpec:
     worker: str | None = None  # the module the launcher runs with OUT/plan/worker.json
     overrides: Mapping[str, Override] = field(default_factory=dict)
     exporters: Mapping[str, DataExporter] = field(default_factory=dict)
+    # An exporter (a key of ``exporters``) that writes the data the native configs of a
+    # plan read into OUT/plan/data, so the plan also runs with the framework's own CLI.
+    plan_data: str | None = None
 
     @property
     def trains(self) -> bool:

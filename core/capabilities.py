@@ -43,15 +43,27 @@ def check_recipe(
     source: str,
     accelerator: bool | None = None,
     model_format: str | None = None,
+    running: bool = True,
 ) -> None:
     """Raise an FtxError naming every key the backend cannot honour.
 
     ``every`` is the whole matrix, used to say which backends would run it.
     ``accelerator`` is whether a GPU/NPU is known to be present (None: unknown).
+    ``running`` is False for `ftx plan`, which also takes the backend's plan-only values.
     """
     problems: list[str] = []
 
     def need(key: str, value: str, supported: Iterable[str], attr: str) -> None:
+        if value in caps.plan_only:
+            if not running:
+                return
+            note = caps.notes.get(value, "")
+            problems.append(
+                f"{key}: '{value}' is written into the {backend} backend's native plan"
+                f" (`ftx plan --backend {backend}`) for the framework's own trainer, but"
+                f" ftx's {backend} worker does not run it{': ' + note if note else ''}"
+            )
+            return
         if value in supported:
             return
         others = sorted(n for n, c in every.items() if value in getattr(c, attr))

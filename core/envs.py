@@ -35,13 +35,25 @@ def ftx_home() -> Path:
     return Path(os.environ.get("FTX_HOME") or Path.home() / ".cache" / "ftx").expanduser()
 
 
+# Environments that belong to no backend (the tests' oracle of an older framework
+# release, say), added with :func:`register`; `ftx env` lists only backends'.
+_EXTRA: dict[str, EnvironmentSpec] = {}
+
+
+def register(name: str, spec: EnvironmentSpec) -> None:
+    """Make an environment that is not a backend's buildable under ``name``."""
+    _EXTRA[name] = spec
+
+
 def env_names() -> list[str]:
     """Every backend's environment (one per backend, named after it)."""
     return list(specs())
 
 
 def get_spec(name: str) -> EnvironmentSpec:
-    """The environment spec of a backend, or a clear error."""
+    """The environment spec of a backend (or a registered extra), or a clear error."""
+    if name in _EXTRA:
+        return _EXTRA[name]
     return get_backend_spec(name, trains=False).environment
 
 
@@ -133,8 +145,9 @@ def remove(name: str) -> bool:
 
 def inventory(name: str) -> dict[str, Any]:
     """Ask the environment for its framework versions and devices (ftx.core.inventory)."""
+    spec = get_spec(name)
     result = subprocess.run(
-        [str(env_python(name)), "-m", "ftx.core.inventory", name],
+        [str(env_python(name)), "-m", "ftx.core.inventory", spec.devices, *spec.frameworks],
         capture_output=True,
         text=True,
         cwd=tempfile.gettempdir(),  # some frameworks write log folders into the cwd on import

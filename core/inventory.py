@@ -2,7 +2,8 @@
 
 Prints one JSON line, ``{"python", "executable", "versions", "devices"}``, that
 `ftx env create` records and `ftx env doctor` shows. Standard library only; the
-device detection comes from the backend's spec.
+device detection comes from the environment's spec (a backend's, or one given
+on the command line: ``python -m ftx.core.inventory DEVICES_FN DIST...``).
 """
 
 from __future__ import annotations
@@ -27,19 +28,23 @@ def versions(distributions: Iterable[str]) -> dict[str, str | None]:
     return found
 
 
-def inventory(name: str) -> dict[str, object]:
-    environment = specs()[name].environment
+def inventory(devices_function: str, frameworks: Iterable[str]) -> dict[str, object]:
+    """Python, framework versions and visible devices of the running environment."""
     try:
-        devices = load(environment.devices)()
+        devices = load(devices_function)()
     except Exception as exc:  # a broken driver must not hide the versions
         devices = [f"error: {exc}"]
     return {
         "python": platform.python_version(),
         "executable": sys.executable,
-        "versions": versions(environment.frameworks),
+        "versions": versions(frameworks),
         "devices": devices,
     }
 
 
 if __name__ == "__main__":
-    print(json.dumps(inventory(sys.argv[1])))
+    if len(sys.argv) == 2:  # a backend's name
+        spec = specs()[sys.argv[1]].environment
+        print(json.dumps(inventory(spec.devices, spec.frameworks)))
+    else:
+        print(json.dumps(inventory(sys.argv[1], sys.argv[2:])))

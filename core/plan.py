@@ -9,11 +9,14 @@ to the launch. Paths in a plan are relative to OUT: launch.sh starts there.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftx.core.contract import WORKER_CONFIG, RunLayout, WorkerConfig
 from ftx.core.fsutil import staged_dir
+
+PLAN_DATA = "data"  # OUT/plan/data: native data a plan's configs read (see BackendSpec.plan_data)
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class NativePlan:
 
     backend: str
     worker_config: WorkerConfig
-    files: dict[str, str]  # native files beside worker.json in OUT/plan
+    files: dict[str, str]  # native files under OUT/plan (names may hold a folder: a/b.json)
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
 
@@ -48,12 +51,18 @@ class NativePlan:
             f"exec {command}\n"
         )
 
-    def write(self, layout: RunLayout) -> list[str]:
-        """Write OUT/plan (staged, then renamed into place whole); return the file names."""
+    def write(self, layout: RunLayout, data: Callable[[Path], str] | None = None) -> list[str]:
+        """Write OUT/plan (staged, then renamed into place whole); return the file names.
+
+        ``data(folder)`` writes the native data the plan's files read into OUT/plan/data.
+        """
         files = self.rendered()
         with staged_dir(layout.plan, replace=True) as tmp:
             for name, text in files.items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_text(text, encoding="utf-8")
             launch = tmp / layout.launch_script.name
             launch.chmod(launch.stat().st_mode | 0o111)
-        return list(files)
+            if data is not None:
+                data(tmp / PLAN_DATA)
+        return [*files, f"{PLAN_DATA}/"] if data is not None else list(files)

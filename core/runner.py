@@ -37,7 +37,7 @@ from ftx.core.preflight import Topology, run_preflight
 from ftx.core.progress import RunDisplay
 from ftx.core.recipe import LoadedRecipe, recipe_digest
 from ftx.core.recipe.schema import Recipe
-from ftx.core.registry import capability_matrix, get_spec, specs, translator
+from ftx.core.registry import capability_matrix, get_spec, load, specs, translator
 from ftx.core.runtime import get_runtime
 
 
@@ -50,6 +50,14 @@ class Target:
 
     def translate(self) -> NativePlan:
         return translator(self.spec)(self.recipe)
+
+    def write_plan(self, layout: RunLayout) -> list[str]:
+        """Translate and write OUT/plan, with the native data when the backend has some."""
+        name = self.spec.plan_data
+        if name is None:
+            return self.translate().write(layout)
+        export = load(self.spec.exporters[name].function)
+        return self.translate().write(layout, lambda folder: export(self.recipe, folder))
 
 
 def check_model(loaded: LoadedRecipe) -> None:
@@ -98,6 +106,7 @@ def target_for(loaded: LoadedRecipe, backend: str, *, here: bool = True) -> Targ
         source=str(loaded.source),
         model_format=model_format,
         accelerator=accelerator_seen(backend) if here else None,
+        running=here,
     )
     return Target(spec, recipe)
 
@@ -125,7 +134,7 @@ def make_plan(
     target = target_for(loaded, backend, here=False)
     layout = layout_for(loaded, out)
     claim_destination(layout.plan, force=force, inputs=input_paths(target.recipe, loaded.source))
-    return layout, target.translate().write(layout)
+    return layout, target.write_plan(layout)
 
 
 def claim_output(
@@ -173,7 +182,7 @@ def run(
     # The tokenizer ran in parallel threads above; saying so explicitly keeps it from
     # warning in every process forked from here on (launchers, pip).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    written = target.translate().write(layout)
+    written = target.write_plan(layout)
     info(f"[bold]Plan[/] written to {layout.plan} ({', '.join(written)})")
 
     environment = runtime.prepare(spec.name)

@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from oracles import ORACLES
+
+from ftx.core import envs
+
+for _name, _spec in ORACLES.items():
+    envs.register(_name, _spec)
 
 ROOT = Path(__file__).resolve().parent.parent
 FTX = Path(sys.executable).with_name("ftx")

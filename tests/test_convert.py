@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracles import PADDLENLP
 
 from conftest import FTX, run_ftx, run_in_env
 from ftx.core.convert.convert import convert
@@ -187,7 +188,7 @@ def test_paddlenlp_loads_the_conversion_with_torch_logits(
     assert convert(model, tmp_path / "pd", "paddle", verify=True)["verified"] > 0
     ids = json.dumps([[1, 5, 9, 33, 70, 100, 200, 7]])
     run_in_env("torch", TORCH_LOGITS, str(model), ids, str(tmp_path / "torch.npy"))
-    run_in_env("paddle", PADDLE_LOGITS, str(tmp_path / "pd"), ids, str(tmp_path / "paddle.npy"))
+    run_in_env(PADDLENLP, PADDLE_LOGITS, str(tmp_path / "pd"), ids, str(tmp_path / "paddle.npy"))
     diff = np.abs(np.load(tmp_path / "torch.npy") - np.load(tmp_path / "paddle.npy")).max()
     assert diff <= 1e-4, diff
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracles import PADDLENLP
 
 from conftest import run_ftx, run_in_env
 from ftx.core.convert.adapters import read_adapter
@@ -120,7 +121,7 @@ def test_paddlenlp_lora_model_gives_the_peft_logits(
     shapes = SafetensorsReader(tmp_path / "lora-pd/peft_model.safetensors")
     assert shapes.info("llama.layers.0.mlp.down_proj.lora_A").shape == (352, 4)  # [intermediate, r]
     found = run_in_env(
-        "paddle",
+        PADDLENLP,
         PADDLE_LORA_LOGITS,
         str(tmp_path / "base-pd"),
         str(tmp_path / "lora-pd"),
@@ -130,7 +131,7 @@ def test_paddlenlp_lora_model_gives_the_peft_logits(
     assert found["lora_params"] == 28
     peft_logits = np.load(adapter / "logits.npy")
     base_only = run_in_env(
-        "paddle",
+        PADDLENLP,
         PADDLE_LORA_LOGITS,
         str(tmp_path / "base-pd"),
         "-",

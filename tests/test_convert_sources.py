@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracles import PADDLENLP
 
 from conftest import run_ftx, run_in_env
 from ftx.core.convert.convert import convert
@@ -66,7 +67,7 @@ def test_paddlenlp_tensor_parallel_sets_merge_back(arch: str, request, tmp_path:
     tp = tmp_path / "tp"
     tp.mkdir()
     shutil.copy(tmp_path / "pd/config.json", tp / "config.json")
-    found = run_in_env("paddle", PADDLE_TP_SPLIT, str(tmp_path / "pd"), str(tp), "2")
+    found = run_in_env(PADDLENLP, PADDLE_TP_SPLIT, str(tmp_path / "pd"), str(tp), "2")
     assert found["split"] >= 2 * 6  # per layer: q, k, v, o, gate, up, down (+ biases)
     refused = run_ftx("convert", str(tp), str(tmp_path / "hf"), "--to", "hf")
     assert refused.returncode == 2 and "--trust-pickle" in refused.stderr
@@ -86,7 +87,7 @@ def test_paddlenlp_tensor_parallel_sets_merge_back(arch: str, request, tmp_path:
 @pytest.mark.env
 def test_pdparams_are_written_for_paddle_and_read_back(tmp_path: Path, tiny_llama: Path) -> None:
     convert(tiny_llama, tmp_path / "pd", "paddle", file_format="pdparams", verify=True)
-    loaded = run_in_env("paddle", PADDLE_LOAD, str(tmp_path / "pd/model_state.pdparams"))
+    loaded = run_in_env(PADDLENLP, PADDLE_LOAD, str(tmp_path / "pd/model_state.pdparams"))
     assert loaded["llama.layers.0.self_attn.q_proj.weight"][1] == [128, 128]
     assert loaded["llama.layers.0.self_attn.k_proj.weight"][1] == [128, 64]  # [in, out]
     convert(tmp_path / "pd", tmp_path / "hf", "hf", trust_pickle=True)

@@ -262,6 +262,8 @@ print(json.dumps(out))
 
 @pytest.mark.env
 def test_paddlenlp_renders_the_exported_chat_template_like_ftx() -> None:
+    from oracles import PADDLENLP
+
     from conftest import run_in_env
 
     cases, expected = [], []
@@ -284,7 +286,7 @@ def test_paddlenlp_renders_the_exported_chat_template_like_ftx() -> None:
             expected.append(
                 {"prompt": prompt, "training": full.removesuffix(suffix) if suffix else full}
             )
-    found = run_in_env("paddle", PADDLENLP_RENDER, json.dumps(cases))
+    found = run_in_env(PADDLENLP, PADDLENLP_RENDER, json.dumps(cases))
     for case, got, want in zip(cases, found, expected, strict=True):
         assert got == want, case["template"]
 

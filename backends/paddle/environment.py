@@ -1,7 +1,7 @@
 """The paddle backend's local environment (also installed by its Docker image).
 
-paddlepaddle 3.3.1 and paddlenlp 3.0.0b4 only work together with the pins in
-the lock file (aistudio-sdk<0.3, datasets<3, pyarrow<17, numpy 1.26).
+PaddleFormers 1.2.0 on paddlepaddle 3.3.1: the lock's comments say which pins
+make them import and train together, and what the GPU variant adds.
 """
 
 from pathlib import Path
@@ -10,8 +10,10 @@ from ftx.core.backend import EnvironmentSpec
 
 ENVIRONMENT = EnvironmentSpec(
     lock_file=Path(__file__).with_name("requirements.lock"),
-    frameworks=("paddlepaddle", "paddlenlp", "numpy", "safetensors"),
-    import_check="import paddle, paddlenlp.transformers",
+    frameworks=("paddlepaddle", "paddleformers", "transformers", "numpy", "safetensors"),
+    import_check=(
+        "import paddle, paddleformers.transformers, paddleformers.trainer, paddleformers.peft"
+    ),
     devices="ftx.backends.paddle.environment:visible_devices",
 )
 

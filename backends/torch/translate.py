@@ -13,97 +13,10 @@ from typing import Any
 
 from ftx.backends.torch import SPEC
 from ftx.backends.torch.plan_files import DS_CONFIG, PEFT_CONFIG
-from ftx.core.contract import (
-    CONTRACT_VERSION,
-    DATA_DIR,
-    WORKER_CONFIG,
-    DataArgs,
-    EvaluateArgs,
-    LoraArgs,
-    MethodArgs,
-    ModelArgs,
-    OutputArgs,
-    QuantizationArgs,
-    TrainArgs,
-    WorkerConfig,
-)
+from ftx.core.contract import WORKER_CONFIG
 from ftx.core.plan import NativePlan
 from ftx.core.recipe.schema import Recipe
-
-
-def worker_config(recipe: Recipe) -> WorkerConfig:
-    """Everything the worker needs, in the recipe's terms."""
-    t, m, native = recipe.train, recipe.method, recipe.backends.get(SPEC.name, {})
-    lora = m.lora
-    return WorkerConfig(
-        version=CONTRACT_VERSION,
-        backend=SPEC.name,
-        model=ModelArgs(
-            path=recipe.model.path,
-            dtype=recipe.model.dtype if recipe.model.dtype != "auto" else "float32",
-            trust_remote_code=recipe.model.trust_remote_code,
-        ),
-        method=MethodArgs(
-            stage=m.stage,
-            finetuning=m.finetuning,
-            lora=(
-                LoraArgs(
-                    rank=lora.rank,
-                    alpha=lora.alpha,
-                    dropout=lora.dropout,
-                    targets=None if lora.targets == "all" else tuple(lora.targets),
-                    rslora=lora.rslora,
-                    dora=lora.dora,
-                )
-                if m.finetuning in ("lora", "qlora")
-                else None
-            ),
-            quantization=(
-                QuantizationArgs(
-                    m.quantization.bits, m.quantization.type, m.quantization.double_quant
-                )
-                if m.finetuning == "qlora"
-                else None
-            ),
-            freeze_trainable_layers=m.freeze.trainable_layers if m.finetuning == "freeze" else None,
-            prefix_tokens=None,
-        ),
-        train=TrainArgs(
-            epochs=t.num_epochs,
-            max_steps=t.max_steps,
-            learning_rate=t.learning_rate,
-            scheduler=t.scheduler,
-            warmup_steps=t.warmup_steps,
-            warmup_ratio=t.warmup_ratio or 0.0,
-            micro_batch_size=t.micro_batch_size,
-            grad_accum=t.grad_accum,
-            weight_decay=t.weight_decay,
-            max_grad_norm=t.max_grad_norm,
-            adam_beta1=native.get("adam_beta1", 0.9),
-            adam_beta2=native.get("adam_beta2", 0.999),
-            adam_epsilon=native.get("adam_epsilon", 1e-8),
-            precision=t.precision,
-            gradient_checkpointing=t.gradient_checkpointing,
-            seed=t.seed,
-            data_seed=recipe.data.seed,
-            logging_steps=t.logging_steps,
-            save_steps=t.save_steps,
-            save_total_limit=t.save_total_limit,
-            eval_steps=t.eval_steps,
-            resume=t.resume or None,
-        ),
-        data=DataArgs(prepared=DATA_DIR, max_seq_len=recipe.data.max_seq_len),
-        evaluate=(
-            EvaluateArgs(recipe.evaluate.max_new_tokens, recipe.evaluate.before_training)
-            if recipe.evaluate
-            else None
-        ),
-        output=OutputArgs(
-            save_format=recipe.output.save_format,
-            merge_lora=recipe.output.merge_lora,
-            report_to=recipe.output.report_to,
-        ),
-    )
+from ftx.core.worker_config import worker_config
 
 
 def peft_config(recipe: Recipe) -> dict[str, Any]:
@@ -190,7 +103,7 @@ def translate(recipe: Recipe) -> NativePlan:
         files[DS_CONFIG] = _json(build_ds_config(recipe))
     return NativePlan(
         backend=SPEC.name,
-        worker_config=worker_config(recipe),
+        worker_config=worker_config(recipe, SPEC.name),
         files=files,
         command=launch_command(recipe),
         env={"TOKENIZERS_PARALLELISM": "false"},

@@ -157,6 +157,7 @@ def backends() -> None:
         "parallel": row(lambda c: ", ".join(sorted(c.parallel))),
         "packing": row(lambda c: "yes" if c.packing else "no"),
         "GPU/NPU only": row(lambda c: ", ".join(sorted(c.accelerator_only)) or "-"),
+        "plan only": row(lambda c: ", ".join(sorted(c.plan_only)) or "-"),
         "data export": [", ".join(sorted(s.exporters)) or "-" for s in every.values()],
     }
     for label, cells in rows.items():

@@ -9,7 +9,8 @@ own folder:
   (``base_model.model.<module>.lora_A.weight``).
 - PaddleNLP: ``lora_config.json`` + ``peft_model.safetensors`` and its index (or
   ``lora_model_state.pdparams``); names ``<prefix>.layers.N...q_proj.lora_A`` with
-  A [in, r] and B [r, out], i.e. both transposed.
+  A [in, r] and B [r, out], i.e. both transposed. PaddleFormers writes the same files
+  with Hugging Face module names (``model.layers.N...q_proj.lora_A``); both are read.
 - MindFormers: ``adapter_config.json`` (the form MindFormers itself writes) +
   ``pet_config.json`` (the YAML ``pet_config`` section) + ``adapter_model.safetensors``
   (``{"format": "ms"}``) or ``adapter_model.ckpt``; names
@@ -40,6 +41,7 @@ from ftx.core.fsutil import staged_dir
 from ftx.core.models.formats import safetensors_metadata
 
 PEFT_PREFIX = "base_model.model."
+HF_ROOTS = ("model", "lm_head")  # first name parts of Hugging Face (and PaddleFormers) names
 MS_SUFFIXES = {"A": "mindpet_delta_lora_a", "B": "mindpet_delta_lora_b"}
 MS_LEGACY = {"A": "tk_delta_lora_a", "B": "tk_delta_lora_b"}
 DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -157,9 +159,13 @@ def _read_paddle(folder: Path, trust_pickle: bool) -> Adapter:
             found = pattern.match(name)
             if not found:
                 raise FtxError(f"tensor {name} is not a LoRA weight", where=str(path))
-            model_type = _paddle_family(found["module"], path)
+            module = found["module"]
+            if module.split(".")[0] in HF_ROOTS:  # PaddleFormers: Hugging Face names
+                _add(adapter, module + ".weight", found["part"], Factor(reader, name, True))
+                continue
+            model_type = _paddle_family(module, path)
             adapter.model_type = adapter.model_type or model_type
-            hf = NameMap(model_type, "paddle", "hf").map(found["module"] + ".weight")
+            hf = NameMap(model_type, "paddle", "hf").map(module + ".weight")
             _add(adapter, hf.name if hf else None, found["part"], Factor(reader, name, True))
     return adapter
 

@@ -1,0 +1,164 @@
+"""PaddleFormers model loading (HF safetensors read directly), LoRA, batches and the loss.
+
+Runs inside the paddle environment. The model is PaddleFormers' own
+(``AutoModelForCausalLM``), read from the Hugging Face folder with
+``convert_from_hf`` (no conversion step, no copy of the weights); LoRA is
+``paddleformers.peft``. Packed rows keep each example to itself with
+PaddleFormers' ``attn_mask_startend_row_indices`` (FlashMask's row indices).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+
+from ftx.backends.paddle.plan_files import LORA_CONFIG
+from ftx.core.contract import RunLayout, WorkerConfig
+from ftx.core.errors import FtxError
+from ftx.core.prepared import IGNORE_INDEX, PreparedSplit
+
+# Files of a Hugging Face model folder that are not weights (copied into outputs).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+)
+
+
+def on_gpu() -> bool:
+    return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+
+
+def model_view(source: Path, layout: RunLayout, rank: int) -> Path:
+    """A folder of links to the model's files, private to this rank.
+
+    PaddleFormers writes a ``flex-ckpt`` metadata file into the folder it loads from;
+    the links keep the user's model folder (maybe read-only or shared) untouched and
+    cost no copy of the weights.
+    """
+    view = layout.root / ".paddle-model" / f"rank-{rank}"
+    view.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        link = view / item.name
+        if item.is_file() and not link.exists():
+            os.symlink(item.resolve(), link)
+    return view
+
+
+def load_model(config: WorkerConfig, layout: RunLayout, rank: int, packed: bool) -> Any:
+    """PaddleFormers' model from the HF folder, with LoRA applied when the plan asks."""
+    from paddleformers.transformers import AutoConfig, AutoModelForCausalLM
+
+    source = Path(config.model.path)
+    model_config = json.loads((source / "config.json").read_text())
+    architecture = (model_config.get("architectures") or ["?"])[0]
+    if not on_gpu() and model_config.get("model_type") != "llama":
+        raise FtxError(
+            f"PaddleFormers 1.2 builds {architecture} only with PaddleFleet, which needs the"
+            " GPU image; on CPU the paddle backend trains Llama-architecture models",
+            where=f"{source}/config.json",
+            fix="use --backend torch on this machine, or the paddle cuda image",
+        )
+    view = model_view(source, layout, rank)
+    dtype = config.model.dtype
+    settings = AutoConfig.from_pretrained(str(view), dtype=dtype)
+    if not on_gpu():
+        settings.fuse_rms_norm = False  # the fused kernel is GPU-only
+    # FlashMask for packed rows on GPUs; on CPU eager attention, which also reads the
+    # row indices (PaddleFormers' sdpa path does not keep packed examples apart there).
+    settings._attn_implementation = ("flashmask" if packed else "sdpa") if on_gpu() else "eager"
+    if config.train.gradient_checkpointing:
+        settings.recompute_granularity = "full"
+        settings.recompute_method = "uniform"
+        settings.recompute_num_layers = 1
+    model = AutoModelForCausalLM.from_pretrained(
+        str(view), config=settings, convert_from_hf=True, dtype=dtype
+    )
+    if config.method.finetuning == "lora":
+        from paddleformers.peft import LoRAConfig, LoRAModel
+
+        settings = json.loads((layout.plan / LORA_CONFIG).read_text())
+        model = LoRAModel(model, LoRAConfig(**settings, merge_weights=False))
+    return model
+
+
+def trainable(model: Any) -> list[Any]:
+    return [p for p in model.parameters() if not p.stop_gradient]
+
+
+def collate(split: PreparedSplit, indices: list[int], pad_id: int) -> dict[str, paddle.Tensor]:
+    """Pad a micro-batch to its longest row (labels -100 on padding), right-padded, so
+    plain causal attention never lets a real token see padding.
+
+    Packed rows also get position_ids (restarting per example) and FlashMask row indices:
+    for each column, the first row that may no longer see it (the end of its example).
+    """
+    rows = [split[i] for i in indices]
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+    real = np.zeros((len(rows), width), dtype=np.int64)
+    for r, (ids, lab) in enumerate(rows):
+        input_ids[r, : len(ids)] = ids
+        labels[r, : len(lab)] = lab
+        real[r, : len(ids)] = 1
+    batch = {"input_ids": input_ids, "labels": labels, "token_mask": real}
+    if split.packed:
+        positions = np.zeros((len(rows), width), dtype=np.int64)
+        ends = np.full((len(rows), width), width, dtype=np.int32)
+        for r, index in enumerate(indices):
+            pos, seg = split.positions(index)
+            positions[r, : len(pos)] = pos
+            for start, end in segment_spans(seg):
+                ends[r, start:end] = end
+        batch["position_ids"] = positions
+        batch["attn_mask_startend_row_indices"] = ends[:, None, :, None]
+    return {k: paddle.to_tensor(v) for k, v in batch.items()}
+
+
+def segment_spans(segments: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of every example of one packed row (segment 0 is padding)."""
+    spans, start = [], 0
+    for i in range(1, len(segments) + 1):
+        if i == len(segments) or segments[i] != segments[start]:
+            if segments[start] > 0:
+                spans.append((start, i))
+            start = i
+    return spans
+
+
+def shifted_targets(batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
+    """Next-token targets; in packed rows an example's first token is never a target."""
+    targets = batch["labels"][:, 1:]
+    if "position_ids" in batch:
+        first = batch["position_ids"][:, 1:] == 0
+        targets = paddle.where(first, paddle.full_like(targets, IGNORE_INDEX), targets)
+    return targets
+
+
+def token_loss_sum(model: Any, batch: dict[str, paddle.Tensor]) -> tuple[paddle.Tensor, int]:
+    """Sum of next-token cross-entropy over learned tokens, and their count.
+
+    The labels are shifted here (PaddleFormers' own loss expects them shifted already).
+    """
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "token_mask")}
+    logits = model(**inputs, return_dict=True).logits
+    targets = shifted_targets(batch)
+    vocab = logits.shape[-1]
+    loss = paddle.nn.functional.cross_entropy(
+        logits[:, :-1].astype("float32").reshape([-1, vocab]),
+        targets.reshape([-1]),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss, int((targets != IGNORE_INDEX).astype("int64").sum())

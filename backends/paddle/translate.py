@@ -1,0 +1,277 @@
+"""The paddle backend's translator: recipe -> paddleformers.yaml, run_finetune.json,
+lora/lora_config.json, worker.json and launch.sh.
+
+Pure: no file is read or written. ``paddleformers.yaml`` is what
+`paddleformers-cli train` takes (only keys PaddleFormers' own argument parser
+accepts); ``run_finetune.json`` is the same run for PaddleNLP 3.0's
+``llm/run_finetune.py``. Their data (``plan/data/``) is written next to them by
+:func:`ftx.backends.paddle.export.export_plan_data`, from the same conversations
+and template as the tokens the ftx worker trains on. Paths are relative to OUT.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from ftx.backends.paddle import SPEC
+from ftx.backends.paddle.plan_files import (
+    LORA_CONFIG,
+    MESSAGES,
+    NATIVE_OUTPUT,
+    PADDLEFORMERS_YAML,
+    PADDLENLP,
+    RUN_FINETUNE_JSON,
+    TEMPLATE_MODULE,
+    template_name,
+)
+from ftx.core.contract import WORKER_CONFIG
+from ftx.core.errors import FtxError
+from ftx.core.plan import NativePlan
+from ftx.core.recipe.schema import Recipe
+from ftx.core.worker_config import worker_config
+
+# Every linear layer of a Llama-architecture decoder: recipe `lora.targets: all`.
+LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SHARDING = {1: "stage1", 2: "stage2", 3: "stage3"}
+
+
+def refuse_what_paddleformers_cannot_do(recipe: Recipe) -> None:
+    """A validation error naming the first recipe key PaddleFormers has no setting for."""
+    m, d = recipe.method, recipe.data
+    problems = {
+        "method.lora.dora": m.finetuning == "lora" and m.lora.dora,
+        "data.train_on_prompt": d.train_on_prompt,
+        "data.mask_history": d.mask_history,
+    }
+    for key, bad in problems.items():
+        if bad:
+            raise FtxError(
+                f"{key} is set, and PaddleFormers has no setting for it (its trainer and its"
+                " data formats would train something else than this recipe says)",
+                where=key,
+                fix=f"set {key} to false, or use --backend torch",
+            )
+
+
+def lora_config(recipe: Recipe) -> dict[str, Any]:
+    """LoRA settings in the lora_config.json form PaddleFormers' and PaddleNLP's LoRAConfig
+    both read (`lora_path` pointing at a folder holding only this file makes either
+    create fresh adapters with these settings rather than its hard-coded ones)."""
+    lora = recipe.method.lora
+    names = LLAMA_LINEARS if lora.targets == "all" else lora.targets
+    return {
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": [f".*{name}.*" for name in names],
+        "rslora": lora.rslora,
+        "dtype": "float32" if recipe.train.precision == "fp32" else "bfloat16",
+    }
+
+
+def _schedule(recipe: Recipe) -> dict[str, Any]:
+    t = recipe.train
+    keys: dict[str, Any] = {
+        "num_train_epochs": t.num_epochs,
+        "max_steps": t.max_steps or -1,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.scheduler,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "per_device_train_batch_size": t.micro_batch_size,
+        "per_device_eval_batch_size": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "seed": t.seed,
+        "logging_steps": t.logging_steps,
+    }
+    if t.warmup_steps:
+        keys["warmup_steps"] = t.warmup_steps
+    else:
+        keys["warmup_ratio"] = t.warmup_ratio or 0.0
+    native = recipe.backends.get(SPEC.name, {})
+    for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
+        if key in native:
+            keys[key] = native[key]
+    return keys
+
+
+def _saving(recipe: Recipe, has_eval: bool) -> dict[str, Any]:
+    t = recipe.train
+    keys: dict[str, Any] = {
+        "save_strategy": "steps" if t.save_steps else "no",
+        "evaluation_strategy": "steps" if (t.eval_steps and has_eval) else "no",
+    }
+    if t.save_steps:
+        keys["save_steps"] = t.save_steps
+    if t.save_total_limit:
+        keys["save_total_limit"] = t.save_total_limit
+    if t.eval_steps and has_eval:
+        keys["eval_steps"] = t.eval_steps
+    return keys
+
+
+def _precision(recipe: Recipe) -> dict[str, Any]:
+    precision = recipe.train.precision
+    if precision == "fp32":
+        return {"bf16": False, "fp16": False}
+    # O2: the model held in bf16/fp16 with fp32 master weights, as PaddleFormers' examples.
+    return {precision: True, "fp16_opt_level": "O2", "amp_master_grad": True}
+
+
+def _parallel(recipe: Recipe) -> dict[str, Any]:
+    p, t = recipe.parallel, recipe.train
+    keys: dict[str, Any] = {
+        "tensor_model_parallel_size": p.tp,
+        "pipeline_model_parallel_size": p.pp,
+    }
+    if p.zero:
+        keys["sharding"] = SHARDING[p.zero] + (" offload" if p.offload != "none" else "")
+        keys["sharding_parallel_size"] = p.dp
+    if t.gradient_checkpointing:
+        keys.update(recompute_granularity="full", recompute_method="uniform")
+        keys["recompute_num_layers"] = 1
+    return keys
+
+
+def paddleformers_config(recipe: Recipe) -> dict[str, Any]:
+    """The flat paddleformers.yaml of a recipe, in PaddleFormers' own key names."""
+    refuse_what_paddleformers_cannot_do(recipe)
+    m, d = recipe.method, recipe.data
+    has_eval = d.val_size > 0
+    data_keys: dict[str, Any] = {
+        "train_dataset_type": "messages",
+        "train_dataset_path": f"{MESSAGES}/train.jsonl",
+        "train_dataset_prob": "1.0",
+        "eval_dataset_type": "messages",
+        "eval_dataset_path": f"{MESSAGES}/eval.jsonl",
+        "eval_dataset_prob": "1.0",
+        "max_seq_len": d.max_seq_len,
+        "packing": d.packing,
+        "mix_strategy": "concat",
+    }
+    if recipe.model.template == "auto":
+        data_keys["template_backend"] = "jinja"  # the chat template saved with the tokenizer
+    else:
+        data_keys.update(
+            template_backend="custom",
+            template=template_name(recipe.model.template),
+            custom_register_path=TEMPLATE_MODULE,
+        )
+    model_keys: dict[str, Any] = {
+        "model_name_or_path": recipe.model.path,
+        "stage": m.stage.upper(),
+        "fine_tuning": "LoRA" if m.finetuning == "lora" else "full",
+    }
+    if m.finetuning == "lora":
+        model_keys.update(
+            lora=True,
+            lora_rank=m.lora.rank,
+            lora_alpha=m.lora.alpha,
+            rslora=m.lora.rslora,
+            lora_path=f"plan/{LORA_CONFIG.rsplit('/', 1)[0]}",
+        )
+    native = recipe.backends.get(SPEC.name, {})
+    train_keys: dict[str, Any] = {
+        "do_train": True,
+        "do_eval": has_eval,
+        **_schedule(recipe),
+        **_saving(recipe, has_eval),
+        **_precision(recipe),
+        **_parallel(recipe),
+        "output_dir": NATIVE_OUTPUT,
+        "logging_dir": f"{NATIVE_OUTPUT}/visualdl",
+        "disable_tqdm": True,
+        "unified_checkpoint": native.get("unified_checkpoint", True),
+        "save_to_hf": True,
+    }
+    return {**data_keys, **model_keys, **train_keys}
+
+
+def run_finetune_args(recipe: Recipe) -> dict[str, Any]:
+    """The same run as PaddleNLP 3.0's llm/run_finetune.py argument file (its own names).
+
+    PaddleNLP trains from Paddle-format weights: convert model.path with
+    `ftx convert MODEL DIR --to paddle` and pass `--model_name_or_path DIR` after the file.
+    """
+    if recipe.method.stage != "sft":
+        raise FtxError(
+            "PaddleNLP's run_finetune.py fine-tunes (sft) only",
+            where="method.stage",
+            fix="set method.stage to sft, or use the paddleformers.yaml of this plan",
+        )
+    m, d, t = recipe.method, recipe.data, recipe.train
+    keys: dict[str, Any] = {
+        "model_name_or_path": recipe.model.path,
+        "dataset_name_or_path": PADDLENLP,
+        "chat_template": f"{PADDLENLP}/chat_template.json",
+        "max_length": d.max_seq_len,
+        "src_length": max(d.max_seq_len // 2, 1),
+        "zero_padding": d.packing,
+        **_schedule(recipe),
+        **_saving(recipe, d.val_size > 0),
+        **_precision(recipe),
+        "tensor_parallel_degree": recipe.parallel.tp,
+        "pipeline_parallel_degree": recipe.parallel.pp,
+        "recompute": t.gradient_checkpointing,
+        "do_train": True,
+        "do_eval": d.val_size > 0,
+        "output_dir": NATIVE_OUTPUT,
+        "unified_checkpoint": True,
+        "overwrite_output_dir": False,
+    }
+    keys.pop("amp_master_grad", None)  # PaddleFormers' name; PaddleNLP's default is right
+    if recipe.parallel.zero:
+        keys["sharding"] = SHARDING[recipe.parallel.zero]
+        keys["sharding_parallel_degree"] = recipe.parallel.dp
+    if m.finetuning == "lora":
+        keys.update(
+            lora=True,
+            lora_rank=m.lora.rank,
+            rslora=m.lora.rslora,
+            lora_path=f"plan/{LORA_CONFIG.rsplit('/', 1)[0]}",
+        )
+    return keys
+
+
+def launch_command(recipe: Recipe) -> list[str]:
+    """paddle.distributed.launch with the recipe's topology; plain python for one process."""
+    p = recipe.parallel
+    worker = ["-m", str(SPEC.worker), WORKER_CONFIG]
+    if p.world_size == 1:
+        return ["python", *worker]
+    command = [
+        "python",
+        "-m",
+        "paddle.distributed.launch",
+        "--nproc_per_node",
+        str(p.nproc_per_node),
+    ]
+    if p.nnodes > 1:
+        command += [
+            "--nnodes",
+            str(p.nnodes),
+            "--master",
+            f"{p.master_addr}:{p.master_port}",
+            "--rank",
+            str(p.node_rank),
+        ]
+    return [*command, "--log_dir", "logs/paddle", *worker]
+
+
+def translate(recipe: Recipe) -> NativePlan:
+    """The paddle plan of a recipe (with its backends.paddle section applied)."""
+    files = {PADDLEFORMERS_YAML: yaml.safe_dump(paddleformers_config(recipe), sort_keys=False)}
+    if recipe.method.stage == "sft":
+        files[RUN_FINETUNE_JSON] = json.dumps(run_finetune_args(recipe), indent=2) + "\n"
+    if recipe.method.finetuning == "lora":
+        files[LORA_CONFIG] = json.dumps(lora_config(recipe), indent=2) + "\n"
+    return NativePlan(
+        backend=SPEC.name,
+        worker_config=worker_config(recipe, SPEC.name),
+        files=files,
+        command=launch_command(recipe),
+        env={"TOKENIZERS_PARALLELISM": "false"},
+    )

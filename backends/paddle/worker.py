@@ -1,0 +1,404 @@
+"""The paddle worker: runs inside the paddle environment, started by launch.sh.
+
+    python -m ftx.backends.paddle.worker plan/worker.json                  # one process
+    python -m paddle.distributed.launch --nproc_per_node 2 ... -m ftx.backends.paddle.worker ...
+
+It trains PaddleFormers' model (read from the HF folder) with full fine-tuning or
+``paddleformers.peft`` LoRA, on the core's prepared examples, so the token
+stream is the torch backend's. Like the torch worker it is a plain loop on the
+worker kit (ftx.core.workerkit) rather than PaddleFormers' Trainer: the same
+example order on every backend, a loss normalised by the learned tokens across
+accumulation and ranks, the shared metrics, atomic checkpoints and a checkpoint
+on SIGTERM each need a Trainer subclass or callback. PaddleFormers' Trainer
+runs the same recipe natively from ``OUT/plan/paddleformers.yaml``
+(`paddleformers-cli train`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+
+from ftx.backends.paddle.modeling import (
+    TOKENIZER_FILES,
+    collate,
+    load_model,
+    on_gpu,
+    shifted_targets,
+    token_loss_sum,
+    trainable,
+)
+from ftx.core.contract import MetricsLog, RunLayout, TrainArgs, WorkerConfig
+from ftx.core.fsutil import atomic_write_json
+from ftx.core.prepared import (
+    IGNORE_INDEX,
+    PreparedSplit,
+    load_split,
+    read_eval_prompts,
+    read_manifest,
+)
+from ftx.core.workerkit import (
+    Checkpoints,
+    Rank,
+    RunTracker,
+    Schedule,
+    StepResult,
+    StopSignal,
+    TrainerState,
+    run_worker,
+    write_final,
+)
+
+
+def main(config: WorkerConfig, layout: RunLayout) -> int:
+    t = config.train
+    rank = start_processes()
+    paddle.seed(t.seed)
+    random.seed(t.seed)
+    np.random.seed(t.seed % 2**32)
+    stop = StopSignal()
+
+    prepared = layout.at(config.data.prepared)
+    pad_id = read_manifest(prepared)["pad_token_id"]
+    train, val = load_split(prepared, "train"), load_split(prepared, "val")
+    assert train is not None, f"{prepared} has no train split"
+    model = load_model(config, layout, rank.rank, packed=train.packed)
+    schedule = Schedule.plan(len(train), t, rank.world)
+    scheduler = build_scheduler(t, schedule)
+    optimizer = build_optimizer(model, t, scheduler)
+    wrapped = paddle.DataParallel(model) if rank.world > 1 else model
+
+    tracker = RunTracker(
+        config,
+        layout,
+        rank,
+        schedule,
+        len(train),
+        stop=stop,
+        metrics=MetricsLog(layout),
+        save=lambda folder: save_checkpoint(folder, model, optimizer, scheduler, rank),
+        evaluate=(lambda: eval_loss(model, val, t.micro_batch_size, pad_id, rank)) if val else None,
+    )
+    resumed = tracker.resume(lambda folder: load_checkpoint(folder, model, optimizer, scheduler))
+    held_out = HeldOut(config, layout, model, prepared, rank, resumed)
+    held_out.exact_match("before")
+
+    params = sum(int(np.prod(p.shape)) for p in model.parameters())
+    tracker.start(params, sum(int(np.prod(p.shape)) for p in trainable(model)))
+    model.train()
+    while tracker.running:
+        indices = schedule.step(tracker.state.step, rank.rank)
+        batches = [collate(train, b, pad_id) for b in indices]
+        result = train_step(wrapped, model, optimizer, batches, rank, t.max_grad_norm)
+        scheduler.step()
+        tracker.step_done(result, lr=float(scheduler.last_lr))
+    stopped = tracker.finish()
+    if stopped is not None:
+        return stopped
+
+    held_out.exact_match("after")
+    write_final(layout, rank, lambda folder: write_hf_final(folder, model, config, rank))
+    tracker.done()
+    return 0
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def start_processes() -> Rank:
+    """Join paddle.distributed.launch's job (gloo on CPU, NCCL on GPUs) when there is one."""
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", 1))
+    if on_gpu():
+        paddle.set_device(f"gpu:{int(os.environ.get('PADDLE_LOCAL_RANK', 0))}")
+    else:
+        paddle.set_device("cpu")
+    if world == 1:
+        return Rank()
+    import paddle.distributed as dist
+
+    dist.init_parallel_env()
+    local = int(os.environ.get("PADDLE_RANK_IN_NODE", os.environ.get("PADDLE_LOCAL_RANK", 0)))
+    return Rank(dist.get_rank(), dist.get_world_size(), local, dist.barrier)
+
+
+def all_reduce_sum(values: list[float], rank: Rank) -> list[float]:
+    """Sum a few numbers over all ranks (float64, so token counts stay exact)."""
+    if rank.world == 1:
+        return values
+    tensor = paddle.to_tensor(np.array(values, dtype=np.float64))
+    paddle.distributed.all_reduce(tensor)
+    return tensor.numpy().tolist()
+
+
+def build_scheduler(t: TrainArgs, schedule: Schedule) -> Any:
+    """PaddleFormers' warm-up schedules (transformers' shapes) over the run's steps."""
+    from paddleformers.trainer import trainer_utils as schedules
+
+    warmup, total = schedule.warmup_steps(t), schedule.total_steps
+    if t.scheduler == "constant":
+        return schedules.get_constant_schedule_with_warmup(t.learning_rate, warmup)
+    if t.scheduler == "linear":
+        return schedules.get_linear_schedule_with_warmup(t.learning_rate, warmup, total)
+    return schedules.get_cosine_schedule_with_warmup(t.learning_rate, warmup, total)
+
+
+def build_optimizer(model: Any, t: TrainArgs, scheduler: Any) -> paddle.optimizer.AdamW:
+    """AdamW with no weight decay on biases and norm weights, as the torch worker does.
+    Clipping is done in :func:`train_step` (torch's rule), so the norm can be logged."""
+    no_decay = {
+        p.name
+        for n, p in model.named_parameters()
+        if not p.stop_gradient and (len(p.shape) < 2 or "norm" in n)
+    }
+    return paddle.optimizer.AdamW(
+        learning_rate=scheduler,
+        parameters=trainable(model),
+        beta1=t.adam_beta1,
+        beta2=t.adam_beta2,
+        epsilon=t.adam_epsilon,
+        weight_decay=t.weight_decay,
+        apply_decay_param_fun=lambda name: name not in no_decay,
+    )
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def train_step(
+    wrapped: Any,
+    model: Any,
+    optimizer: Any,
+    mine: list[dict[str, paddle.Tensor]],
+    rank: Rank,
+    max_grad_norm: float,
+) -> StepResult:
+    """Forward/backward over this rank's micro-batches, then the optimizer step.
+
+    The loss is normalised by the learned tokens of the whole step on every rank;
+    gradients are averaged over ranks, so each rank scales by the world size.
+    """
+    local = [
+        float(sum(int((shifted_targets(b) != IGNORE_INDEX).astype("int64").sum()) for b in mine)),
+        float(sum(int(b["token_mask"].sum()) for b in mine)),
+    ]
+    learned, tokens = all_reduce_sum(local, rank)
+    loss_sum = 0.0
+    for i, batch in enumerate(mine):
+        last = i == len(mine) - 1
+        sync = rank.world == 1 or last
+        context = wrapped.no_sync() if not sync else _nothing()
+        with context:
+            loss, _ = token_loss_sum(wrapped, batch)
+            (loss * (rank.world / max(learned, 1))).backward()
+        loss_sum += float(loss)
+    grad_norm = clip_gradients(model, max_grad_norm)
+    optimizer.step()
+    optimizer.clear_grad()
+    (global_loss,) = all_reduce_sum([loss_sum], rank)
+    return StepResult(global_loss, int(learned), int(tokens), grad_norm)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@paddle.no_grad()
+def clip_gradients(model: Any, max_norm: float) -> float:
+    """The global gradient norm before clipping; gradients scaled as torch's
+    clip_grad_norm_ does (max_norm / (norm + 1e-6), when that is below 1)."""
+    grads = [p.grad for p in trainable(model) if p.grad is not None]
+    norm = math.sqrt(sum(float((g.astype("float32") ** 2).sum()) for g in grads))
+    if max_norm > 0:
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1:
+            for g in grads:
+                g.scale_(coef)
+    return norm
+
+
+@paddle.no_grad()
+def eval_loss(model: Any, split: PreparedSplit, batch_size: int, pad_id: int, rank: Rank) -> float:
+    """Token-weighted loss over a split, sharded over ranks."""
+    model.eval()
+    mine = list(range(rank.rank, len(split), rank.world))
+    total, count = 0.0, 0
+    for start in range(0, len(mine), batch_size):
+        loss, n = token_loss_sum(model, collate(split, mine[start : start + batch_size], pad_id))
+        total, count = total + float(loss), count + n
+    model.train()
+    total, count = all_reduce_sum([total, float(count)], rank)
+    return total / max(count, 1)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+class HeldOut:
+    """Greedy-generation exact match on held-out prompts, into OUT/eval.json (rank 0)."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        layout: RunLayout,
+        model: Any,
+        prepared: Path,
+        rank: Rank,
+        resumed: bool,
+    ):
+        self.settings, self.layout, self.model, self.rank = config.evaluate, layout, model, rank
+        self.prompts = read_eval_prompts(prepared) if self.settings and rank.main else []
+        existing = resumed and layout.eval_json.exists()
+        self.results = json.loads(layout.eval_json.read_text()) if existing else {}
+        self.model_path = config.model.path
+
+    def exact_match(self, when: str) -> None:
+        if not (self.prompts and self.settings):
+            return
+        if when == "before" and (not self.settings.before_training or "before" in self.results):
+            return
+        self.results[when] = exact_match(
+            self.model, self.model_path, self.prompts, self.settings.max_new_tokens
+        )
+        atomic_write_json(self.layout.eval_json, self.results)
+        self.rank.say(f"exact match {when} training: {self.results[when]['exact_match']:.3f}")
+
+
+@paddle.no_grad()
+def exact_match(
+    model: Any, model_path: str, prompts: list[dict[str, Any]], max_new_tokens: int
+) -> dict[str, Any]:
+    """Greedy decoding, one prompt at a time (no padding to get wrong); share of answers
+    equal to the reference, decoded as the torch worker decodes them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    stop = {tokenizer.eos_token_id}
+    generation = Path(model_path) / "generation_config.json"
+    if generation.exists():
+        configured = json.loads(generation.read_text()).get("eos_token_id")
+        stop |= set(configured if isinstance(configured, list) else [configured])
+    stop.discard(None)
+    model.eval()
+    hits, samples = 0, []
+    for row in prompts:
+        ids = list(row["input_ids"])
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            logits = model(paddle.to_tensor([ids + new], dtype="int64"), return_dict=True).logits
+            token = int(paddle.argmax(logits[0, -1]))
+            if token in stop:
+                break
+            new.append(token)
+        answer = tokenizer.decode(new, skip_special_tokens=True).strip()
+        hit = answer == row["reference"].strip()
+        hits += hit
+        if len(samples) < 5:
+            samples.append({"reference": row["reference"], "answer": answer, "match": hit})
+    model.train()
+    return {
+        "exact_match": hits / max(len(prompts), 1),
+        "examples": len(prompts),
+        "samples": samples,
+    }
+
+
+def save_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any, rank: Rank) -> None:
+    """Trainable weights, optimizer, schedule and RNG state (rank 0: data parallel keeps
+    every rank's copy equal)."""
+    if not rank.main:
+        return
+    weights = {n: p for n, p in model.named_parameters() if not p.stop_gradient}
+    paddle.save(weights, str(folder / "model_state.pdparams"))
+    paddle.save(optimizer.state_dict(), str(folder / "optimizer.pdopt"))
+    paddle.save(scheduler.state_dict(), str(folder / "scheduler.pdparams"))
+    rng = {"python": random.getstate(), "numpy": np.random.get_state()}
+    paddle.save({"paddle": paddle.get_rng_state(), **rng}, str(folder / "rng_state.pdparams"))
+
+
+def load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> TrainerState:
+    weights = paddle.load(str(folder / "model_state.pdparams"))
+    named = dict(model.named_parameters())
+    for name, value in weights.items():
+        named[name].set_value(value)
+    optimizer.set_state_dict(paddle.load(str(folder / "optimizer.pdopt")))
+    scheduler.set_state_dict(paddle.load(str(folder / "scheduler.pdparams")))
+    rng = paddle.load(str(folder / "rng_state.pdparams"), return_numpy=False)
+    paddle.set_rng_state(rng["paddle"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    return Checkpoints.state_of(folder)
+
+
+def write_hf_final(folder: Path, model: Any, config: WorkerConfig, rank: Rank) -> None:
+    """OUT/final: Hugging Face format (the full model, or the LoRA adapter converted to
+    PEFT's layout), with PaddleFormers' own files in final/paddle for save_format both,
+    or as final itself for native; final/merged too when asked."""
+    if not rank.main:
+        return
+    fmt, source = config.output.save_format, Path(config.model.path)
+    native = folder / "paddle" if fmt == "both" else folder
+    if fmt in ("native", "both") or config.method.finetuning == "lora":
+        save_native(model, native if fmt != "hf" else folder / ".paddle", source)
+    if fmt != "native":
+        if config.method.finetuning == "lora":
+            from ftx.core.convert.adapters import convert_adapter
+
+            paddle_adapter = native if fmt != "hf" else folder / ".paddle"
+            convert_adapter(paddle_adapter, folder / ".hf", "hf")
+            for item in (folder / ".hf").iterdir():
+                item.replace(folder / item.name)
+            (folder / ".hf").rmdir()
+            _with_base(folder / "adapter_config.json", str(source))
+        else:
+            model.save_pretrained(str(folder))
+            _tidy(folder)
+        _copy_tokenizer(source, folder)
+    if fmt == "hf":
+        shutil.rmtree(folder / ".paddle", ignore_errors=True)
+    if config.output.merge_lora and config.method.finetuning == "lora" and fmt != "native":
+        from ftx.core.convert.merge_lora import merge_lora
+
+        merge_lora(source, folder, folder / "merged")  # ftx's merge, in fp32, as PEFT does
+        _copy_tokenizer(source, folder / "merged")
+
+
+def save_native(model: Any, folder: Path, source: Path) -> None:
+    """PaddleFormers' own save (LoRA: peft_model-*.safetensors + lora_config.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    _tidy(folder)
+    _copy_tokenizer(source, folder)
+
+
+def _tidy(folder: Path) -> None:
+    for marker in folder.glob("saved_signal_*"):  # PaddleFormers' async-save markers
+        marker.unlink()
+
+
+def _copy_tokenizer(source: Path, folder: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (source / name).exists():
+            shutil.copyfile(source / name, folder / name)
+
+
+def _with_base(path: Path, base: str) -> None:
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(run_worker(main))

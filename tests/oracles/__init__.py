@@ -1,0 +1,21 @@
+"""Test-only oracle environments: older framework releases whose own loaders and
+parsers check what ftx writes. Users never install them.
+
+    paddlenlp/requirements.lock   paddlepaddle 3.3.1 + paddlenlp 3.0.0b4 (PaddleNLP's
+                                  loaders and llm/run_finetune.py's argument parser)
+"""
+
+from pathlib import Path
+
+from ftx.core.backend import EnvironmentSpec
+
+PADDLENLP = "paddlenlp-oracle"
+
+ORACLES = {
+    PADDLENLP: EnvironmentSpec(
+        lock_file=Path(__file__).with_name("paddlenlp") / "requirements.lock",
+        frameworks=("paddlepaddle", "paddlenlp", "numpy", "safetensors"),
+        import_check="import paddle, paddlenlp.transformers, paddlenlp.trl",
+        devices="ftx.backends.paddle.environment:visible_devices",
+    )
+}
