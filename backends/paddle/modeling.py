@@ -81,8 +81,11 @@ def load_model(config: WorkerConfig, layout: RunLayout, rank: int, packed: bool)
         settings.recompute_granularity = "full"
         settings.recompute_method = "uniform"
         settings.recompute_num_layers = 1
+    # PaddleFormers' default loader (flex_checkpoint) reshards across ranks through
+    # CUDA; on CPU its plain safetensors loader reads the same file (same logits).
+    fmt = {} if on_gpu() else {"load_checkpoint_format": "safetensors"}
     model = AutoModelForCausalLM.from_pretrained(
-        str(view), config=settings, convert_from_hf=True, dtype=dtype
+        str(view), config=settings, convert_from_hf=True, dtype=dtype, **fmt
     )
     if config.method.finetuning == "lora":
         from paddleformers.peft import LoRAConfig, LoRAModel

@@ -6,6 +6,7 @@ from ftx.core import plan
 
 PADDLEFORMERS_YAML = "paddleformers.yaml"  # for `paddleformers-cli train`
 RUN_FINETUNE_JSON = "run_finetune.json"  # for PaddleNLP 3.0's llm/run_finetune.py
+WORKER_SCRIPT = "paddle_worker.py"  # runs the worker module (the launcher starts scripts)
 LORA_CONFIG = "lora/lora_config.json"  # LoRA settings both read through lora_path
 
 PLAN_DATA = f"plan/{plan.PLAN_DATA}"  # written by ftx.backends.paddle.export:export_plan_data

@@ -25,6 +25,7 @@ from ftx.backends.paddle.plan_files import (
     PADDLENLP,
     RUN_FINETUNE_JSON,
     TEMPLATE_MODULE,
+    WORKER_SCRIPT,
     template_name,
 )
 from ftx.core.contract import WORKER_CONFIG
@@ -239,9 +240,10 @@ def run_finetune_args(recipe: Recipe) -> dict[str, Any]:
 def launch_command(recipe: Recipe) -> list[str]:
     """paddle.distributed.launch with the recipe's topology; plain python for one process."""
     p = recipe.parallel
-    worker = ["-m", str(SPEC.worker), WORKER_CONFIG]
     if p.world_size == 1:
-        return ["python", *worker]
+        return ["python", "-m", str(SPEC.worker), WORKER_CONFIG]
+    # paddle.distributed.launch starts a script, not a module.
+    worker = [f"plan/{WORKER_SCRIPT}", WORKER_CONFIG]
     command = [
         "python",
         "-m",
@@ -268,6 +270,11 @@ def translate(recipe: Recipe) -> NativePlan:
         files[RUN_FINETUNE_JSON] = json.dumps(run_finetune_args(recipe), indent=2) + "\n"
     if recipe.method.finetuning == "lora":
         files[LORA_CONFIG] = json.dumps(lora_config(recipe), indent=2) + "\n"
+    if recipe.parallel.world_size > 1:
+        files[WORKER_SCRIPT] = (
+            f"# The {SPEC.worker} module as a script, for paddle.distributed.launch.\n"
+            f"import runpy\n\nrunpy.run_module({SPEC.worker!r}, run_name='__main__')\n"
+        )
     return NativePlan(
         backend=SPEC.name,
         worker_config=worker_config(recipe, SPEC.name),

@@ -343,44 +343,47 @@ def load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) ->
 
 
 def write_hf_final(folder: Path, model: Any, config: WorkerConfig, rank: Rank) -> None:
-    """OUT/final: Hugging Face format (the full model, or the LoRA adapter converted to
-    PEFT's layout), with PaddleFormers' own files in final/paddle for save_format both,
-    or as final itself for native; final/merged too when asked."""
+    """OUT/final in Hugging Face format, written by PaddleFormers' own save. A full model
+    is saved as HF safetensors already (PaddleFormers' ``save_to_hf``); a LoRA adapter is
+    PaddleFormers' (kept in final/paddle for save_format both, final itself for native)
+    converted to PEFT's layout by ftx. final/merged too when asked."""
+    fmt, source = config.output.save_format, Path(config.model.path)
+    lora = config.method.finetuning == "lora"
+    kept = "paddle" if fmt == "both" else ".paddle"
+    native = folder if fmt == "native" or not lora else folder / kept
+    if on_gpu():
+        model.save_pretrained(str(native))  # flex_checkpoint: a collective over the ranks
+    elif lora or rank.main:
+        # flex_checkpoint's collectives run through CUDA: on CPU the plain writer (data
+        # parallel keeps every rank's copy equal). Its LoRA save meets the other ranks at
+        # a barrier and writes on rank 0 only, so every rank calls that one.
+        model.save_pretrained(str(native), save_checkpoint_format="safetensors")
+    rank.barrier()
     if not rank.main:
         return
-    fmt, source = config.output.save_format, Path(config.model.path)
-    native = folder / "paddle" if fmt == "both" else folder
-    if fmt in ("native", "both") or config.method.finetuning == "lora":
-        save_native(model, native if fmt != "hf" else folder / ".paddle", source)
-    if fmt != "native":
-        if config.method.finetuning == "lora":
-            from ftx.core.convert.adapters import convert_adapter
+    _tidy(native)
+    _copy_tokenizer(source, native)
+    if not lora or fmt == "native":
+        return
+    from ftx.core.convert.adapters import convert_adapter
+    from ftx.core.convert.merge_lora import merge_lora
 
-            paddle_adapter = native if fmt != "hf" else folder / ".paddle"
-            convert_adapter(paddle_adapter, folder / ".hf", "hf")
-            for item in (folder / ".hf").iterdir():
-                item.replace(folder / item.name)
-            (folder / ".hf").rmdir()
-            _with_base(folder / "adapter_config.json", str(source))
-        else:
-            model.save_pretrained(str(folder))
-            _tidy(folder)
-        _copy_tokenizer(source, folder)
-    if fmt == "hf":
-        shutil.rmtree(folder / ".paddle", ignore_errors=True)
-    if config.output.merge_lora and config.method.finetuning == "lora" and fmt != "native":
-        from ftx.core.convert.merge_lora import merge_lora
-
-        merge_lora(source, folder, folder / "merged")  # ftx's merge, in fp32, as PEFT does
-        _copy_tokenizer(source, folder / "merged")
-
-
-def save_native(model: Any, folder: Path, source: Path) -> None:
-    """PaddleFormers' own save (LoRA: peft_model-*.safetensors + lora_config.json)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder))
-    _tidy(folder)
+    # On CPU the adapter is PaddleFormers' legacy lora_model_state.pdparams: a pickle this
+    # worker wrote a moment ago, so reading it back is safe.
+    convert_adapter(native, folder / ".hf", "hf", trust_pickle=True)
+    for item in (folder / ".hf").iterdir():
+        item.replace(folder / item.name)
+    (folder / ".hf").rmdir()
+    _with_base(folder / "adapter_config.json", str(source))
     _copy_tokenizer(source, folder)
+    if fmt == "hf":
+        shutil.rmtree(native)
+    if config.output.merge_lora:
+        # ftx's merge (fp32, as PEFT's); written beside the adapter folder, which it reads.
+        merged = folder.with_name(f"{folder.name}.merged")
+        merge_lora(source, folder, merged, force=True)
+        _copy_tokenizer(source, merged)
+        merged.replace(folder / "merged")
 
 
 def _tidy(folder: Path) -> None:
@@ -400,5 +403,16 @@ def _with_base(path: Path, base: str) -> None:
     path.write_text(json.dumps(config, indent=2) + "\n")
 
 
+def exit_now(code: int) -> None:
+    """Exit without interpreter teardown in a multi-process job: gloo's connections abort
+    the process (SIGABRT) when a peer that has already finished closes its end first.
+    Every output is written and synced by the time this runs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", 1)) > 1:
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(run_worker(main))
+    exit_now(run_worker(main))
