@@ -98,19 +98,21 @@ def export_plan_data(recipe: Recipe, out: Path) -> str:
 
     train, val = split_conversations(recipe, RowReport())
     eval_rows = val or train[:1]  # PaddleFormers requires an eval file even without do_eval
-    here = {folder: out / Path(folder).relative_to(PLAN_DATA) for folder in (MESSAGES, ERNIEKIT)}
-    for folder in here.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train.jsonl", train), ("eval.jsonl", eval_rows)):
-        _jsonl(here[MESSAGES] / name, [messages_row(c) for c in rows])
-        _jsonl(here[ERNIEKIT] / name, [erniekit_row(c) for c in rows])
-    written = ["messages", "erniekit"]
-    plain = all(c.text is None and not c.tools and _alternating(c) for c in train + val)
-    if recipe.method.stage == "sft" and plain and recipe.model.template != "auto":
-        bos, eos = _special_tokens(recipe)
+    # src/tgt formats hold plain user/assistant rounds (or a pre-training text) only.
+    plain = all(c.text is not None or (not c.tools and _alternating(c)) for c in train + val)
+    formats = {MESSAGES: messages_row, **({ERNIEKIT: erniekit_row} if plain else {})}
+    for folder, row in formats.items():
+        here = out / Path(folder).relative_to(PLAN_DATA)
+        here.mkdir(parents=True, exist_ok=True)
+        for name, rows in (("train.jsonl", train), ("eval.jsonl", eval_rows)):
+            _jsonl(here / name, [row(c) for c in rows])
+    written = [Path(folder).name for folder in formats]
+    named = recipe.model.template != "auto"
+    if recipe.method.stage == "sft" and plain:
+        bos, eos = _special_tokens(recipe) if named else ("", "")
         write_paddlenlp(train, val, recipe.model.template, out / Path(PADDLENLP).name, bos, eos)
         written.append("paddlenlp")
-    if recipe.model.template != "auto":
+    if named:
         (out / "ftx_template.py").write_text(
             paddleformers_template_module(recipe.model.template, *_special_tokens(recipe))
         )

@@ -87,12 +87,24 @@ def load_model(config: WorkerConfig, layout: RunLayout, rank: int, packed: bool)
     model = AutoModelForCausalLM.from_pretrained(
         str(view), config=settings, convert_from_hf=True, dtype=dtype, **fmt
     )
+    keep_pad_embedding(model)
     if config.method.finetuning == "lora":
         from paddleformers.peft import LoRAConfig, LoRAModel
 
         settings = json.loads((layout.plan / LORA_CONFIG).read_text())
         model = LoRAModel(model, LoRAConfig(**settings, merge_weights=False))
     return model
+
+
+def keep_pad_embedding(model: Any) -> None:
+    """Read the pad token's embedding row like every other row, as transformers does.
+
+    Paddle's Embedding returns zeros for ``padding_idx`` (PaddleFormers passes the
+    config's pad_token_id, except under tensor parallelism), so wherever the pad token
+    is also a real token (pad = eos, Qwen's <|endoftext|>) Paddle's model would compute
+    something else than the checkpoint's.
+    """
+    model.get_input_embeddings()._padding_idx = None
 
 
 def trainable(model: Any) -> list[Any]:

@@ -207,9 +207,8 @@ def run_finetune_args(recipe: Recipe) -> dict[str, Any]:
     keys: dict[str, Any] = {
         "model_name_or_path": recipe.model.path,
         "dataset_name_or_path": PADDLENLP,
-        "chat_template": f"{PADDLENLP}/chat_template.json",
         "max_length": d.max_seq_len,
-        "src_length": max(d.max_seq_len // 2, 1),
+        "src_length": max(d.max_seq_len - 1, 1),  # the prompt may take all but one token
         "zero_padding": d.packing,
         **_schedule(recipe),
         **_saving(recipe, d.val_size > 0),
@@ -223,6 +222,8 @@ def run_finetune_args(recipe: Recipe) -> dict[str, Any]:
         "unified_checkpoint": True,
         "overwrite_output_dir": False,
     }
+    if recipe.model.template != "auto":  # auto: the tokenizer's own chat template
+        keys["chat_template"] = f"{PADDLENLP}/chat_template.json"
     keys.pop("amp_master_grad", None)  # PaddleFormers' name; PaddleNLP's default is right
     if recipe.parallel.zero:
         keys["sharding"] = SHARDING[recipe.parallel.zero]

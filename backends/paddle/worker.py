@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import sys
@@ -65,7 +66,6 @@ def main(config: WorkerConfig, layout: RunLayout) -> int:
     paddle.seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed % 2**32)
-    stop = StopSignal()
 
     prepared = layout.at(config.data.prepared)
     pad_id = read_manifest(prepared)["pad_token_id"]
@@ -76,6 +76,8 @@ def main(config: WorkerConfig, layout: RunLayout) -> int:
     scheduler = build_scheduler(t, schedule)
     optimizer = build_optimizer(model, t, scheduler)
     wrapped = paddle.DataParallel(model) if rank.world > 1 else model
+    # After PaddleFormers' imports, which install paddle's own SIGTERM handler (it exits).
+    stop = StopSignal()
 
     tracker = RunTracker(
         config,
@@ -324,8 +326,9 @@ def save_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any, ra
     paddle.save(weights, str(folder / "model_state.pdparams"))
     paddle.save(optimizer.state_dict(), str(folder / "optimizer.pdopt"))
     paddle.save(scheduler.state_dict(), str(folder / "scheduler.pdparams"))
-    rng = {"python": random.getstate(), "numpy": np.random.get_state()}
-    paddle.save({"paddle": paddle.get_rng_state(), **rng}, str(folder / "rng_state.pdparams"))
+    paddle.save(paddle.get_rng_state(), str(folder / "rng_state.pdparams"))
+    with (folder / "rng_state.pkl").open("wb") as handle:  # read back by this worker only
+        pickle.dump({"python": random.getstate(), "numpy": np.random.get_state()}, handle)
 
 
 def load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> TrainerState:
@@ -335,8 +338,9 @@ def load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) ->
         named[name].set_value(value)
     optimizer.set_state_dict(paddle.load(str(folder / "optimizer.pdopt")))
     scheduler.set_state_dict(paddle.load(str(folder / "scheduler.pdparams")))
-    rng = paddle.load(str(folder / "rng_state.pdparams"), return_numpy=False)
-    paddle.set_rng_state(rng["paddle"])
+    paddle.set_rng_state(paddle.load(str(folder / "rng_state.pdparams"), return_numpy=False))
+    with (folder / "rng_state.pkl").open("rb") as handle:
+        rng = pickle.load(handle)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     return Checkpoints.state_of(folder)
