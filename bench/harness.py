@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,3 +170,45 @@ def header(title: str, before: dict[str, str]) -> str:
 def spread(run: Run) -> str:
     times = [s.seconds for s in run.samples]
     return f"{run.median:.2f} ({min(times):.2f}-{max(times):.2f})"
+
+
+# A `ftx run` as one timed child process: runs it, then prints its run.json's training
+# timing (train_timing.json's numbers) and final loss as one JSON line. Arguments: the
+# `ftx run` command, then the run.json path.
+FTX_RUN = """
+import json, subprocess, sys
+subprocess.run(sys.argv[1:-1], check=True, capture_output=True)
+run = json.load(open(sys.argv[-1]))
+print(json.dumps({**run["training"], "final_loss": run["final_loss"]}))
+"""
+
+
+def sh(*command: str) -> str:
+    """Run a set-up command (outside any clock); its stdout, or exit with its stderr."""
+    result = subprocess.run(command, text=True, capture_output=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:3])} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def training_bench(description: str, rows: int, workdir: str) -> tuple[Any, Path, Path]:
+    """The training benchmarks' shared set-up: the command line (--rows, --batch,
+    --repeats, --workdir), a random llama 'small' and an alpaca-like dataset of --rows rows
+    in the work folder. Returns (args, model folder, dataset file)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rows", type=int, default=rows)  # alpaca-like rows
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path(workdir))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    model = args.workdir / "model"
+    if not (model / "config.json").exists():
+        ftx = str(Path(sys.executable).with_name("ftx"))
+        sh(ftx, "init-model", "--arch", "llama", "--size", "small", "--out", str(model))
+    data = args.workdir / "alpaca_like.jsonl"
+    sh(sys.executable, str(ROOT / "bench/make_alpaca_like.py"), str(data), "--rows", str(args.rows))
+    return args, model, data

@@ -18,9 +18,7 @@ every side), median (min-max), and the final logged loss of each. Targets: ftx p
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -72,37 +70,12 @@ print(json.dumps({"train_seconds": result.metrics["train_runtime"], "tokens": to
                   "final_loss": losses[-1]}))
 """
 
-FTX_RUN = """
-import json, subprocess, sys
-subprocess.run(sys.argv[1:-1], check=True, capture_output=True)
-run = json.load(open(sys.argv[-1]))
-print(json.dumps({**run["training"], "final_loss": run["final_loss"]}))
-"""
-
-
-def sh(*command: str) -> str:
-    result = subprocess.run(command, text=True, capture_output=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:3])} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
-
 
 def main() -> None:
-    from harness import Run, header, interleave, machine
+    from harness import FTX_RUN, Run, header, interleave, machine, sh, training_bench
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=1024)  # alpaca-like rows
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ftx-bench-train"))
-    args = parser.parse_args()
+    args, model, data = training_bench(__doc__, 1024, "/tmp/ftx-bench-train")
     work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    model = work / "model"
-    if not (model / "config.json").exists():
-        sh(str(FTX), "init-model", "--arch", "llama", "--size", "small", "--out", str(model))
-    data = work / "alpaca_like.jsonl"
-    sh(sys.executable, str(ROOT / "bench/make_alpaca_like.py"), str(data), "--rows", str(args.rows))
     recipe = work / "bench.yaml"
     recipe.write_text(
         f"model: {{path: {model}, template: llama3}}\n"

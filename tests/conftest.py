@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from oracles import ORACLES
 
 from ftx.core import envs
+from oracles import ORACLES
 
 for _name, _spec in ORACLES.items():
     envs.register(_name, _spec)

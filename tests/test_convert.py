@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from oracles import PADDLENLP
 
 from conftest import FTX, run_ftx, run_in_env
 from ftx.core.convert.convert import convert
 from ftx.core.convert.safetensors_stream import SafetensorsReader, TensorInfo, write_safetensors
 from ftx.core.errors import FtxError
+from oracles import PADDLENLP
 
 
 def tensors(folder: Path) -> dict[str, tuple[str, tuple, bytes]]:

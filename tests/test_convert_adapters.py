@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from oracles import PADDLENLP
 
 from conftest import run_ftx, run_in_env
 from ftx.core.convert.adapters import read_adapter
 from ftx.core.convert.convert import convert
 from ftx.core.convert.safetensors_stream import SafetensorsReader
+from oracles import PADDLENLP
 
 IDS = [[1, 6, 9, 33, 70, 100, 200, 7, 8]]
 

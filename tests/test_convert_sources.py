@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from oracles import PADDLENLP
 
 from conftest import run_ftx, run_in_env
 from ftx.core.convert.convert import convert
 from ftx.core.convert.mindspore_ckpt import write_ckpt
 from ftx.core.convert.safetensors_stream import SafetensorsReader, TensorInfo
 from ftx.core.errors import FtxError
+from oracles import PADDLENLP
 
 
 def tensors(folder: Path) -> dict[str, tuple[str, tuple, bytes]]:

@@ -262,9 +262,8 @@ print(json.dumps(out))
 
 @pytest.mark.env
 def test_paddlenlp_renders_the_exported_chat_template_like_ftx() -> None:
-    from oracles import PADDLENLP
-
     from conftest import run_in_env
+    from oracles import PADDLENLP
 
     cases, expected = [], []
     for name in ("llama3", "qwen", "llama2", "mistral", "phi3", "deepseek", "yi", "alpaca"):

@@ -1,6 +1,7 @@
 """The tiny tokenizers `ftx init-model` writes tokenise the same everywhere: data is
 tokenised once by the core, but each backend decodes (evaluation, generation) with its own
-transformers (5.24 core, 5.23 torch, 4.57 mindformers) or paddlenlp."""
+transformers (5.24 core, 5.23 torch, 5.3 paddle, 4.57 mindformers), PaddleFormers' own
+AutoTokenizer, or paddlenlp (the test-only oracle)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from pathlib import Path
 text = Path(sys.argv[2]).read_text()
 if sys.argv[3] == "paddlenlp":
     from paddlenlp.transformers import PretrainedTokenizerFast as Tokenizer
+elif sys.argv[3] == "paddleformers":
+    from paddleformers.transformers import AutoTokenizer as Tokenizer
 else:
     from transformers import AutoTokenizer as Tokenizer
 tok = Tokenizer.from_pretrained(sys.argv[1])
@@ -45,8 +48,11 @@ def test_tokenizers_give_the_same_ids_in_every_environment(
     model = request.getfixturevalue(arch)
     core = AutoTokenizer.from_pretrained(str(model))(sample.read_text())["input_ids"]
     digest = hashlib.sha256(json.dumps(list(core)).encode()).hexdigest()
+    from oracles import PADDLENLP
+
     for env, loader in (("torch", "transformers"), ("mindformers", "transformers"),
-                        ("paddle", "paddlenlp")):  # fmt: skip
+                        ("paddle", "transformers"), ("paddle", "paddleformers"),
+                        (PADDLENLP, "paddlenlp")):  # fmt: skip
         found = run_in_env(env, TOKENISE, str(model), str(sample), loader)
         got = hashlib.sha256(json.dumps(found["ids"]).encode()).hexdigest()
         assert got == digest, (env, len(found["ids"]), len(core))

@@ -274,7 +274,7 @@ def translate(recipe: Recipe) -> NativePlan:
     if recipe.parallel.world_size > 1:
         files[WORKER_SCRIPT] = (
             f"# The {SPEC.worker} module as a script, for paddle.distributed.launch.\n"
-            f"import runpy\n\nrunpy.run_module({SPEC.worker!r}, run_name='__main__')\n"
+            f'import runpy\n\nrunpy.run_module("{SPEC.worker}", run_name="__main__")\n'
         )
     return NativePlan(
         backend=SPEC.name,

@@ -1,0 +1,123 @@
+"""The paddle backend's overhead: ftx's paddle worker vs PaddleFormers' own trainer on the
+same plan, on this machine's CPU.
+
+    .venv/bin/python bench/train_paddle.py [--rows 256] [--batch 8] [--repeats 3]
+                                           [--workdir /tmp/ftx-bench-paddle]
+
+One recipe (llama "small", 3.4M parameters, fp32, alpaca-like rows of at most 512 tokens,
+one epoch, micro batch --batch, no accumulation, no evaluation, no checkpoints) runs two
+ways, interleaved (bench/harness.py), each --repeats times in a fresh process:
+  ftx paddle           `ftx run --backend paddle` (the worker on the core's tokens)
+  paddleformers-cli    `paddleformers-cli train OUT/plan/paddleformers.yaml` on the files
+                       that same `ftx plan` wrote (its own data pipeline and Trainer), with the
+                       CPU settings PaddleFormers needs here (see the README)
+Both pad each batch to its longest row and see the same rows once. Measured: training rows
+per second of the training loop alone (ftx: OUT/logs/train_timing.json; PaddleFormers: its
+train_results.json), median (min-max); the ratio is ftx / PaddleFormers. PaddleFormers'
+"tokens per second" counts max_seq_len per row, not real tokens, so rows/s is the common
+unit; ftx's real tokens/s is shown too. Target: ftx >= 0.95x (overhead <= 5%).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FTX = Path(sys.executable).with_name("ftx")
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+NATIVE_RUN = """
+import json, subprocess, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+done = subprocess.run(sys.argv[2:], cwd=out, capture_output=True, text=True)
+if done.returncode != 0:
+    sys.exit((out / "paddleformers_dist_log/workerlog.0").read_text()[-3000:])
+print(json.dumps(json.loads((out / "native/train_results.json").read_text())))
+"""
+
+
+def main() -> None:
+    from harness import FTX_RUN, Run, header, interleave, machine, sh, training_bench
+
+    args, model, data = training_bench(__doc__, 256, "/tmp/ftx-bench-paddle")
+    work = args.workdir
+    if "fuse_rms_norm" not in (config := json.loads((model / "config.json").read_text())):
+        # PaddleFormers' fused RMSNorm kernel is GPU-only; ftx's worker sets this itself.
+        (model / "config.json").write_text(json.dumps({**config, "fuse_rms_norm": False}))
+    recipe = work / "bench.yaml"
+    recipe.write_text(
+        f"model: {{path: {model}, template: auto}}\n"
+        f"data: {{datasets: [{data}], max_seq_len: 512, val_size: 0}}\n"
+        "method: {finetuning: full}\n"
+        f"train: {{epochs: 1, micro_batch_size: {args.batch}, learning_rate: 1.0e-3,"
+        " logging_steps: 1000}\n"
+    )
+    native = work / "native-plan"
+    shutil.rmtree(native, ignore_errors=True)
+    sh(str(FTX), "-q", "plan", str(recipe), "--backend", "paddle", "--out", str(native))
+
+    sys.path.insert(0, str(ROOT))
+    from ftx.core import envs
+
+    envs.ensure("paddle")
+    env = {**envs.process_env("paddle"), "CUDA_VISIBLE_DEVICES": "0"}
+
+    def fresh_native() -> None:
+        for leftover in ("native", "paddleformers_dist_log"):
+            shutil.rmtree(native / leftover, ignore_errors=True)
+
+    ftx_out = work / "ftx"
+    ftx_run = [str(FTX), "-q", "run", str(recipe), "--backend", "paddle"]
+    ftx_run += ["--out", str(ftx_out), "--force"]
+    cli = ["paddleformers-cli", "train", "plan/paddleformers.yaml", "device=cpu"]
+    cli += ["_attn_implementation=eager"]
+    runs = [
+        Run(
+            "ftx run --backend paddle",
+            [sys.executable, "-c", FTX_RUN, *ftx_run, str(ftx_out / "run.json")],
+        ),
+        Run(
+            "paddleformers-cli train (the same plan)",
+            [sys.executable, "-c", NATIVE_RUN, str(native), *cli],
+            env=env,
+            before=fresh_native,
+        ),
+    ]
+    started = machine()
+    interleave(runs, args.repeats)
+
+    def results(run: Run) -> list[dict]:
+        return [json.loads(s.output.strip().splitlines()[-1]) for s in run.samples]
+
+    ftx_found = results(runs[0])
+    ftx_rows = sorted(r["steps"] * args.batch / r["train_seconds"] for r in ftx_found)
+    ftx_tokens = sorted(r["tokens"] / r["train_seconds"] for r in ftx_found)
+    native_rows = sorted(r["train_samples_per_second"] for r in results(runs[1]))
+    mid = args.repeats // 2
+    print(header(f"bench/train_paddle.py --rows {args.rows} --repeats {args.repeats}", started))
+    print(
+        f"Paddle backend on CPU (paddlepaddle 3.3.1, PaddleFormers 1.2.0): {args.rows}"
+        " alpaca-like rows (max 512 tokens), llama 'small' (3.4M parameters), fp32, one"
+        f" epoch, batch {args.batch}; training rows/s of the training loop, median (min-max)"
+        f" of {args.repeats} interleaved runs, {os.cpu_count()} CPUs\n"
+    )
+    print("| run | rows/s | ratio | real tokens/s |")
+    print("| --- | --- | --- | --- |")
+    print(
+        f"| {runs[0].label} | {ftx_rows[mid]:.2f} ({ftx_rows[0]:.2f}-{ftx_rows[-1]:.2f}) |"
+        f" {ftx_rows[mid] / native_rows[mid]:.2f}x | {ftx_tokens[mid]:,.0f} |"
+    )
+    print(
+        f"| {runs[1].label} | {native_rows[mid]:.2f}"
+        f" ({native_rows[0]:.2f}-{native_rows[-1]:.2f}) | 1.00x | - |"
+    )
+
+
+if __name__ == "__main__":
+    main()
