@@ -191,7 +191,9 @@ def sh(*command: str) -> str:
     return result.stdout
 
 
-def training_bench(description: str, rows: int, workdir: str) -> tuple[Any, Path, Path]:
+def training_bench(
+    description: str, rows: int, workdir: str, batch: int = 8
+) -> tuple[Any, Path, Path]:
     """The training benchmarks' shared set-up: the command line (--rows, --batch,
     --repeats, --workdir), a random llama 'small' and an alpaca-like dataset of --rows rows
     in the work folder. Returns (args, model folder, dataset file)."""
@@ -200,7 +202,7 @@ def training_bench(description: str, rows: int, workdir: str) -> tuple[Any, Path
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rows", type=int, default=rows)  # alpaca-like rows
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path(workdir))
     args = parser.parse_args()

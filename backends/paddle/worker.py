@@ -222,7 +222,12 @@ def clip_gradients(model: Any, max_norm: float) -> float:
     """The global gradient norm before clipping; gradients scaled as torch's
     clip_grad_norm_ does (max_norm / (norm + 1e-6), when that is below 1)."""
     grads = [p.grad for p in trainable(model) if p.grad is not None]
-    norm = math.sqrt(sum(float((g.astype("float32") ** 2).sum()) for g in grads))
+    # One reduction and one host sync for the whole model (a float() per tensor cost ~12%
+    # of a small model's step).
+    squares = [
+        paddle.square(g if g.dtype == paddle.float32 else g.astype("float32")).sum() for g in grads
+    ]
+    norm = math.sqrt(float(paddle.add_n(squares))) if squares else 0.0
     if max_norm > 0:
         coef = max_norm / (norm + 1e-6)
         if coef < 1:
