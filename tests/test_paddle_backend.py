@@ -381,3 +381,63 @@ def test_qwen2_on_cpu_is_refused_clearly(tmp_path: Path, tiny_qwen2: Path) -> No
     assert result.returncode != 0
     assert "PaddleFleet" in result.stderr and "Llama-architecture" in result.stderr
     assert not os.path.exists(tmp_path / "out/final")
+
+
+PADDLEFORMERS_TEMPLATE = """
+import json, runpy, sys
+from pathlib import Path
+runpy.run_path(sys.argv[1])  # the plan's custom_register_path, as PaddleFormers loads it
+from paddleformers.datasets.template.template import TEMPLATES
+from paddleformers.transformers import AutoTokenizer
+template = TEMPLATES[sys.argv[2]]
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[3])
+texts, learned = [], []
+for line in Path(sys.argv[4]).read_text().splitlines()[:5]:
+    messages = json.loads(line)["messages"]
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    turns = [m for m in messages if m["role"] != "system"]
+    pairs = template.encode_multiturn(tokenizer, turns, system)
+    ids = [i for source, target in pairs for i in source + target]
+    ids += tokenizer.convert_tokens_to_ids(tokenizer.tokenize(template.suffix[-1]))
+    texts.append(tokenizer.decode(ids))
+    learned.append([tokenizer.decode(target) for _, target in pairs])
+print(json.dumps({"texts": texts, "learned": learned, "suffix": template.suffix[-1]}))
+"""
+
+
+@pytest.mark.parametrize("template", ["llama3", "qwen2_5"])
+def test_the_plans_template_module_renders_ftx_template_in_paddleformers(
+    template: str, tmp_path: Path, tiny_llama: Path
+) -> None:
+    """PaddleFormers, given the plan's ftx_template.py, writes the conversations of the
+    plan's messages file as ftx's template does: the same text, and the answers (plus the
+    end-of-turn PaddleFormers adds as its suffix) as the learned parts."""
+    from ftx.core.data.templates import render_named
+
+    path = recipe(tmp_path, tiny_llama)
+    path.write_text(
+        path.read_text().replace(
+            f"model: {{path: {tiny_llama}}}", f"model: {{path: {tiny_llama}, template: {template}}}"
+        )
+    )
+    out = tmp_path / "out"
+    plan = run_ftx("plan", str(path), "--backend", "paddle", "--out", str(out))
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    config = (out / "plan/paddleformers.yaml").read_text()
+    assert f"template: ftx_{template}" in config and "custom_register_path" in config
+    messages = out / "plan/data/messages/train.jsonl"
+    found = run_in_env(
+        "paddle", PADDLEFORMERS_TEMPLATE, str(out / "plan/data/ftx_template.py"),
+        f"ftx_{template}", str(tiny_llama), str(messages),
+    )  # fmt: skip
+    tokenizer = json.loads((tiny_llama / "tokenizer_config.json").read_text())
+    bos, eos = tokenizer.get("bos_token") or "", tokenizer.get("eos_token") or ""
+    for line, text, learned in zip(
+        messages.read_text().splitlines(), found["texts"], found["learned"], strict=False
+    ):
+        expected, spans = render_named(template, json.loads(line)["messages"], bos=bos, eos=eos)
+        assert text == expected
+        # PaddleFormers learns each answer with its end-of-turn (chat_sep, or the suffix it
+        # appends after the last one): ftx's learned spans, in order.
+        answers = "".join(expected[start:end] for start, end in spans)
+        assert "".join(learned) + found["suffix"] == answers
