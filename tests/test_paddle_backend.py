@@ -367,6 +367,8 @@ def test_what_paddle_cannot_run_is_refused_with_the_key(tmp_path: Path, tiny_lla
         "method.lora.dora=true",
     )
     assert dora.returncode == 2 and "method.lora.dora" in dora.stderr
+    board = run_ftx("validate", str(path), "--backend", "paddle", "output.report_to=tensorboard")
+    assert board.returncode == 2 and "output.report_to" in board.stderr
 
 
 def test_qwen2_on_cpu_is_refused_clearly(tmp_path: Path, tiny_qwen2: Path) -> None:

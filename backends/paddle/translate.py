@@ -55,6 +55,14 @@ def refuse_what_paddleformers_cannot_do(recipe: Recipe) -> None:
                 where=key,
                 fix=f"set {key} to false, or use --backend torch",
             )
+    if recipe.output.report_to == "tensorboard":
+        raise FtxError(
+            "output.report_to is tensorboard, and the paddle environment has no TensorBoard"
+            " writer (PaddleFormers logs to VisualDL)",
+            where="output.report_to",
+            fix="set it to none: OUT/metrics.jsonl holds every logged row and `ftx report OUT`"
+            " plots it",
+        )
 
 
 def lora_config(recipe: Recipe) -> dict[str, Any]:
