@@ -237,6 +237,41 @@ def test_two_processes_match_one(
     assert found["keys"] and found["diff"] < TOLERANCE
 
 
+RECOMPUTED_LAYERS = """
+import json, sys, numpy as np, paddle
+from pathlib import Path
+from paddleformers.transformers.llama import modeling as llama
+from ftx.backends.paddle.modeling import load_model
+from ftx.core.contract import RunLayout, WorkerConfig
+calls = []
+original = llama.LlamaModel.recompute_training
+def counted(self, *args, **kwargs):
+    calls.append(1)
+    return original(self, *args, **kwargs)
+llama.LlamaModel.recompute_training = counted  # count, then run the real thing
+path = Path(sys.argv[1])
+model = load_model(WorkerConfig.read(path), RunLayout.of_worker_config(path), 0, packed=False)
+ids = paddle.to_tensor([[1, 17, 23, 42, 99, 7]])
+model(ids, return_dict=True).logits.sum().backward()
+print(json.dumps({"recomputed": len(calls)}))
+"""
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradient_checkpointing_recomputes_every_layer(
+    method: str, tmp_path: Path, tiny_llama: Path
+) -> None:
+    path = recipe(tmp_path, tiny_llama)
+    out = tmp_path / "out"
+    lora = ["method.finetuning=lora"] if method == "lora" else []
+    plan = run_ftx("plan", str(path), "--backend", "paddle", "--out", str(out),
+                   "train.gradient_checkpointing=true", *lora)  # fmt: skip
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    found = run_in_env("paddle", RECOMPUTED_LAYERS, str(out / "plan/worker.json"))
+    layers = json.loads((tiny_llama / "config.json").read_text())["num_hidden_layers"]
+    assert found["recomputed"] == layers
+
+
 def free_port() -> int:
     import socket
 

@@ -93,7 +93,17 @@ def load_model(config: WorkerConfig, layout: RunLayout, rank: int, packed: bool)
 
         settings = json.loads((layout.plan / LORA_CONFIG).read_text())
         model = LoRAModel(model, LoRAConfig(**settings, merge_weights=False))
+        if config.train.gradient_checkpointing:
+            # PaddleFormers recomputes a layer only when its input needs a gradient; with
+            # the embeddings frozen it would silently not (transformers'
+            # enable_input_require_grads, the same fix).
+            model.get_input_embeddings().register_forward_post_hook(_needs_grad)
     return model
+
+
+def _needs_grad(layer: Any, inputs: Any, output: paddle.Tensor) -> paddle.Tensor:
+    output.stop_gradient = False
+    return output
 
 
 def keep_pad_embedding(model: Any) -> None:
