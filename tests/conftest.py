@@ -33,6 +33,27 @@ def run_ftx(*args: str, cwd: Path | None = None, timeout: int = 900) -> subproce
     )
 
 
+def run_nodes(commands: list[list[str]], logs: Path, timeout: int = 900) -> None:
+    """Start one `ftx` command per "node" at once and wait for all; each writes its output
+    to logs/node<i>.log (files, not pipes: no node can block on a full pipe while another
+    is waited for). Fails naming every node that did not exit 0, with its log."""
+    logs.mkdir(parents=True, exist_ok=True)
+    files = [(logs / f"node{i}.log").open("w") for i in range(len(commands))]
+    procs = [
+        subprocess.Popen(c, stdout=f, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+        for c, f in zip(commands, files, strict=True)
+    ]
+    codes = [p.wait(timeout=timeout) for p in procs]
+    for f in files:
+        f.close()
+    failed = {
+        i: (logs / f"node{i}.log").read_text(errors="replace")[-2000:]
+        for i, code in enumerate(codes)
+        if code != 0
+    }
+    assert not failed, f"exit codes {codes}: {failed}"
+
+
 def run_in_env(name: str, code: str, *args: str, timeout: int = 600) -> dict:
     """Run python code inside a backend's environment; it prints one JSON line last."""
     from ftx.core import envs

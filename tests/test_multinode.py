@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import FTX, ROOT
+from conftest import FTX, ROOT, run_nodes
 from ftx.core.errors import FtxError
 from ftx.core.preflight import Topology, run_preflight
 
@@ -71,26 +69,11 @@ def test_two_nodes_train_together_through_torchrun(tmp_path: Path, tiny_llama: P
         "train: {max_steps: 2, micro_batch_size: 2, logging_steps: 1}\n"
         f"parallel: {{nnodes: 2, nproc_per_node: 1, master_addr: 127.0.0.1, master_port: {port}}}\n"
     )
-    procs = [
-        subprocess.Popen(
-            [
-                str(FTX),
-                "run",
-                str(recipe),
-                "--out",
-                str(tmp_path / f"node{rank}"),
-                f"parallel.node_rank={rank}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(os.environ),
-        )
-        for rank in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-2000:]
+    run = [str(FTX), "run", str(recipe)]
+    run_nodes(
+        [[*run, "--out", str(tmp_path / f"node{r}"), f"parallel.node_rank={r}"] for r in (0, 1)],
+        tmp_path / "logs",
+    )
     launch = (tmp_path / "node1/plan/launch.sh").read_text()
     assert "--nnodes=2" in launch and "--node_rank=1" in launch
     rows = [json.loads(x) for x in (tmp_path / "node0/metrics.jsonl").read_text().splitlines()]

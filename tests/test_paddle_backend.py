@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FTX, ROOT, run_ftx, run_in_env
+from conftest import FTX, ROOT, run_ftx, run_in_env, run_nodes
 
 DATA = ROOT / "recipes" / "data"
 # Same weights, same batches, fp32: the frameworks differ only in summation order.
@@ -291,18 +291,10 @@ def test_two_nodes_on_localhost_train_together(
     )
     path.write_text(path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2"))
     run = [str(FTX), "run", str(path), "--backend", "paddle"]
-    procs = [
-        subprocess.Popen(
-            [*run, "--out", str(tmp_path / f"n{r}"), f"parallel.node_rank={r}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    run_nodes(
+        [[*run, "--out", str(tmp_path / f"n{r}"), f"parallel.node_rank={r}"] for r in (0, 1)],
+        tmp_path / "logs",
+    )
     launch = (tmp_path / "n1/plan/launch.sh").read_text()
     assert "--nnodes \\\n    2" in launch and "--rank \\\n    1" in launch
     assert f"127.0.0.1:{port}" in launch
