@@ -58,6 +58,38 @@ class Override:
     values: Mapping[Any, Any] | None = None  # native value -> recipe value; others refused
 
 
+def alias(recipe_key: str, kind: type, example: Any, values: Mapping | None = None) -> Override:
+    """An Override that is a native spelling of ``recipe_key``."""
+    return Override(
+        kind, example, f"the recipe's {recipe_key}", recipe_key=recipe_key, values=values
+    )
+
+
+# The TrainingArguments names transformers and PaddleFormers share, each written into its
+# recipe key, plus the Adam settings (no recipe key: they reach the worker's AdamW as they
+# are). Backends whose users think in those names start their OVERRIDES from these.
+TRAINING_ARGUMENTS = {
+    "adam_beta1": Override(float, 0.8, "AdamW beta1 (default 0.9)"),
+    "adam_beta2": Override(float, 0.95, "AdamW beta2 (default 0.999)"),
+    "adam_epsilon": Override(float, 1e-6, "AdamW epsilon (default 1e-8)"),
+    "learning_rate": alias("train.learning_rate", float, 3e-4),
+    "num_train_epochs": alias("train.epochs", float, 7.0),
+    "max_steps": alias("train.max_steps", int, 11),
+    "lr_scheduler_type": alias("train.scheduler", str, "linear"),
+    "warmup_ratio": alias("train.warmup_ratio", float, 0.2),
+    "warmup_steps": alias("train.warmup_steps", int, 9),
+    "per_device_train_batch_size": alias("train.micro_batch_size", int, 3),
+    "gradient_accumulation_steps": alias("train.grad_accum", int, 4),
+    "weight_decay": alias("train.weight_decay", float, 0.05),
+    "max_grad_norm": alias("train.max_grad_norm", float, 0.5),
+    "seed": alias("train.seed", int, 7),
+    "logging_steps": alias("train.logging_steps", int, 3),
+    "save_steps": alias("train.save_steps", int, 13),
+    "save_total_limit": alias("train.save_total_limit", int, 5),
+    "eval_steps": alias("train.eval_steps", int, 17),
+}
+
+
 @dataclass(frozen=True)
 class DataExporter:
     """``ftx data export --to NAME``: the recipe's data in a native tool's own format."""

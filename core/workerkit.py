@@ -5,6 +5,7 @@ standard library and numpy. A worker is its framework's model, optimizer and
 step on top of these pieces:
 
 - :func:`micro_batch_order`: which examples each micro-batch takes (the same on every backend)
+- :func:`segment_spans`: where each example of a packed row starts and ends
 - :class:`StopSignal`: SIGTERM/SIGINT ask for a checkpoint and an orderly exit
 - :class:`MetricsWindow`: running sums between two logged steps -> a :class:`MetricsRow`
 - :class:`Checkpoints`: staged, atomic ``checkpoint-<step>`` folders, rotation, resume
@@ -24,7 +25,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -133,6 +134,17 @@ class Schedule:
         if train.warmup_steps:
             return train.warmup_steps
         return math.ceil(train.warmup_ratio * self.total_steps)
+
+
+def segment_spans(segments: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, end) of every example of one packed row, from its segment ids (0: padding)."""
+    spans, start = [], 0
+    for i in range(1, len(segments) + 1):
+        if i == len(segments) or segments[i] != segments[start]:
+            if segments[start] > 0:
+                spans.append((start, i))
+            start = i
+    return spans
 
 
 # --------------------------------------------------------------------------- signals
@@ -419,6 +431,24 @@ class RunTracker:
     def _saves(self, step: int) -> bool:
         every = self.train.save_steps
         return bool(every) and step % every == 0
+
+
+# --------------------------------------------------------------------------- held-out scoring
+
+
+def exact_match_result(references: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:
+    """OUT/eval.json's entry for one scoring: the share of answers equal to their reference
+    (both stripped), the count, and the first five pairs."""
+    hits = [a.strip() == r.strip() for r, a in zip(references, answers, strict=True)]
+    samples = [
+        {"reference": r, "answer": a.strip(), "match": hit}
+        for r, a, hit in list(zip(references, answers, hits, strict=True))[:5]
+    ]
+    return {
+        "exact_match": sum(hits) / max(len(hits), 1),
+        "examples": len(hits),
+        "samples": samples,
+    }
 
 
 # --------------------------------------------------------------------------- FLOPs / MFU

@@ -174,7 +174,8 @@ def test_lora_with_packing_exports_a_peft_adapter_and_a_merged_model(
 
 PACKED_VS_ALONE = """
 import json, sys, numpy as np, paddle
-from ftx.backends.paddle.modeling import collate, segment_spans
+from ftx.backends.paddle.modeling import collate
+from ftx.core.workerkit import segment_spans
 from ftx.core.prepared import load_split
 from paddleformers.transformers import AutoConfig, AutoModelForCausalLM
 config = AutoConfig.from_pretrained(sys.argv[1], dtype="float32")

@@ -21,18 +21,7 @@ from ftx.backends.paddle.plan_files import LORA_CONFIG
 from ftx.core.contract import RunLayout, WorkerConfig
 from ftx.core.errors import FtxError
 from ftx.core.prepared import IGNORE_INDEX, PreparedSplit
-
-# Files of a Hugging Face model folder that are not weights (copied into outputs).
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "generation_config.json",
-)
+from ftx.core.workerkit import segment_spans
 
 
 def on_gpu() -> bool:
@@ -149,17 +138,6 @@ def collate(split: PreparedSplit, indices: list[int], pad_id: int) -> dict[str, 
         batch["position_ids"] = positions
         batch["attn_mask_startend_row_indices"] = ends[:, None, :, None]
     return {k: paddle.to_tensor(v) for k, v in batch.items()}
-
-
-def segment_spans(segments: np.ndarray) -> list[tuple[int, int]]:
-    """(start, end) of every example of one packed row (segment 0 is padding)."""
-    spans, start = [], 0
-    for i in range(1, len(segments) + 1):
-        if i == len(segments) or segments[i] != segments[start]:
-            if segments[start] > 0:
-                spans.append((start, i))
-            start = i
-    return spans
 
 
 def shifted_targets(batch: dict[str, paddle.Tensor]) -> paddle.Tensor:

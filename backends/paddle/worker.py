@@ -30,7 +30,6 @@ import numpy as np
 import paddle
 
 from ftx.backends.paddle.modeling import (
-    TOKENIZER_FILES,
     collate,
     load_model,
     on_gpu,
@@ -39,6 +38,7 @@ from ftx.backends.paddle.modeling import (
     trainable,
 )
 from ftx.core.contract import MetricsLog, RunLayout, TrainArgs, WorkerConfig
+from ftx.core.convert.convert import copy_side_files
 from ftx.core.fsutil import atomic_write_json
 from ftx.core.prepared import (
     IGNORE_INDEX,
@@ -55,6 +55,7 @@ from ftx.core.workerkit import (
     StepResult,
     StopSignal,
     TrainerState,
+    exact_match_result,
     run_worker,
     write_final,
 )
@@ -299,7 +300,7 @@ def exact_match(
         stop |= set(configured if isinstance(configured, list) else [configured])
     stop.discard(None)
     model.eval()
-    hits, samples = 0, []
+    answers = []
     for row in prompts:
         ids = list(row["input_ids"])
         new: list[int] = []
@@ -309,17 +310,9 @@ def exact_match(
             if token in stop:
                 break
             new.append(token)
-        answer = tokenizer.decode(new, skip_special_tokens=True).strip()
-        hit = answer == row["reference"].strip()
-        hits += hit
-        if len(samples) < 5:
-            samples.append({"reference": row["reference"], "answer": answer, "match": hit})
+        answers.append(tokenizer.decode(new, skip_special_tokens=True))
     model.train()
-    return {
-        "exact_match": hits / max(len(prompts), 1),
-        "examples": len(prompts),
-        "samples": samples,
-    }
+    return exact_match_result([row["reference"] for row in prompts], answers)
 
 
 def save_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any, rank: Rank) -> None:
@@ -371,7 +364,7 @@ def write_hf_final(folder: Path, model: Any, config: WorkerConfig, rank: Rank) -
     if not rank.main:
         return
     _tidy(native)
-    _copy_tokenizer(source, native)
+    copy_side_files(source, native)
     if not lora or fmt == "native":
         return
     from ftx.core.convert.adapters import convert_adapter
@@ -384,26 +377,20 @@ def write_hf_final(folder: Path, model: Any, config: WorkerConfig, rank: Rank) -
         item.replace(folder / item.name)
     (folder / ".hf").rmdir()
     _with_base(folder / "adapter_config.json", str(source))
-    _copy_tokenizer(source, folder)
+    copy_side_files(source, folder)
     if fmt == "hf":
         shutil.rmtree(native)
     if config.output.merge_lora:
         # ftx's merge (fp32, as PEFT's); written beside the adapter folder, which it reads.
         merged = folder.with_name(f"{folder.name}.merged")
         merge_lora(source, folder, merged, force=True)
-        _copy_tokenizer(source, merged)
+        copy_side_files(source, merged)
         merged.replace(folder / "merged")
 
 
 def _tidy(folder: Path) -> None:
     for marker in folder.glob("saved_signal_*"):  # PaddleFormers' async-save markers
         marker.unlink()
-
-
-def _copy_tokenizer(source: Path, folder: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (source / name).exists():
-            shutil.copyfile(source / name, folder / name)
 
 
 def _with_base(path: Path, base: str) -> None:

@@ -10,6 +10,7 @@ import torch
 from ftx.backends.torch.engines import all_reduce_sum
 from ftx.backends.torch.modeling import collate, token_loss_sum
 from ftx.core.prepared import PreparedSplit
+from ftx.core.workerkit import exact_match_result
 
 
 @torch.no_grad()
@@ -56,7 +57,7 @@ def exact_match(
     stop |= set(configured if isinstance(configured, list) else [configured])
     stop.discard(None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    hits, samples = 0, []
+    answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
         rows = prompts[start : start + batch_size]
         width = max(len(r["input_ids"]) for r in rows)
@@ -75,15 +76,8 @@ def exact_match(
             pad_token_id=pad,
             synced_gpus=synced,
         )
-        for i, r in enumerate(rows):
-            answer = tokenizer.decode(out[i, width:], skip_special_tokens=True).strip()
-            hit = answer == r["reference"].strip()
-            hits += hit
-            if len(samples) < 5:
-                samples.append({"reference": r["reference"], "answer": answer, "match": hit})
+        answers += [
+            tokenizer.decode(out[i, width:], skip_special_tokens=True) for i in range(len(rows))
+        ]
     model.train()
-    return {
-        "exact_match": hits / max(len(prompts), 1),
-        "examples": len(prompts),
-        "samples": samples,
-    }
+    return exact_match_result([r["reference"] for r in prompts], answers)

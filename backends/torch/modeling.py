@@ -12,6 +12,7 @@ import torch
 from ftx.backends.torch.plan_files import PEFT_CONFIG
 from ftx.core.contract import QuantizationArgs, WorkerConfig
 from ftx.core.prepared import IGNORE_INDEX, PreparedSplit
+from ftx.core.workerkit import segment_spans as example_spans
 
 _ZERO3_CONFIG: list[Any] = []  # keeps transformers' ZeRO-3 hook alive during from_pretrained
 
@@ -210,16 +211,7 @@ def collate(
 
 def segment_spans(segments: torch.Tensor) -> list[list[tuple[int, int]]]:
     """(start, end) of every example in each packed row (segment 0 is padding)."""
-    spans = []
-    for row in segments.tolist():
-        row_spans, start = [], 0
-        for i in range(1, len(row) + 1):
-            if i == len(row) or row[i] != row[start]:
-                if row[start] > 0:
-                    row_spans.append((start, i))
-                start = i
-        spans.append(row_spans)
-    return spans
+    return [example_spans(row) for row in segments.tolist()]
 
 
 def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
