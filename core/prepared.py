@@ -56,6 +56,30 @@ class PreparedSplit:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def padded(self, indices: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
+        """A micro-batch as int64 arrays right-padded to its longest row: input_ids (pad_id on
+        padding), labels (-100 there), token_mask (1 on real tokens) and, for packed splits,
+        position_ids and segment_ids (0 on padding). Every worker's collate starts here."""
+        rows = [self[i] for i in indices]
+        width = max(len(ids) for ids, _ in rows)
+        names = ("input_ids", "labels", "token_mask")
+        fills = (pad_id, IGNORE_INDEX, 0)
+        if self.packed:
+            names, fills = (*names, "position_ids", "segment_ids"), (*fills, 0, 0)
+        batch = {
+            n: np.full((len(rows), width), f, dtype=np.int64)
+            for n, f in zip(names, fills, strict=True)
+        }
+        for r, (index, (ids, labels)) in enumerate(zip(indices, rows, strict=True)):
+            batch["input_ids"][r, : len(ids)] = ids
+            batch["labels"][r, : len(labels)] = labels
+            batch["token_mask"][r, : len(ids)] = 1
+            if self.packed:
+                positions, segments = self.positions(index)
+                batch["position_ids"][r, : len(positions)] = positions
+                batch["segment_ids"][r, : len(segments)] = segments
+        return batch
+
 
 def write_split(
     folder: Path,

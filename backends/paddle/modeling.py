@@ -117,25 +117,13 @@ def collate(split: PreparedSplit, indices: list[int], pad_id: int) -> dict[str, 
     Packed rows also get position_ids (restarting per example) and FlashMask row indices:
     for each column, the first row that may no longer see it (the end of its example).
     """
-    rows = [split[i] for i in indices]
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
-    real = np.zeros((len(rows), width), dtype=np.int64)
-    for r, (ids, lab) in enumerate(rows):
-        input_ids[r, : len(ids)] = ids
-        labels[r, : len(lab)] = lab
-        real[r, : len(ids)] = 1
-    batch = {"input_ids": input_ids, "labels": labels, "token_mask": real}
-    if split.packed:
-        positions = np.zeros((len(rows), width), dtype=np.int64)
-        ends = np.full((len(rows), width), width, dtype=np.int32)
-        for r, index in enumerate(indices):
-            pos, seg = split.positions(index)
-            positions[r, : len(pos)] = pos
-            for start, end in segment_spans(seg):
+    batch = split.padded(indices, pad_id)
+    segments = batch.pop("segment_ids", None)
+    if segments is not None:
+        ends = np.full(segments.shape, segments.shape[1], dtype=np.int32)
+        for r, row in enumerate(segments):
+            for start, end in segment_spans(row.tolist()):
                 ends[r, start:end] = end
-        batch["position_ids"] = positions
         batch["attn_mask_startend_row_indices"] = ends[:, None, :, None]
     return {k: paddle.to_tensor(v) for k, v in batch.items()}
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ftx.backends.torch.plan_files import PEFT_CONFIG
@@ -173,29 +172,11 @@ def collate(
     Packed rows also get position_ids (restarting per example) and a 4-D
     block-diagonal causal mask, so no token attends across examples.
     """
-    rows = [split[i] for i in indices]
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (ids, lab) in enumerate(rows):
-        input_ids[r, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
-        labels[r, : len(lab)] = torch.from_numpy(lab.astype(np.int64))
-        attention[r, : len(ids)] = 1
-    batch = {
-        "input_ids": input_ids,
-        "labels": labels,
-        "attention_mask": attention,
-        "token_mask": attention.clone(),  # real (non-pad) tokens; not a model input
-    }
-    if split.packed:
-        positions = torch.zeros((len(rows), width), dtype=torch.long)
-        segments = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, index in enumerate(indices):
-            pos, seg = split.positions(index)
-            positions[r, : len(pos)] = torch.from_numpy(pos.astype(np.int64))
-            segments[r, : len(seg)] = torch.from_numpy(seg.astype(np.int64))
-        batch["position_ids"] = positions
+    arrays = {k: torch.from_numpy(v) for k, v in split.padded(indices, pad_id).items()}
+    segments = arrays.pop("segment_ids", None)
+    # token_mask (real, non-pad tokens) is not a model input; attention_mask starts as it.
+    batch = {**arrays, "attention_mask": arrays["token_mask"].clone()}
+    if segments is not None:
         implementation = attention_implementation(packed=True)
         if implementation == "flash_attention_2":
             del batch["attention_mask"]  # varlen kernels find the examples from position_ids
