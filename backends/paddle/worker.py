@@ -270,35 +270,44 @@ class HeldOut:
         self.prompts = read_eval_prompts(prepared) if self.settings and rank.main else []
         existing = resumed and layout.eval_json.exists()
         self.results = json.loads(layout.eval_json.read_text()) if existing else {}
-        self.model_path = config.model.path
+        # The tokenizer and the stop tokens, read once for both scorings.
+        self.decoder = Decoder(config.model.path) if self.prompts else None
 
     def exact_match(self, when: str) -> None:
-        if not (self.prompts and self.settings):
+        if not (self.prompts and self.settings and self.decoder):
             return
         if when == "before" and (not self.settings.before_training or "before" in self.results):
             return
         self.results[when] = exact_match(
-            self.model, self.model_path, self.prompts, self.settings.max_new_tokens
+            self.model, self.decoder, self.prompts, self.settings.max_new_tokens
         )
         atomic_write_json(self.layout.eval_json, self.results)
         self.rank.say(f"exact match {when} training: {self.results[when]['exact_match']:.3f}")
 
 
+class Decoder:
+    """The model's tokenizer (transformers', as the torch worker decodes) and the token ids
+    that end an answer (eos, and generation_config.json's eos_token_id)."""
+
+    def __init__(self, model_path: str):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        stop = {self.tokenizer.eos_token_id}
+        generation = Path(model_path) / "generation_config.json"
+        if generation.exists():
+            configured = json.loads(generation.read_text()).get("eos_token_id")
+            stop |= set(configured if isinstance(configured, list) else [configured])
+        stop.discard(None)
+        self.stop = stop
+
+
 @paddle.no_grad()
 def exact_match(
-    model: Any, model_path: str, prompts: list[dict[str, Any]], max_new_tokens: int
+    model: Any, decoder: Decoder, prompts: list[dict[str, Any]], max_new_tokens: int
 ) -> dict[str, Any]:
     """Greedy decoding, one prompt at a time (no padding to get wrong); share of answers
-    equal to the reference, decoded as the torch worker decodes them."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    stop = {tokenizer.eos_token_id}
-    generation = Path(model_path) / "generation_config.json"
-    if generation.exists():
-        configured = json.loads(generation.read_text()).get("eos_token_id")
-        stop |= set(configured if isinstance(configured, list) else [configured])
-    stop.discard(None)
+    equal to the reference."""
     model.eval()
     answers = []
     for row in prompts:
@@ -307,10 +316,10 @@ def exact_match(
         for _ in range(max_new_tokens):
             logits = model(paddle.to_tensor([ids + new], dtype="int64"), return_dict=True).logits
             token = int(paddle.argmax(logits[0, -1]))
-            if token in stop:
+            if token in decoder.stop:
                 break
             new.append(token)
-        answers.append(tokenizer.decode(new, skip_special_tokens=True))
+        answers.append(decoder.tokenizer.decode(new, skip_special_tokens=True))
     model.train()
     return exact_match_result([row["reference"] for row in prompts], answers)
 
