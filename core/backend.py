@@ -107,7 +107,9 @@ class BackendSpec:
     launcher: str
     environment: EnvironmentSpec
     capabilities: Capabilities | None = None  # None: the environment exists, training comes later
-    translator: str | None = None  # "module:function": translate(recipe) -> NativePlan, pure
+    # "module:function": translate(recipe, model_config) -> NativePlan, pure (the core reads
+    # the model's config.json into a ftx.core.models.architectures.ModelConfig)
+    translator: str | None = None
     worker: str | None = None  # the module the launcher runs with OUT/plan/worker.json
     overrides: Mapping[str, Override] = field(default_factory=dict)
     exporters: Mapping[str, DataExporter] = field(default_factory=dict)

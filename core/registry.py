@@ -15,6 +15,7 @@ from ftx.core.backend import BackendSpec, Capabilities, DataExporter
 from ftx.core.errors import FtxError
 
 if TYPE_CHECKING:
+    from ftx.core.models.architectures import ModelConfig
     from ftx.core.plan import NativePlan
     from ftx.core.recipe.schema import Recipe
 
@@ -57,8 +58,8 @@ def get_spec(name: str, *, trains: bool = True) -> BackendSpec:
     return spec
 
 
-def translator(spec: BackendSpec) -> Callable[[Recipe], NativePlan]:
-    """The backend's pure translator."""
+def translator(spec: BackendSpec) -> Callable[[Recipe, ModelConfig], NativePlan]:
+    """The backend's pure translator: (recipe, the model's config.json facts) -> plan."""
     assert spec.translator is not None
     return load(spec.translator)
 

@@ -30,6 +30,7 @@ from ftx.core.contract import (
 from ftx.core.data.sources import input_paths
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, claim_destination
+from ftx.core.models.architectures import ModelConfig
 from ftx.core.models.formats import detect_format
 from ftx.core.overrides import apply_overrides
 from ftx.core.plan import NativePlan
@@ -49,7 +50,10 @@ class Target:
     recipe: Recipe
 
     def translate(self) -> NativePlan:
-        return translator(self.spec)(self.recipe)
+        """The backend's plan for the recipe and its model's config.json (read here, so
+        translators stay pure)."""
+        model = ModelConfig.read(Path(self.recipe.model.path))
+        return translator(self.spec)(self.recipe, model)
 
     def write_plan(self, layout: RunLayout) -> list[str]:
         """Translate and write OUT/plan, with the native data when the backend has some."""

@@ -30,6 +30,7 @@ from ftx.backends.paddle.plan_files import (
 )
 from ftx.core.contract import WORKER_CONFIG
 from ftx.core.errors import FtxError
+from ftx.core.models.architectures import ModelConfig
 from ftx.core.plan import NativePlan
 from ftx.core.recipe.schema import Recipe
 from ftx.core.worker_config import worker_config
@@ -272,7 +273,7 @@ def launch_command(recipe: Recipe) -> list[str]:
     return [*command, "--log_dir", "logs/paddle", *worker]
 
 
-def translate(recipe: Recipe) -> NativePlan:
+def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
     """The paddle plan of a recipe (with its backends.paddle section applied)."""
     files = {PADDLEFORMERS_YAML: yaml.safe_dump(paddleformers_config(recipe), sort_keys=False)}
     if recipe.method.stage == "sft":

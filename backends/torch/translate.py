@@ -14,6 +14,7 @@ from typing import Any
 from ftx.backends.torch import SPEC
 from ftx.backends.torch.plan_files import DS_CONFIG, PEFT_CONFIG
 from ftx.core.contract import WORKER_CONFIG
+from ftx.core.models.architectures import ModelConfig
 from ftx.core.plan import NativePlan
 from ftx.core.recipe.schema import Recipe
 from ftx.core.worker_config import worker_config
@@ -94,7 +95,7 @@ def _json(data: Any) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-def translate(recipe: Recipe) -> NativePlan:
+def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
     """The torch plan of a recipe (with its backends.torch section applied)."""
     files: dict[str, str] = {}
     if recipe.method.finetuning in ("lora", "qlora"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -54,3 +56,59 @@ def parameter_shapes(arch: Architecture, config: dict[str, Any]) -> dict[str, tu
     if not config.get("tie_word_embeddings", False):
         shapes["lm_head.weight"] = (vocab, hidden)
     return shapes
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The facts of a model folder's config.json that translators need, read once by the
+    core (translators stay pure: recipe and model config in, files out)."""
+
+    model_type: str
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    bos_token_id: int | None
+    eos_token_id: int | list[int] | None
+    pad_token_id: int | None
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> ModelConfig:
+        """From a parsed HF config.json (missing optional keys take transformers' defaults)."""
+        heads = int(config.get("num_attention_heads") or 0)
+        hidden = int(config.get("hidden_size") or 0)
+        model_type = str(config.get("model_type", ""))
+        known = ARCHITECTURES.get(model_type)
+        return cls(
+            model_type=model_type,
+            architecture=(config.get("architectures") or [known.hf_class if known else "?"])[0],
+            hidden_size=hidden,
+            num_layers=int(config.get("num_hidden_layers") or 0),
+            num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or (hidden // heads if heads else 0)),
+            intermediate_size=int(config.get("intermediate_size") or 0),
+            vocab_size=int(config.get("vocab_size") or 0),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(config.get("rope_theta", 10000.0)),
+            max_position_embeddings=int(config.get("max_position_embeddings") or 2048),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            qkv_bias=bool(config.get("attention_bias")) or bool(known and known.qkv_bias),
+            bos_token_id=config.get("bos_token_id"),
+            eos_token_id=config.get("eos_token_id"),
+            pad_token_id=config.get("pad_token_id"),
+        )
+
+    @classmethod
+    def read(cls, folder: Path) -> ModelConfig:
+        """From ``folder``/config.json."""
+        return cls.of(json.loads((folder / "config.json").read_text(encoding="utf-8")))
