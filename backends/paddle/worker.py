@@ -39,14 +39,8 @@ from ftx.backends.paddle.modeling import (
 )
 from ftx.core.contract import MetricsLog, RunLayout, TrainArgs, WorkerConfig
 from ftx.core.convert.convert import copy_side_files
-from ftx.core.fsutil import atomic_write_json
-from ftx.core.prepared import (
-    IGNORE_INDEX,
-    PreparedSplit,
-    load_split,
-    read_eval_prompts,
-    read_manifest,
-)
+from ftx.core.heldout import HeldOut
+from ftx.core.prepared import IGNORE_INDEX, PreparedSplit, load_split, read_manifest
 from ftx.core.workerkit import (
     Checkpoints,
     Rank,
@@ -55,7 +49,6 @@ from ftx.core.workerkit import (
     StepResult,
     StopSignal,
     TrainerState,
-    exact_match_result,
     run_worker,
     write_final,
 )
@@ -92,7 +85,9 @@ def main(config: WorkerConfig, layout: RunLayout) -> int:
         evaluate=(lambda: eval_loss(model, val, t.micro_batch_size, pad_id, rank)) if val else None,
     )
     resumed = tracker.resume(lambda folder: load_checkpoint(folder, model, optimizer, scheduler))
-    held_out = HeldOut(config, layout, model, prepared, rank, resumed)
+    held_out = HeldOut(
+        config, layout, prepared, rank, resumed, next_token_of(model), _train_mode(model)
+    )
     held_out.exact_match("before")
 
     params = sum(int(np.prod(p.shape)) for p in model.parameters())
@@ -254,74 +249,19 @@ def eval_loss(model: Any, split: PreparedSplit, batch_size: int, pad_id: int, ra
 # --------------------------------------------------------------------------- outputs
 
 
-class HeldOut:
-    """Greedy-generation exact match on held-out prompts, into OUT/eval.json (rank 0)."""
+def next_token_of(model: Any) -> Any:
+    """The greedy next token after a list of token ids (one prompt, no padding)."""
 
-    def __init__(
-        self,
-        config: WorkerConfig,
-        layout: RunLayout,
-        model: Any,
-        prepared: Path,
-        rank: Rank,
-        resumed: bool,
-    ):
-        self.settings, self.layout, self.model, self.rank = config.evaluate, layout, model, rank
-        self.prompts = read_eval_prompts(prepared) if self.settings and rank.main else []
-        existing = resumed and layout.eval_json.exists()
-        self.results = json.loads(layout.eval_json.read_text()) if existing else {}
-        # The tokenizer and the stop tokens, read once for both scorings.
-        self.decoder = Decoder(config.model.path) if self.prompts else None
+    @paddle.no_grad()
+    def next_token(ids: list[int]) -> int:
+        logits = model(paddle.to_tensor([ids], dtype="int64"), return_dict=True).logits
+        return int(paddle.argmax(logits[0, -1]))
 
-    def exact_match(self, when: str) -> None:
-        if not (self.prompts and self.settings and self.decoder):
-            return
-        if when == "before" and (not self.settings.before_training or "before" in self.results):
-            return
-        self.results[when] = exact_match(
-            self.model, self.decoder, self.prompts, self.settings.max_new_tokens
-        )
-        atomic_write_json(self.layout.eval_json, self.results)
-        self.rank.say(f"exact match {when} training: {self.results[when]['exact_match']:.3f}")
+    return next_token
 
 
-class Decoder:
-    """The model's tokenizer (transformers', as the torch worker decodes) and the token ids
-    that end an answer (eos, and generation_config.json's eos_token_id)."""
-
-    def __init__(self, model_path: str):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        stop = {self.tokenizer.eos_token_id}
-        generation = Path(model_path) / "generation_config.json"
-        if generation.exists():
-            configured = json.loads(generation.read_text()).get("eos_token_id")
-            stop |= set(configured if isinstance(configured, list) else [configured])
-        stop.discard(None)
-        self.stop = stop
-
-
-@paddle.no_grad()
-def exact_match(
-    model: Any, decoder: Decoder, prompts: list[dict[str, Any]], max_new_tokens: int
-) -> dict[str, Any]:
-    """Greedy decoding, one prompt at a time (no padding to get wrong); share of answers
-    equal to the reference."""
-    model.eval()
-    answers = []
-    for row in prompts:
-        ids = list(row["input_ids"])
-        new: list[int] = []
-        for _ in range(max_new_tokens):
-            logits = model(paddle.to_tensor([ids + new], dtype="int64"), return_dict=True).logits
-            token = int(paddle.argmax(logits[0, -1]))
-            if token in decoder.stop:
-                break
-            new.append(token)
-        answers.append(decoder.tokenizer.decode(new, skip_special_tokens=True))
-    model.train()
-    return exact_match_result([row["reference"] for row in prompts], answers)
+def _train_mode(model: Any) -> Any:
+    return lambda on: model.train() if on else model.eval()
 
 
 def save_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any, rank: Rank) -> None:
