@@ -43,8 +43,6 @@ def test_validate_against_backend_capabilities(tmp_path: Path) -> None:
 def test_unknown_backend_and_runtime() -> None:
     result = run_ftx("plan", "recipes/quickstart.yaml", "--backend", "jax")
     assert result.returncode == 2 and "unknown backend 'jax'" in result.stderr
-    result = run_ftx("plan", "recipes/quickstart.yaml", "--backend", "mindformers")
-    assert result.returncode == 2 and "not available yet" in result.stderr
 
 
 def test_plan_writes_launch_script(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_mindrecord_export_reads_back_with_mindformers(tmp_path: Path, tiny_llam
     result = run_ftx("data", "export", str(path), "--to", "mindrecord", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert (out / "train.mindrecord").exists() and (out / "train.mindrecord.db").exists()
-    rows = run_in_env("mindformers", READ_MINDRECORD, str(out))
+    rows = run_in_env("mindformers", READ_MINDRECORD, str(out / "train.mindrecord"))
     prepared = tmp_path / "prepared"
     assert run_ftx("data", "prepare", str(path), "--out", str(prepared)).returncode == 0
     split = load_split(prepared, "train")

@@ -6,58 +6,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import FTX, ROOT, run_ftx, run_in_env, run_nodes
+from conftest import FTX, run_ftx, run_in_env, run_nodes
+from training import free_port, interrupted_run, losses, recipe, rows, train
 
-DATA = ROOT / "recipes" / "data"
 # Same weights, same batches, fp32: the frameworks differ only in summation order.
 TOLERANCE = 1e-4
 
 pytestmark = pytest.mark.env
-
-
-def recipe(tmp_path: Path, model: Path, extra: str = "", steps: int = 4) -> Path:
-    path = tmp_path / "r.yaml"
-    path.write_text(
-        f"""
-model: {{path: {model}}}
-data:
-  datasets: [{{path: {DATA / "quickstart_train.jsonl"}, format: alpaca}}]
-  max_seq_len: 64
-  max_samples: 96
-  val_size: 8
-method: {{finetuning: full}}
-train:
-  max_steps: {steps}
-  learning_rate: 1.0e-3
-  micro_batch_size: 4
-  grad_accum: 2
-  logging_steps: 1
-  eval_steps: 2
-{extra}
-"""
-    )
-    return path
-
-
-def rows(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(out: Path) -> list[float]:
-    return [r["loss"] for r in rows(out) if "loss" in r]
-
-
-def train(path: Path, out: Path, backend: str, *overrides: str) -> Path:
-    result = run_ftx("run", str(path), "--backend", backend, "--out", str(out), *overrides)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -273,14 +233,6 @@ def test_gradient_checkpointing_recomputes_every_layer(
     assert found["recomputed"] == layers
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_nodes_on_localhost_train_together(
     full_runs: dict[str, Path], tmp_path: Path, tiny_llama: Path
 ) -> None:
@@ -308,20 +260,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_identically(
     path = recipe(tmp_path, tiny_llama, steps=30)
     reference = train(path, tmp_path / "reference", "paddle")
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen(
-        [str(FTX), "run", str(path), "--backend", "paddle", "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and not (
-        (out / "metrics.jsonl").exists() and len(losses(out)) >= 3
-    ):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 143, stderr[-2000:]
+    interrupted_run(path, out, "paddle")
     (checkpoint,) = (out / "checkpoints").iterdir()
     assert 3 <= int(checkpoint.name.split("-")[1]) < 30
     train(path, out, "paddle", "train.resume=auto")

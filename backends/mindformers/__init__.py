@@ -1,12 +1,20 @@
-"""The mindformers backend: its pinned environment and MindRecord data export.
+"""The mindformers backend: MindSpore MindFormers, launched with msrun.
 
-Training (translator, worker, capabilities) lands with the MindFormers work.
+translate.py     recipe -> finetune.yaml (legacy LlamaForCausalLM), worker.json, launch.sh
+export.py        the plan's MindRecord data, and `ftx data export --to mindrecord`
+mindrecord.py    writes prepared rows as MindRecord with mindspore's FileWriter
+worker.py        the training loop, run inside the mindformers environment
+modeling.py      the MindFormers model built from finetune.yaml, HF weights in and out
+capabilities.py  what it trains, and the native keys of ``backends.mindformers`` it honours
+environment.py   its pinned environment (requirements.lock) and device detection
 
-    environment.py  its pinned environment (requirements.lock) and device detection
-    export.py       `ftx data export --to mindrecord` (runs mindrecord.py in the environment)
-    mindrecord.py   writes prepared rows as MindRecord with mindspore's FileWriter
+On Ascend the worker hands finetune.yaml to MindFormers' own Trainer. On CPU that
+Trainer stops at an Ascend-only overflow check (NPUGetFloatStatusV2), so the worker
+trains the same MindFormers model, built from the same YAML, with MindSpore's own
+step (value_and_grad, the YAML's AdamW and warm-up schedule) on the worker kit.
 """
 
+from ftx.backends.mindformers.capabilities import CAPABILITIES, OVERRIDES
 from ftx.backends.mindformers.environment import ENVIRONMENT
 from ftx.core.backend import BackendSpec, DataExporter
 
@@ -15,11 +23,20 @@ SPEC = BackendSpec(
     description="MindSpore: MindFormers",
     launcher="msrun",
     environment=ENVIRONMENT,
+    capabilities=CAPABILITIES,
+    translator="ftx.backends.mindformers.translate:translate",
+    worker="ftx.backends.mindformers.worker",
+    overrides=OVERRIDES,
     exporters={
         "mindrecord": DataExporter(
             description="train.mindrecord rows of max_seq_len + 1 (input_ids, labels),"
             " written by mindspore in the mindformers environment",
             function="ftx.backends.mindformers.export:export_mindrecord",
-        )
+        ),
+        "mindformers": DataExporter(
+            description="what finetune.yaml reads: train.mindrecord (+ val.mindrecord)",
+            function="ftx.backends.mindformers.export:export_plan_data",
+        ),
     },
+    plan_data="mindformers",
 )

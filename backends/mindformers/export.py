@@ -8,6 +8,7 @@ mindspore's FileWriter inside the mindformers environment.
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 
 from ftx.core import envs
@@ -17,19 +18,22 @@ from ftx.core.recipe.schema import Recipe
 
 
 def export_mindrecord(recipe: Recipe, out: Path) -> str:
-    """Write OUT/train.mindrecord (+ .db) into ``out`` (an empty, staged folder)."""
+    """Write train.mindrecord (+ .db), and val.mindrecord when the recipe holds data out,
+    into ``out`` (an empty, staged folder; OUT/plan/data for a plan)."""
     from ftx.core.data.prepare import cached_prepared
 
     unpacked = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": False})})
     prepared = cached_prepared(unpacked, say=info)
     python = envs.ensure("mindformers")
-    result = subprocess.run(
-        [str(python), "-m", "ftx.backends.mindformers.mindrecord", str(prepared), str(out)],
-        capture_output=True,
-        text=True,
-        env=envs.process_env("mindformers"),
-        cwd=out,  # mindspore writes log folders into the working directory
-    )
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:  # mindspore writes log folders into cwd
+        result = subprocess.run(
+            [str(python), "-m", "ftx.backends.mindformers.mindrecord", str(prepared), str(out)],
+            capture_output=True,
+            text=True,
+            env=envs.process_env("mindformers"),
+            cwd=scratch,
+        )
     if result.returncode != 0:
         raise FtxError(
             f"writing MindRecord failed: {result.stderr.strip().splitlines()[-1:]}",
@@ -38,3 +42,22 @@ def export_mindrecord(recipe: Recipe, out: Path) -> str:
             exit_code=1,
         )
     return result.stdout.strip().splitlines()[-1]
+
+
+def export_plan_data(recipe: Recipe, out: Path) -> str:
+    """OUT/plan/data for ``ftx plan``: the MindRecord files finetune.yaml reads. A model
+    folder without a tokenizer (a config-only stand-in for weights elsewhere) cannot be
+    tokenised: the folder then holds a note saying how to write the data later."""
+    from ftx.core.data.prepare import TOKENIZER_FILES
+
+    model = Path(recipe.model.path)
+    if any((model / name).exists() for name in TOKENIZER_FILES):
+        return export_mindrecord(recipe, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "README.txt").write_text(
+        f"No MindRecord here: {model} has no tokenizer, so the recipe's data could not be\n"
+        "tokenised when this plan was written. With the real model folder in place, run\n"
+        "  ftx data export RECIPE --to mindrecord --out OUT/plan/data --force\n"
+    )
+    info(f"  no MindRecord written: {model} has no tokenizer (see plan/data/README.txt)")
+    return "no tokenizer: data not written"

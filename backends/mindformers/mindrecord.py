@@ -1,6 +1,6 @@
 """Write a prepared split as MindRecord for MindFormers (runs in the mindformers env).
 
-    python -m ftx.backends.mindformers.mindrecord PREPARED_DIR OUT_DIR [--split train]
+    python -m ftx.backends.mindformers.mindrecord PREPARED_DIR OUT_DIR [--split train ...]
 
 Rows are ``max_seq_len + 1`` int32 tokens (``input_ids``, padded with the pad
 id) and aligned ``labels`` (-100 on masked and padded positions): MindFormers'
@@ -59,10 +59,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("prepared", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--split", action="append", help="default: train, and val if any")
     args = parser.parse_args()
-    count = write_mindrecord(args.prepared, args.out, args.split)
-    print(f"{args.out}: {count} rows")
+    splits = args.split or ["train", *(["val"] if load_split(args.prepared, "val") else [])]
+    counts = [f"{write_mindrecord(args.prepared, args.out, s)} {s}" for s in splits]
+    print(f"{args.out}: {', '.join(counts)} rows")
 
 
 if __name__ == "__main__":

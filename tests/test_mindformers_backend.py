@@ -1,0 +1,291 @@
+"""The mindformers backend for real: MindFormers 1.9.0 on MindSpore 2.9.0 (CPU), tiny
+Llama and Qwen2 models, msrun with MindSpore's CPU collective, MindFormers' own config
+checks and loaders, outputs loaded by transformers and peft."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FTX, ROOT, run_ftx, run_in_env, run_nodes
+from training import free_port, interrupted_run, losses, recipe, rows, train
+
+# Same weights, same batches, fp32: the frameworks differ only in summation order.
+TOLERANCE = 1e-4
+
+pytestmark = pytest.mark.env
+
+MINDFORMERS_CHECKS = """
+import copy, json, sys
+from mindformers import MindFormerConfig
+from mindformers.tools.logger import logger
+from mindformers.tools.register.template import ConfigTemplate
+checked = {}
+for path in sys.argv[1:]:
+    config = MindFormerConfig(path)
+    raw = copy.deepcopy(config.to_dict())
+    warnings = []
+    original = logger.warning
+    logger.warning = lambda msg, *a, **k: warnings.append(str(msg))
+    try:
+        ConfigTemplate.apply_template(raw)  # raises on keys a section does not know
+    finally:
+        logger.warning = original
+    checked[path] = {
+        "useless": [w for w in warnings if "useless" in w or "unexpected" in w],
+        "sections": sorted(raw),
+        "run_mode": raw["run_mode"],
+    }
+print(json.dumps(checked))
+"""
+
+BUILD_FROM_PLAN = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from ftx.backends.mindformers.modeling import build_model, cpu_profile, load_hf_weights
+from mindformers import MindFormerConfig
+from mindformers.dataset import CausalLanguageModelDataset
+out = Path(sys.argv[1])
+config = MindFormerConfig(str(out / "plan/finetune.yaml"))
+cpu_profile(config)
+net = build_model(config)
+load_hf_weights(net, Path(config.load_checkpoint), config)
+import os
+os.chdir(out)  # the YAML's paths are relative to OUT
+dataset = CausalLanguageModelDataset(config.train_dataset_task.dataset_config)
+batch = next(dataset.create_dict_iterator(output_numpy=True))
+print(json.dumps({
+    "network": type(net).__name__,
+    "trainable": len(net.trainable_params()),
+    "batches": dataset.get_dataset_size(),
+    "shape": list(batch["input_ids"].shape),
+    "labels_masked": int((batch["labels"] == -100).sum()),
+}))
+"""
+
+
+def plan(path: Path, out: Path, *overrides: str) -> Path:
+    result = run_ftx("plan", str(path), "--backend", "mindformers", "--out", str(out), *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_the_yaml_passes_mindformers_checks_and_builds(tmp_path: Path, tiny_qwen2: Path) -> None:
+    lora = plan(recipe(tmp_path, tiny_qwen2), tmp_path / "lora", "method.finetuning=lora")
+    shipped = sorted((ROOT / "tests/snapshots/mindformers").glob("*/finetune.yaml"))
+    assert len(shipped) >= 5
+    yamls = [str(lora / "plan/finetune.yaml"), *map(str, shipped)]
+    checked = run_in_env("mindformers", MINDFORMERS_CHECKS, *yamls)
+    for path, found in checked.items():
+        assert found["useless"] == [], path
+        assert found["run_mode"] == "finetune"
+    assert {"train_dataset", "eval_dataset", "callbacks", "model"} <= set(
+        checked[yamls[0]]["sections"]
+    )
+    built = run_in_env("mindformers", BUILD_FROM_PLAN, str(lora))
+    assert built["network"] == "PetModel"
+    layers = json.loads((tiny_qwen2 / "config.json").read_text())["num_hidden_layers"]
+    assert built["trainable"] == layers * 7 * 2  # A and B on every linear layer
+    assert built["shape"] == [4, 65]  # micro batch x (seq_length + 1)
+    assert built["batches"] == 88 // 4 and built["labels_masked"] > 0
+
+
+@pytest.fixture(scope="module")
+def full_runs(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("mf-full")
+    path = recipe(tmp, tiny_llama, "output: {save_format: both}\n")
+    return {b: train(path, tmp / b, b) for b in ("torch", "mindformers")}
+
+
+def test_full_finetuning_matches_torch_step_for_step(full_runs: dict[str, Path]) -> None:
+    torch_rows, mf_rows = rows(full_runs["torch"]), rows(full_runs["mindformers"])
+    assert abs(mf_rows[0]["loss"] - torch_rows[0]["loss"]) <= TOLERANCE * torch_rows[0]["loss"]
+    for t, m in zip(torch_rows, mf_rows, strict=True):
+        assert m["step"] == t["step"] and m["tokens"] == t["tokens"]  # the same token stream
+        assert m["loss"] == pytest.approx(t["loss"], abs=TOLERANCE)
+        assert m["lr"] == pytest.approx(t["lr"], rel=1e-6, abs=1e-9)
+        assert m["grad_norm"] == pytest.approx(t["grad_norm"], rel=1e-4)
+        if "eval_loss" in t:
+            assert m["eval_loss"] == pytest.approx(t["eval_loss"], abs=TOLERANCE)
+    record = json.loads((full_runs["mindformers"] / "run.json").read_text())
+    assert record["status"] == "completed"
+    assert record["framework_versions"]["mindformers"] == "1.9.0"
+    launch = (full_runs["mindformers"] / "plan/launch.sh").read_text()
+    assert "-m \\\n    ftx.backends.mindformers.worker" in launch
+
+
+MF_LOSS = """
+import json, sys
+import numpy as np
+import mindspore as ms
+from pathlib import Path
+from ftx.backends.mindformers.modeling import build_model, cpu_profile, load_hf_weights
+from mindformers import MindFormerConfig
+config = MindFormerConfig(sys.argv[1])
+cpu_profile(config)
+net = build_model(config)
+load_hf_weights(net, Path(sys.argv[2]), config)
+ms.load_param_into_net(net, ms.load_checkpoint(sys.argv[3]))  # MindSpore's own .ckpt
+ids = np.array([json.loads(sys.argv[4])], dtype=np.int32)
+net.set_train(True)
+loss = net(ms.Tensor(ids), ms.Tensor(ids), loss_mask=ms.Tensor(np.ones(ids.shape, np.float32)))
+print(json.dumps({"loss": float(loss)}))
+"""
+
+HF_LOSS = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+if len(sys.argv) > 3:
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(model, sys.argv[3])
+ids = torch.tensor([json.loads(sys.argv[2])])
+with torch.no_grad():
+    print(json.dumps({"loss": float(model(input_ids=ids, labels=ids).loss)}))
+"""
+
+# seq_length + 1 = 65 token ids (the tiny vocabularies have more than 700 tokens)
+IDS = json.dumps([(7 * i + 11) % 700 + 6 for i in range(65)])
+
+
+def test_full_export_loads_in_transformers_with_the_mindformers_loss(
+    full_runs: dict[str, Path], tiny_llama: Path
+) -> None:
+    out = full_runs["mindformers"]
+    final = out / "final"
+    assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
+    native = final / "mindspore"
+    assert (native / "model.ckpt").exists() and (native / "finetune.yaml").exists()
+    mf = run_in_env(
+        "mindformers",
+        MF_LOSS,
+        str(native / "finetune.yaml"),
+        str(tiny_llama),
+        str(native / "model.ckpt"),
+        IDS,
+    )
+    hf = run_in_env("torch", HF_LOSS, str(final), IDS)
+    base = run_in_env("torch", HF_LOSS, str(tiny_llama), IDS)
+    assert abs(hf["loss"] - mf["loss"]) <= TOLERANCE
+    assert abs(hf["loss"] - base["loss"]) > 1e-4  # the export is the trained model
+    torch_final = run_in_env("torch", HF_LOSS, str(full_runs["torch"] / "final"), IDS)
+    assert abs(torch_final["loss"] - hf["loss"]) <= 1e-3  # same batches, same end point
+
+
+def test_lora_on_qwen2_exports_a_peft_adapter_with_the_mindformers_loss(
+    tmp_path: Path, tiny_qwen2: Path
+) -> None:
+    extra = (
+        "method: {finetuning: lora, lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj]}}\n"
+        "output: {save_format: both, merge_lora: true}\n"
+    )
+    path = recipe(tmp_path, tiny_qwen2, extra)
+    text = path.read_text().replace("method: {finetuning: full}\n", "")
+    path.write_text(text.replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-2"))
+    out = train(path, tmp_path / "mindformers", "mindformers")
+    reference = train(path, tmp_path / "torch", "torch")
+    # LoRA B starts at zero everywhere: the first step is the base model's loss (q/k/v
+    # biases and tied embeddings included).
+    assert losses(out)[0] == pytest.approx(losses(reference)[0], rel=TOLERANCE)
+    final = out / "final"
+    config = json.loads((final / "adapter_config.json").read_text())
+    assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    native = final / "mindspore"
+    pet = json.loads((native / "pet_config.json").read_text())
+    assert pet["target_modules"] == ".*wq|.*wv" and pet["lora_rank"] == 4
+    mf = run_in_env(
+        "mindformers",
+        MF_LOSS,
+        str(native / "finetune.yaml"),
+        str(tiny_qwen2),
+        str(native / "adapter_model.ckpt"),
+        IDS,
+    )
+    peft = run_in_env("torch", HF_LOSS, str(tiny_qwen2), IDS, str(final))
+    base = run_in_env("torch", HF_LOSS, str(tiny_qwen2), IDS)
+    merged = run_in_env("torch", HF_LOSS, str(final / "merged"), IDS)
+    assert abs(peft["loss"] - base["loss"]) > 1e-2  # the adapter learned something
+    assert abs(peft["loss"] - mf["loss"]) <= TOLERANCE
+    assert abs(merged["loss"] - peft["loss"]) <= TOLERANCE
+
+
+def reference_run(tmp_path: Path, tiny_llama: Path) -> Path:
+    """One worker with micro batch 4: the batches two workers of micro batch 2 share."""
+    return train(recipe(tmp_path, tiny_llama), tmp_path / "one", "mindformers")
+
+
+def test_msrun_two_workers_match_one(tmp_path: Path, tiny_llama: Path) -> None:
+    one = reference_run(tmp_path, tiny_llama)
+    port = free_port()
+    path = recipe(tmp_path, tiny_llama, f"parallel: {{nproc_per_node: 2, master_port: {port}}}")
+    path.write_text(path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2"))
+    out = train(path, tmp_path / "dp", "mindformers")
+    launch = (out / "plan/launch.sh").read_text()
+    assert "exec msrun" in launch and "--worker_num \\\n    2" in launch
+    assert "mindformers_worker.py" in launch
+    assert (out / "logs/msrun/worker_1.log").exists()  # the second worker really ran
+    assert losses(out) == pytest.approx(losses(one), abs=TOLERANCE)
+    yaml_text = (out / "plan/finetune.yaml").read_text()
+    assert "data_parallel: 2" in yaml_text and "use_parallel: true" in yaml_text
+
+
+def test_two_nodes_on_localhost_train_together(tmp_path: Path, tiny_llama: Path) -> None:
+    one = reference_run(tmp_path, tiny_llama)
+    port = free_port()
+    path = recipe(
+        tmp_path,
+        tiny_llama,
+        f"parallel: {{nnodes: 2, nproc_per_node: 1, master_addr: 127.0.0.1, master_port: {port}}}",
+    )
+    path.write_text(path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2"))
+    run = [str(FTX), "run", str(path), "--backend", "mindformers"]
+    run_nodes(
+        [[*run, "--out", str(tmp_path / f"n{r}"), f"parallel.node_rank={r}"] for r in (0, 1)],
+        tmp_path / "logs",
+    )
+    launch = (tmp_path / "n1/plan/launch.sh").read_text()
+    assert "--node_rank \\\n    1" in launch and "--master_addr \\\n    127.0.0.1" in launch
+    assert losses(tmp_path / "n0") == pytest.approx(losses(one), abs=TOLERANCE)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_identically(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    path = recipe(tmp_path, tiny_llama, steps=24)
+    reference = train(path, tmp_path / "reference", "mindformers")
+    out = tmp_path / "interrupted"
+    interrupted_run(path, out, "mindformers")
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    assert 3 <= int(checkpoint.name.split("-")[1]) < 24
+    assert (checkpoint / "model.ckpt").exists() and (checkpoint / "optimizer.ckpt").exists()
+    train(path, out, "mindformers", "train.resume=auto")
+    assert losses(out) == pytest.approx(losses(reference), abs=1e-5)
+    assert (out / "final/model.safetensors").exists()
+
+
+def test_what_mindformers_cannot_run_is_refused_with_the_key(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    path = recipe(tmp_path, tiny_llama)
+    bf16 = run_ftx("validate", str(path), "--backend", "mindformers", "train.precision=bf16")
+    assert bf16.returncode == 2 and "finetune.yaml" in bf16.stderr
+    out = plan(path, tmp_path / "p", "train.precision=bf16", "parallel.zero=1")
+    text = (out / "plan/finetune.yaml").read_text()
+    assert "compute_dtype: bfloat16" in text and "enable_parallel_optimizer: true" in text
+    for override, key in (
+        ("method.finetuning=prefix", "method.finetuning"),
+        ("method.finetuning=qlora", "method.finetuning"),
+        ("data.packing=true", "data.packing"),
+        ("train.epochs=1.5", "train.epochs"),
+    ):
+        extra = ["train.max_steps=null"] if "epochs" in override else []
+        refused = run_ftx("validate", str(path), "--backend", "mindformers", override, *extra)
+        assert refused.returncode == 2 and key in refused.stderr, refused.stderr
+    dora = run_ftx(
+        "validate", str(path), "--backend", "mindformers", "method.finetuning=lora",
+        "method.lora.dora=true",
+    )  # fmt: skip
+    assert dora.returncode == 2 and "method.lora.dora" in dora.stderr

@@ -1,0 +1,81 @@
+"""Helpers the backend training tests share: a small SFT recipe on a tiny model, its
+metrics, `ftx run` that must succeed, and a free port for launchers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import FTX, ROOT, run_ftx
+
+DATA = ROOT / "recipes" / "data"
+
+
+def recipe(tmp_path: Path, model: Path, extra: str = "", steps: int = 4) -> Path:
+    """A full fine-tune of ``model`` for ``steps`` steps on 96 quickstart examples, 8 held
+    out, logging every step and evaluating every other (``extra``: more YAML lines)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        f"""
+model: {{path: {model}}}
+data:
+  datasets: [{{path: {DATA / "quickstart_train.jsonl"}, format: alpaca}}]
+  max_seq_len: 64
+  max_samples: 96
+  val_size: 8
+method: {{finetuning: full}}
+train:
+  max_steps: {steps}
+  learning_rate: 1.0e-3
+  micro_batch_size: 4
+  grad_accum: 2
+  logging_steps: 1
+  eval_steps: 2
+{extra}
+"""
+    )
+    return path
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> list[float]:
+    return [r["loss"] for r in rows(out) if "loss" in r]
+
+
+def train(path: Path, out: Path, backend: str, *overrides: str) -> Path:
+    result = run_ftx("run", str(path), "--backend", backend, "--out", str(out), *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def interrupted_run(path: Path, out: Path, backend: str, after: int = 3) -> str:
+    """Start `ftx run`, send it SIGTERM once ``after`` losses are logged, and return its
+    stderr once it has exited with 143 (stopped by SIGTERM, checkpoint saved)."""
+    proc = subprocess.Popen(
+        [str(FTX), "run", str(path), "--backend", backend, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        (out / "metrics.jsonl").exists() and len(losses(out)) >= after
+    ):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-2000:]
+    return stderr
