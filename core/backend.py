@@ -35,9 +35,9 @@ class Capabilities:
     packing: bool = True
     model_formats: frozenset[str] = frozenset({"hf"})  # checkpoint formats it trains from
     accelerator_only: frozenset[str] = frozenset()  # methods that need a GPU/NPU
-    # Values (finetuning methods, precisions, parallel modes) the translator writes into
-    # the native plan for the framework's own trainer, but ftx's worker does not run:
-    # `ftx plan` takes them, `ftx run` refuses them and says how to run the plan.
+    # Values (finetuning methods, precisions, parallel modes, model types) the translator
+    # writes into the native plan for the framework's own trainer, but ftx's worker does not
+    # run: `ftx plan` takes them, `ftx run` refuses them and says how to run the plan.
     plan_only: frozenset[str] = frozenset()
     notes: Mapping[str, str] = field(default_factory=dict)
 

@@ -43,13 +43,16 @@ def check_recipe(
     source: str,
     accelerator: bool | None = None,
     model_format: str | None = None,
+    model_type: str | None = None,
     running: bool = True,
 ) -> None:
     """Raise an FtxError naming every key the backend cannot honour.
 
     ``every`` is the whole matrix, used to say which backends would run it.
     ``accelerator`` is whether a GPU/NPU is known to be present (None: unknown).
-    ``running`` is False for `ftx plan`, which also takes the backend's plan-only values.
+    ``running`` is False for `ftx plan`, which also takes the backend's plan-only values
+    (finetuning methods, precisions, parallel modes, and model types: config.json's
+    ``model_type``).
     """
     problems: list[str] = []
 
@@ -83,6 +86,13 @@ def check_recipe(
             f"model.path holds a {model_format} checkpoint and the {backend} backend trains from"
             f" {', '.join(sorted(caps.model_formats))}: convert it first with"
             f" `ftx convert {recipe.model.path} OUT --to {sorted(caps.model_formats)[0]}`"
+        )
+    if model_type in caps.plan_only and running:
+        note = caps.notes.get(model_type, "")
+        problems.append(
+            f"model.path: a {model_type} model is written into the {backend} backend's native"
+            f" plan (`ftx plan --backend {backend}`), but ftx's {backend} worker does not train"
+            f" it{': ' + note if note else ''}"
         )
     if recipe.data.packing and not caps.packing:
         problems.append(f"data.packing: the {backend} backend cannot pack examples; set it false")

@@ -109,6 +109,7 @@ def target_for(loaded: LoadedRecipe, backend: str, *, here: bool = True) -> Targ
         capability_matrix(),
         source=str(loaded.source),
         model_format=model_format,
+        model_type=ModelConfig.read(model_dir).model_type,
         accelerator=accelerator_seen(backend) if here else None,
         running=here,
     )

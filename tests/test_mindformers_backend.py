@@ -5,6 +5,7 @@ checks and loaders, outputs loaded by transformers and peft."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,45 @@ def test_what_mindformers_cannot_run_is_refused_with_the_key(
         "method.lora.dora=true",
     )  # fmt: skip
     assert dora.returncode == 2 and "method.lora.dora" in dora.stderr
+
+
+READ_MCORE_DATA = """
+import json, os, sys
+from mindformers import MindFormerConfig
+from mindformers.dataset import CausalLanguageModelDataset
+from ftx.backends.mindformers.modeling import cpu_profile
+config = MindFormerConfig(sys.argv[1] + "/plan/finetune.yaml")
+cpu_profile(config)  # no more data workers than CPUs
+os.chdir(sys.argv[1])  # the YAML's paths are relative to OUT
+dataset = CausalLanguageModelDataset(config.train_dataset_task.dataset_config)
+batch = next(dataset.create_dict_iterator(output_numpy=True))
+print(json.dumps({"size": dataset.get_dataset_size(),
+                  **{k: v.tolist() for k, v in batch.items()}}))
+"""
+
+
+def test_qwen3_plans_the_mcore_path_and_run_refuses_it(tmp_path: Path, tiny_qwen2: Path) -> None:
+    model = tmp_path / "tiny-qwen3"  # Qwen2's weights and tokenizer under a Qwen3 config
+    shutil.copytree(tiny_qwen2, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"], attention_bias=False)
+    (model / "config.json").write_text(json.dumps(config))
+    path = recipe(tmp_path, model)
+    out = plan(path, tmp_path / "q3")
+    text = (out / "plan/finetune.yaml").read_text()
+    assert "use_legacy: false" in text and f"pretrained_model_dir: {model}" in text
+    assert "type: HFDataLoader" in text and "pet_config" not in text
+    checked = run_in_env("mindformers", MINDFORMERS_CHECKS, str(out / "plan/finetune.yaml"))
+    assert next(iter(checked.values()))["useless"] == []
+    found = run_in_env("mindformers", READ_MCORE_DATA, str(out))
+    assert found["size"] == 88 // 4 and len(found["input_ids"]) == 4
+    rows = [json.loads(line) for line in (out / "plan/data/mcore/train.jsonl").open()]
+    first = rows[0]
+    assert len(first["input_ids"]) == len(first["labels"]) == 64
+    learned = [i for i, m in enumerate(first["loss_mask"]) if m]
+    assert learned and all(first["labels"][i] == first["input_ids"][i + 1] for i in learned)
+    refused = run_ftx("run", str(path), "--backend", "mindformers", "--out", str(tmp_path / "r"))
+    assert refused.returncode == 2 and "model.path: a qwen3 model" in refused.stderr
+    lora = run_ftx("plan", str(path), "--backend", "mindformers", "--out", str(tmp_path / "l"),
+                   "method.finetuning=lora")  # fmt: skip
+    assert lora.returncode == 2 and "has no LoRA" in lora.stderr

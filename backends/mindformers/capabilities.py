@@ -13,7 +13,7 @@ CAPABILITIES = Capabilities(
     # causal mask: nothing keeps packed examples apart (its eod mask compression needs
     # flash attention, on Ascend only).
     packing=False,
-    plan_only=frozenset({"bf16", "fp16", "tp", "pp", "zero1", "zero2", "zero3"}),
+    plan_only=frozenset({"bf16", "fp16", "tp", "pp", "zero1", "zero2", "zero3", "qwen3"}),
     notes={
         "prefix": "MindFormers' prefix tuning exists for ChatGLM only, not for Llama models",
         "qlora": "MindFormers has no quantised LoRA",
@@ -25,8 +25,11 @@ CAPABILITIES = Capabilities(
         "zero1": f"the parallel optimizer (parallel.enable_parallel_optimizer) {ON_ASCEND}",
         "zero2": f"the parallel optimizer (parallel.enable_parallel_optimizer) {ON_ASCEND}",
         "zero3": f"the parallel optimizer (parallel.enable_parallel_optimizer) {ON_ASCEND}",
+        "qwen3": "Qwen3 goes through MindFormers' MCore path (use_legacy: False), whose"
+        f" training kernels exist on Ascend only; it {ON_ASCEND}",
         "models": "Llama-architecture models (Llama 2/3, Qwen2/2.5 with q/k/v biases) through"
-        " MindFormers' legacy LlamaForCausalLM; on CPU in fp32, PyNative + jit",
+        " MindFormers' legacy LlamaForCausalLM; on CPU in fp32, PyNative + jit. Qwen3: the"
+        " MCore path, plan only",
     },
 )
 

@@ -7,13 +7,16 @@ mindspore's FileWriter inside the mindformers environment.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
 
+from ftx.backends.mindformers.translate import MCORE_MODELS
 from ftx.core import envs
 from ftx.core.console import info
 from ftx.core.errors import FtxError
+from ftx.core.models.architectures import ModelConfig
 from ftx.core.recipe.schema import Recipe
 
 
@@ -52,6 +55,8 @@ def export_plan_data(recipe: Recipe, out: Path) -> str:
 
     model = Path(recipe.model.path)
     if any((model / name).exists() for name in TOKENIZER_FILES):
+        if ModelConfig.read(model).model_type in MCORE_MODELS:
+            return export_mcore_jsonl(recipe, out / "mcore")
         return export_mindrecord(recipe, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "README.txt").write_text(
@@ -61,3 +66,40 @@ def export_plan_data(recipe: Recipe, out: Path) -> str:
     )
     info(f"  no MindRecord written: {model} has no tokenizer (see plan/data/README.txt)")
     return "no tokenizer: data not written"
+
+
+def export_mcore_jsonl(recipe: Recipe, out: Path) -> str:
+    """{train,val}.jsonl for the MCore path's HFDataLoader: per row input_ids of
+    max_seq_len (pad id after the row), labels shifted one to the left as MCore expects
+    (-100 where nothing is learned), loss_mask, position_ids."""
+    import numpy as np
+
+    from ftx.core.data.prepare import cached_prepared
+    from ftx.core.prepared import IGNORE_INDEX, load_split, read_manifest
+
+    unpacked = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": False})})
+    prepared = cached_prepared(unpacked, say=info)
+    manifest = read_manifest(prepared)
+    width, pad = manifest["max_seq_len"], manifest["pad_token_id"]
+    out.mkdir(parents=True, exist_ok=True)
+    counts = []
+    for name in ("train", "val"):
+        split = load_split(prepared, name)
+        if split is None:
+            continue
+        with (out / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
+            for i in range(len(split)):
+                ids, labels = split[i]
+                row_ids = np.full(width, pad, dtype=np.int64)
+                row_ids[: len(ids)] = ids
+                targets = np.full(width, IGNORE_INDEX, dtype=np.int64)
+                targets[: len(labels) - 1] = labels[1:]
+                row = {
+                    "input_ids": row_ids.tolist(),
+                    "labels": targets.tolist(),
+                    "loss_mask": (targets != IGNORE_INDEX).astype(np.int64).tolist(),
+                    "position_ids": list(range(width)),
+                }
+                handle.write(json.dumps(row) + "\n")
+        counts.append(f"{len(split)} {name}")
+    return f"{out}: {', '.join(counts)} rows (MCore JSON Lines)"

@@ -9,6 +9,7 @@ WORKER_SCRIPT = "mindformers_worker.py"  # runs the worker module (msrun starts 
 PLAN_DATA = f"plan/{plan.PLAN_DATA}"  # written by ftx.backends.mindformers.export
 TRAIN_RECORD = f"{PLAN_DATA}/train.mindrecord"  # rows of seq_length + 1: input_ids, labels
 EVAL_RECORD = f"{PLAN_DATA}/val.mindrecord"  # the held-out split, when the recipe has one
+MCORE_DATA = f"{PLAN_DATA}/mcore"  # {train,val}.jsonl for the MCore path's HFDataLoader
 NATIVE_OUTPUT = "native"  # output_dir of MindFormers (logs, strategy, its checkpoints)
 MSRUN_LOGS = "logs/msrun"  # scheduler.log and worker_N.log
 NODE_RANK_ENV = "FTX_NODE_RANK"  # exported by launch.sh for multi-node plans

@@ -21,6 +21,7 @@ from ftx.backends.mindformers import SPEC
 from ftx.backends.mindformers.plan_files import (
     EVAL_RECORD,
     FINETUNE_YAML,
+    MCORE_DATA,
     MSRUN_LOGS,
     NATIVE_OUTPUT,
     NODE_RANK_ENV,
@@ -34,7 +35,9 @@ from ftx.core.plan import NativePlan
 from ftx.core.recipe.schema import Recipe
 from ftx.core.worker_config import worker_config
 
-LEGACY_MODELS = ("llama", "qwen2")
+LEGACY_MODELS = ("llama", "qwen2")  # MindFormers' legacy LlamaForCausalLM
+MCORE_MODELS = ("qwen3",)  # MindFormers' MCore models: architecture from config.json
+MCORE_COLUMNS = ["input_ids", "labels", "loss_mask", "position_ids"]
 # Hugging Face projection names -> MindFormers' legacy LlamaForCausalLM module names.
 MODULES = {
     "q_proj": "wq",
@@ -57,13 +60,20 @@ CHECKPOINT_FOREVER = 10**9  # save_checkpoint_steps when the recipe saves no che
 def refuse_what_mindformers_cannot_do(recipe: Recipe, model: ModelConfig) -> None:
     """A validation error naming the first recipe key MindFormers has no setting for."""
     m, t = recipe.method, recipe.train
-    if model.model_type not in LEGACY_MODELS:
+    if model.model_type not in (*LEGACY_MODELS, *MCORE_MODELS):
         raise FtxError(
             f"the model is {model.architecture} ({model.model_type}); ftx translates"
             f" Llama-architecture models ({', '.join(LEGACY_MODELS)}) to MindFormers' legacy"
-            " LlamaForCausalLM",
+            f" LlamaForCausalLM and {', '.join(MCORE_MODELS)} to its MCore path",
             where=f"{recipe.model.path}/config.json: model_type",
-            fix="use a Llama 2/3 or Qwen2/2.5 model, or --backend torch",
+            fix="use a Llama 2/3, Qwen2/2.5 or Qwen3 model, or --backend torch",
+        )
+    if model.model_type in MCORE_MODELS and m.finetuning != "full":
+        raise FtxError(
+            f"method.finetuning is {m.finetuning}; MindFormers' MCore {model.model_type} has no"
+            " LoRA (pet_config is the legacy models')",
+            where="method.finetuning",
+            fix="set method.finetuning to full, or use --backend torch",
         )
     problems = {
         "method.lora.dora": m.finetuning == "lora" and m.lora.dora,
@@ -251,9 +261,123 @@ def _callbacks(recipe: Recipe, model: ModelConfig) -> list[dict[str, Any]]:
     ]
 
 
+def _context(recipe: Recipe) -> dict[str, Any]:
+    return {
+        "mode": 0,
+        "device_target": "Ascend",
+        "max_call_depth": 10000,
+        "max_device_memory": recipe.backends.get(SPEC.name, {}).get("max_device_memory", "58GB"),
+        "device_id": 0,
+    }
+
+
+def _mcore_dataset(recipe: Recipe, split: str, shuffle: bool) -> dict[str, Any]:
+    """HFDataLoader over the core's rows as JSON Lines: input_ids of seq_length, labels
+    already shifted (MCore's convention), loss mask, positions; no handler re-tokenises."""
+    return {
+        "input_columns": list(MCORE_COLUMNS),
+        "construct_args_key": list(MCORE_COLUMNS),
+        "data_loader": {
+            "type": "HFDataLoader",
+            "load_func": "load_dataset",
+            "path": "json",
+            "data_files": f"{MCORE_DATA}/{split}.jsonl",
+            "split": "train",  # datasets' name for the rows of data_files
+            "create_attention_mask": False,
+            "create_compressed_eod_mask": False,
+            "compressed_eod_mask_length": 128,
+            "use_broadcast_data": True,
+            "shuffle": shuffle,
+        },
+        "batch_size": recipe.train.micro_batch_size,
+        "repeat": 1,
+        "num_parallel_workers": 8,
+        "python_multiprocessing": False,
+        "drop_remainder": True,
+        "numa_enable": False,
+        "prefetch_size": 1,
+        "seed": recipe.data.seed,
+    }
+
+
+def mcore_yaml(recipe: Recipe, model: ModelConfig) -> dict[str, Any]:
+    """The MCore run config (``use_legacy: False``): the architecture comes from the HF
+    folder itself (``pretrained_model_dir``), the YAML holds MindFormers' own settings."""
+    t, p = recipe.train, recipe.parallel
+    config: dict[str, Any] = {
+        "seed": t.seed,
+        "output_dir": NATIVE_OUTPUT,
+        "run_mode": "finetune",
+        "use_legacy": False,
+        "pretrained_model_dir": recipe.model.path,
+        "load_checkpoint": recipe.model.path,
+        "load_ckpt_format": "safetensors",
+        "auto_trans_ckpt": p.world_size > 1,
+        "src_strategy_path_or_dir": "",
+        "only_save_strategy": False,
+        "resume_training": bool(t.resume),
+        "use_parallel": p.world_size > 1,
+        "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": model.model_type},
+        "runner_config": {
+            "epochs": int(t.num_epochs),
+            "batch_size": t.micro_batch_size,
+            "gradient_accumulation_steps": t.grad_accum if p.pp == 1 else 1,
+            "stop_step": t.max_steps or 0,
+        },
+        **_schedule(recipe),
+        "train_dataset": _mcore_dataset(recipe, "train", shuffle=True),
+        "context": {**_context(recipe), "jit_config": {"jit_level": "O0"}},
+        "parallel_config": {
+            "data_parallel": p.dp,
+            "model_parallel": p.tp,
+            "pipeline_stage": p.pp,
+            "micro_batch_num": t.grad_accum if p.pp > 1 else 1,
+            "use_seq_parallel": False,
+            "gradient_aggregation_group": 1,
+        },
+        "parallel": {
+            "parallel_mode": 1,
+            "enable_alltoall": False,
+            "full_batch": False,
+            "dataset_strategy": [[p.dp, 1] for _ in MCORE_COLUMNS],
+            "search_mode": "sharding_propagation",
+            "strategy_ckpt_config": {
+                "save_file": f"{NATIVE_OUTPUT}/strategy/ckpt_strategy.ckpt",
+                "only_trainable_params": False,
+            },
+            "enable_parallel_optimizer": bool(p.zero),
+        },
+        "recompute_config": _parallel(recipe)["recompute_config"],
+        "model": {
+            "model_config": {
+                "compute_dtype": DTYPES[t.precision],
+                "params_dtype": "float32",
+                "layernorm_compute_dtype": "float32",
+                "softmax_compute_dtype": "float32",
+                "rotary_dtype": "float32",
+                "hidden_dropout": 0.0,
+                "input_sliced_sig": True,  # the rows are already shifted
+                "untie_embeddings_and_output_weights": not model.tie_word_embeddings,
+                "position_embedding_type": "rope",
+                "qkv_concat": False,
+                "offset": 0,
+            }
+        },
+        "callbacks": _callbacks(recipe, model),
+    }
+    config["train_dataset_task"] = {
+        "type": "CausalLanguageModelDataset",
+        "dataset_config": config["train_dataset"],
+    }
+    return config
+
+
 def finetune_yaml(recipe: Recipe, model: ModelConfig) -> dict[str, Any]:
-    """The legacy MindFormers run config of a recipe, section by section."""
+    """The MindFormers run config of a recipe, section by section: the legacy form for
+    Llama-architecture models, the MCore form for Qwen3."""
     refuse_what_mindformers_cannot_do(recipe, model)
+    if model.model_type in MCORE_MODELS:
+        return mcore_yaml(recipe, model)
     t, p = recipe.train, recipe.parallel
     has_eval = recipe.data.val_size > 0 and bool(t.eval_steps)
     config: dict[str, Any] = {
@@ -279,15 +403,7 @@ def finetune_yaml(recipe: Recipe, model: ModelConfig) -> dict[str, Any]:
         },
         **_schedule(recipe),
         **_parallel(recipe),
-        "context": {
-            "mode": 0,
-            "device_target": "Ascend",
-            "max_call_depth": 10000,
-            "max_device_memory": recipe.backends.get(SPEC.name, {}).get(
-                "max_device_memory", "58GB"
-            ),
-            "device_id": 0,
-        },
+        "context": _context(recipe),
         "model": {
             "model_config": model_config(recipe, model),
             "arch": {"type": "LlamaForCausalLM"},
