@@ -460,9 +460,14 @@ def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
     document = finetune_yaml(recipe, model)
     files = {FINETUNE_YAML: yaml.safe_dump(document, sort_keys=False)}
     if recipe.parallel.world_size > 1:
+        # An import, not runpy: MindSpore compiles the worker's functions from their
+        # module's globals, which runpy's temporary __main__ namespace does not keep.
         files[WORKER_SCRIPT] = (
             f"# The {SPEC.worker} module as a script, for msrun.\n"
-            f'import runpy\n\nrunpy.run_module("{SPEC.worker}", run_name="__main__")\n'
+            "import sys\n\n"
+            "from ftx.core.workerkit import run_worker\n"
+            f"from {SPEC.worker} import main\n\n"
+            "sys.exit(run_worker(main))\n"
         )
     # MindFormers writes its logs (and LoRA's adapter_config.json) under LOCAL_DEFAULT_PATH.
     env = {"LOCAL_DEFAULT_PATH": NATIVE_OUTPUT, "TOKENIZERS_PARALLELISM": "false"}

@@ -1,4 +1,7 @@
 # The ftx.backends.mindformers.worker module as a script, for msrun.
-import runpy
+import sys
 
-runpy.run_module("ftx.backends.mindformers.worker", run_name="__main__")
+from ftx.core.workerkit import run_worker
+from ftx.backends.mindformers.worker import main
+
+sys.exit(run_worker(main))
