@@ -6,6 +6,7 @@ step on top of these pieces:
 
 - :func:`micro_batch_order`: which examples each micro-batch takes (the same on every backend)
 - :func:`segment_spans`: where each example of a packed row starts and ends
+- :func:`lora_a_init`: the LoRA A every backend starts from, by Hugging Face module name
 - :class:`StopSignal`: SIGTERM/SIGINT ask for a checkpoint and an orderly exit
 - :class:`MetricsWindow`: running sums between two logged steps -> a :class:`MetricsRow`
 - :class:`Checkpoints`: staged, atomic ``checkpoint-<step>`` folders, rotation, resume
@@ -20,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shutil
 import signal
 import sys
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +148,30 @@ def segment_spans(segments: Sequence[int]) -> list[tuple[int, int]]:
                 spans.append((start, i))
             start = i
     return spans
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+LAYER_MODULE = re.compile(r"layers\.(\d+)\.(.+)$")
+
+
+def lora_a_init(module: str, rank: int, fan_in: int, seed: int) -> np.ndarray:
+    """LoRA's A [rank, fan_in] for the Hugging Face module ``module``
+    (``model.layers.0.self_attn.q_proj``): PEFT's distribution (kaiming-uniform with
+    a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))) drawn from a generator seeded by
+    the run's seed and the module's name, so every backend starts from the same adapter
+    (B starts at zero everywhere). Each framework's own draw would differ."""
+    rng = np.random.default_rng([seed, zlib.crc32(module.encode())])
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=(rank, fan_in)).astype(np.float32)
+
+
+def hf_module(name: str) -> str | None:
+    """``model.layers.N.<rest>`` for a parameter or module name holding ``layers.N.<rest>``
+    (any wrapper prefix dropped), else None."""
+    found = LAYER_MODULE.search(name)
+    return f"model.layers.{found.group(1)}.{found.group(2)}" if found else None
 
 
 # --------------------------------------------------------------------------- signals

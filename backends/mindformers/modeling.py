@@ -100,6 +100,24 @@ def load_hf_weights(net: Any, source: Path, config: Any) -> None:
         )
 
 
+def start_lora_like_every_backend(net: Any, model_type: str, seed: int) -> None:
+    """Every LoRA A from ftx's seeded draw (ftx.core.workerkit.lora_a_init), the one the
+    torch and paddle workers use too (by Hugging Face module name); B stays zero."""
+    from ftx.core.convert.names import NameMap
+    from ftx.core.workerkit import lora_a_init
+
+    names = NameMap(model_type, "mindspore", "hf")
+    for param in net.get_parameters():
+        if not param.name.endswith(f".{LORA}_a"):
+            continue
+        mapped = names.map(param.name.removesuffix(f".{LORA}_a") + ".weight")
+        if mapped is None:
+            raise FtxError(f"MindFormers LoRA factor {param.name} has no Hugging Face module")
+        rank, fan_in = param.shape
+        value = lora_a_init(mapped.name.removesuffix(".weight"), rank, fan_in, seed)
+        param.set_data(ms.Tensor(value))
+
+
 def trainable(net: Any) -> list[Any]:
     return list(net.trainable_params())
 

@@ -17,6 +17,7 @@ Workers started by msrun join MindSpore's CPU collective (mccl) and all-reduce g
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -37,6 +38,7 @@ from ftx.backends.mindformers.modeling import (
     load_hf_weights,
     on_ascend,
     read_yaml,
+    start_lora_like_every_backend,
     trainable,
     write_hf_model,
     write_mindformers_adapter,
@@ -81,6 +83,9 @@ def main(config: WorkerConfig, layout: RunLayout) -> int:
     width = config.data.max_seq_len + 1
     net = build_model(yaml_config)
     load_hf_weights(net, Path(config.model.path), yaml_config)
+    if config.method.finetuning == "lora":
+        model_type = json.loads((Path(config.model.path) / "config.json").read_text())["model_type"]
+        start_lora_like_every_backend(net, model_type, t.seed)
     schedule = Schedule.plan(len(train), t, rank.world)
     lr_schedule = build_lr_schedule(yaml_config, schedule)
     optimizer = build_optimizer(net, yaml_config, lr_schedule)
@@ -367,8 +372,6 @@ def write_hf_final(
     asked."""
     if not rank.main:
         return
-    import json
-
     fmt, source = config.output.save_format, Path(config.model.path)
     lora = config.method.finetuning == "lora"
     model_type = json.loads((source / "config.json").read_text())["model_type"]

@@ -82,12 +82,26 @@ def load_model(config: WorkerConfig, layout: RunLayout, rank: int, packed: bool)
 
         settings = json.loads((layout.plan / LORA_CONFIG).read_text())
         model = LoRAModel(model, LoRAConfig(**settings, merge_weights=False))
+        start_lora_like_every_backend(model, config.train.seed)
         if config.train.gradient_checkpointing:
             # PaddleFormers recomputes a layer only when its input needs a gradient; with
             # the embeddings frozen it would silently not (transformers'
             # enable_input_require_grads, the same fix).
             model.get_input_embeddings().register_forward_post_hook(_needs_grad)
     return model
+
+
+def start_lora_like_every_backend(model: Any, seed: int) -> None:
+    """Every LoRA A from ftx's seeded draw (ftx.core.workerkit.lora_a_init), the one the
+    torch and mindformers workers use too (Paddle keeps A as [in, rank]); B stays zero."""
+    from ftx.core.workerkit import hf_module, lora_a_init
+
+    for name, param in model.named_parameters():
+        if not name.endswith(".lora_A"):
+            continue
+        fan_in, rank = param.shape
+        value = lora_a_init(str(hf_module(name.removesuffix(".lora_A"))), rank, fan_in, seed)
+        param.set_value(paddle.to_tensor(value.T.copy(), dtype=param.dtype))
 
 
 def _needs_grad(layer: Any, inputs: Any, output: paddle.Tensor) -> paddle.Tensor:

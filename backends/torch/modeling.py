@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def load_model(
 
         peft_kwargs = json.loads((plan_dir / PEFT_CONFIG).read_text())
         model = get_peft_model(model, LoraConfig(**peft_kwargs))
+        start_lora_like_every_backend(model, config.train.seed)
     elif kind == "freeze" and method.freeze_trainable_layers is not None:
         freeze_layers(model, method.freeze_trainable_layers)
     if checkpointing:
@@ -72,6 +74,32 @@ def load_model(
             model.enable_input_require_grads()
         model.config.use_cache = False
     return tokenizer, model
+
+
+def start_lora_like_every_backend(model: Any, seed: int) -> None:
+    """Every LoRA A from ftx's seeded draw (ftx.core.workerkit.lora_a_init), the one the
+    paddle and mindformers workers use too; B stays PEFT's zeros."""
+    from ftx.core.workerkit import hf_module, lora_a_init
+
+    for name, module in model.named_modules():
+        factors = getattr(module, "lora_A", None)
+        if factors is None or "default" not in factors:
+            continue
+        weight = factors["default"].weight
+        gathered = _gathered(weight)
+        with gathered, torch.no_grad():
+            rank, fan_in = weight.shape
+            value = lora_a_init(str(hf_module(name)), rank, fan_in, seed)
+            weight.copy_(torch.from_numpy(value).to(weight.dtype))
+
+
+def _gathered(weight: torch.Tensor) -> Any:
+    """A context holding the whole parameter (ZeRO-3 keeps only a shard per rank)."""
+    if hasattr(weight, "ds_id"):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([weight], modifier_rank=0)
+    return contextlib.nullcontext()
 
 
 def quantization_config(spec: QuantizationArgs, precision: str) -> Any:
