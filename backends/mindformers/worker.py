@@ -290,22 +290,28 @@ class TrainStep:
             float(sum(b["tokens"] for b in batches)),
         ]
         learned, tokens = all_reduce_sum(local, self.rank)
+        per_token = max(learned, 1.0) / self.rank.world  # scaled loss -> token-loss sum
         grads: tuple | None = None
-        loss_sum = 0.0
+        loss_sum: Tensor | None = None
         for b in batches:
-            scale = Tensor(b["learned"] * self.rank.world / max(learned, 1.0), ms.float32)
+            scale = Tensor(b["learned"] / per_token, ms.float32)
             loss, g = self._grad(
                 Tensor(b["input_ids"]), Tensor(b["labels"]), Tensor(b["loss_mask"]), scale
             )
-            loss_sum += float(loss) / float(scale) * b["learned"] if b["learned"] else 0.0
+            part = loss * per_token  # this micro-batch's token-loss sum, still on the device
+            loss_sum = part if loss_sum is None else loss_sum + part
             grads = g if grads is None else tuple(a + c for a, c in zip(grads, g, strict=True))
-        assert grads is not None
+        assert grads is not None and loss_sum is not None
         if self._reduce is not None:
             grads = tuple(self._reduce(g) / self.rank.world for g in grads)
         # mutable: one compiled update for every step (a tuple of tensors would be a constant)
-        norm = float(self._update(ms.mutable(grads)))
-        (global_loss,) = all_reduce_sum([loss_sum], self.rank)
-        return StepResult(global_loss, int(learned), int(tokens), norm)
+        norm = self._update(ms.mutable(grads))
+        # One read-back per step for the loss and the norm: each read waits for the device.
+        local_loss, norm_value = (
+            float(v) for v in ops.concat([loss_sum.reshape(1), norm.reshape(1)]).asnumpy()
+        )
+        (global_loss,) = all_reduce_sum([local_loss], self.rank)
+        return StepResult(global_loss, int(learned), int(tokens), norm_value)
 
     def eval_loss(self, split: PreparedSplit, batch_size: int, pad_id: int, width: int) -> float:
         """Token-weighted loss over a split, sharded over workers."""
