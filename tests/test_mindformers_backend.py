@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FTX, ROOT, run_ftx, run_in_env, run_nodes
-from training import free_port, interrupted_run, losses, recipe, rows, train
+from conftest import ROOT, run_ftx, run_in_env
+from training import free_port, interrupted_run, losses, recipe, rows, train, two_local_nodes
 
 # Same weights, same batches, fp32: the frameworks differ only in summation order.
 TOLERANCE = 1e-4
@@ -235,20 +235,10 @@ def test_msrun_two_workers_match_one(tmp_path: Path, tiny_llama: Path) -> None:
 
 def test_two_nodes_on_localhost_train_together(tmp_path: Path, tiny_llama: Path) -> None:
     one = reference_run(tmp_path, tiny_llama)
-    port = free_port()
-    path = recipe(
-        tmp_path,
-        tiny_llama,
-        f"parallel: {{nnodes: 2, nproc_per_node: 1, master_addr: 127.0.0.1, master_port: {port}}}",
-    )
-    path.write_text(path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2"))
-    run = [str(FTX), "run", str(path), "--backend", "mindformers"]
-    run_nodes(
-        [[*run, "--out", str(tmp_path / f"n{r}"), f"parallel.node_rank={r}"] for r in (0, 1)],
-        tmp_path / "logs",
-    )
+    _, port = two_local_nodes(tmp_path, tiny_llama, "mindformers")
     launch = (tmp_path / "n1/plan/launch.sh").read_text()
     assert "--node_rank \\\n    1" in launch and "--master_addr \\\n    127.0.0.1" in launch
+    assert f"--master_port \\\n    {port}" in launch
     assert losses(tmp_path / "n0") == pytest.approx(losses(one), abs=TOLERANCE)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FTX, run_ftx, run_in_env, run_nodes
-from training import free_port, interrupted_run, losses, recipe, rows, train
+from conftest import run_ftx, run_in_env
+from training import interrupted_run, losses, recipe, rows, train, two_local_nodes
 
 # Same weights, same batches, fp32: the frameworks differ only in summation order.
 TOLERANCE = 1e-4
@@ -236,18 +236,7 @@ def test_gradient_checkpointing_recomputes_every_layer(
 def test_two_nodes_on_localhost_train_together(
     full_runs: dict[str, Path], tmp_path: Path, tiny_llama: Path
 ) -> None:
-    port = free_port()
-    path = recipe(
-        tmp_path,
-        tiny_llama,
-        f"parallel: {{nnodes: 2, nproc_per_node: 1, master_addr: 127.0.0.1, master_port: {port}}}",
-    )
-    path.write_text(path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2"))
-    run = [str(FTX), "run", str(path), "--backend", "paddle"]
-    run_nodes(
-        [[*run, "--out", str(tmp_path / f"n{r}"), f"parallel.node_rank={r}"] for r in (0, 1)],
-        tmp_path / "logs",
-    )
+    _, port = two_local_nodes(tmp_path, tiny_llama, "paddle")
     launch = (tmp_path / "n1/plan/launch.sh").read_text()
     assert "--nnodes \\\n    2" in launch and "--rank \\\n    1" in launch
     assert f"127.0.0.1:{port}" in launch

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import FTX, ROOT, run_ftx
+from conftest import FTX, ROOT, run_ftx, run_nodes
 
 DATA = ROOT / "recipes" / "data"
 
@@ -79,3 +79,22 @@ def interrupted_run(path: Path, out: Path, backend: str, after: int = 3) -> str:
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 143, stderr[-2000:]
     return stderr
+
+
+def two_local_nodes(tmp_path: Path, model: Path, backend: str) -> tuple[Path, int]:
+    """Two "nodes" on localhost (one process each, micro batch 2: the batches of one
+    process with micro batch 4), run together; returns the folder holding n0/ and n1/ and
+    the master port."""
+    port = free_port()
+    path = recipe(
+        tmp_path,
+        model,
+        f"parallel: {{nnodes: 2, nproc_per_node: 1, master_addr: 127.0.0.1, master_port: {port}}}",
+    )
+    path.write_text(path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2"))
+    run = [str(FTX), "run", str(path), "--backend", backend]
+    run_nodes(
+        [[*run, "--out", str(tmp_path / f"n{r}"), f"parallel.node_rank={r}"] for r in (0, 1)],
+        tmp_path / "logs",
+    )
+    return tmp_path, port
