@@ -28,6 +28,9 @@ FIRST_STEP = 1e-4
 LATER_STEPS = 1e-3
 # The exports' logits on the same tokens after training (absolute, max over the vocabulary).
 LOGITS = 1e-3
+# The environment whose transformers and peft load the HF exports: Hugging Face's own loaders
+# are the reference every backend's export is checked against.
+HF_ENVIRONMENT = "torch"
 
 COMPARE_OVERRIDES = (
     "train.precision=fp32",
@@ -160,7 +163,7 @@ print(json.dumps({"max_diff": worst}))
 
 def export_logits_diff(runs: dict[str, Path]) -> float | None:
     """The largest difference between the HF exports' logits on the same tokens, computed
-    by transformers (and peft) in the torch environment; None when a run has no export."""
+    by transformers (and peft) in HF_ENVIRONMENT; None when a run has no export."""
     import subprocess
 
     from ftx.core import envs
@@ -168,12 +171,12 @@ def export_logits_diff(runs: dict[str, Path]) -> float | None:
     finals = [RunLayout(folder).final for folder in runs.values()]
     if len(finals) < 2 or not all(f.is_dir() for f in finals):
         return None
-    python = envs.ensure("torch")
+    python = envs.ensure(HF_ENVIRONMENT)
     result = subprocess.run(
         [str(python), "-c", EXPORT_LOGITS, *map(str, finals)],
         capture_output=True,
         text=True,
-        env=envs.process_env("torch"),
+        env=envs.process_env(HF_ENVIRONMENT),
     )
     if result.returncode != 0:
         raise FtxError(

@@ -194,9 +194,7 @@ def report(out: Path, png: Path | None) -> None:
 @click.argument("targets", nargs=-1, required=True)
 @click.option(
     "--backends",
-    default="torch,paddle,mindformers",
-    show_default=True,
-    help="Backends to run a recipe on (comma-separated).",
+    help="Backends to run a recipe on, comma-separated (default: every backend that trains).",
 )
 @click.option("--steps", default=20, show_default=True, help="Optimizer steps per backend.")
 @click.option(
@@ -206,7 +204,7 @@ def report(out: Path, png: Path | None) -> None:
     help="Where the runs, comparison.json and comparison.png go (default: output.dir/compare"
     " for a recipe, the current folder for run folders).",
 )
-def compare(targets: tuple[str, ...], backends: str, steps: int, out: Path | None) -> None:
+def compare(targets: tuple[str, ...], backends: str | None, steps: int, out: Path | None) -> None:
     """Run one recipe on several backends (or line up finished runs) and compare them step
     by step: a table of losses and grad norms, comparison.png, and exit code 1 when they
     differ beyond the tolerances (first step 1e-4 relative, later steps 1e-3, the exports'
@@ -219,6 +217,7 @@ def compare(targets: tuple[str, ...], backends: str, steps: int, out: Path | Non
     """
     from ftx.core import compare as cmp
     from ftx.core.errors import FtxError
+    from ftx.core.registry import backend_names
     from ftx.core.runner import run as run_recipe
 
     first = Path(targets[0])
@@ -228,7 +227,8 @@ def compare(targets: tuple[str, ...], backends: str, steps: int, out: Path | Non
         )
         root = (out or Path(loaded.recipe.output.dir) / "compare").resolve()
         runs = {}
-        for backend in [b.strip() for b in backends.split(",") if b.strip()]:
+        chosen = backends.split(",") if backends else backend_names()
+        for backend in [b.strip() for b in chosen if b.strip()]:
             info(f"[bold]compare[/]: {steps} steps on {backend}")
             run_recipe(loaded, backend, out=root / backend, force=True)
             runs[backend] = root / backend
@@ -243,6 +243,12 @@ def compare(targets: tuple[str, ...], backends: str, steps: int, out: Path | Non
                 )
         runs = cmp.label_runs(folders)
         root = (out or Path.cwd()).resolve()
+    if len(runs) < 2:
+        raise FtxError(
+            f"only {len(runs)} run to compare",
+            where=", ".join(targets),
+            fix="name two or more backends (--backends torch,paddle) or run folders",
+        )
     comparison = cmp.line_up(runs)
     comparison.logits_max_diff = cmp.export_logits_diff(runs)
     comparison.judge()
