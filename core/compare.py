@@ -28,9 +28,23 @@ FIRST_STEP = 1e-4
 LATER_STEPS = 1e-3
 # The exports' logits on the same tokens after training (absolute, max over the vocabulary).
 LOGITS = 1e-3
-# The environment whose transformers and peft load the HF exports: Hugging Face's own loaders
-# are the reference every backend's export is checked against.
-HF_ENVIRONMENT = "torch"
+# Hugging Face's own loaders are the reference every backend's export is checked against:
+# the exports are loaded in the first backend environment that has transformers and peft.
+HF_LOADERS = ("transformers", "peft")
+
+
+def hf_environment() -> str:
+    """The name of a backend environment with transformers and peft (from the registry)."""
+    from ftx.core.registry import specs
+
+    for name, spec in specs().items():
+        if all(package in spec.environment.frameworks for package in HF_LOADERS):
+            return name
+    raise FtxError(
+        "no backend environment has transformers and peft to load the exports with",
+        fix="register a backend whose environment lists them",
+    )
+
 
 COMPARE_OVERRIDES = (
     "train.precision=fp32",
@@ -163,7 +177,7 @@ print(json.dumps({"max_diff": worst}))
 
 def export_logits_diff(runs: dict[str, Path]) -> float | None:
     """The largest difference between the HF exports' logits on the same tokens, computed
-    by transformers (and peft) in HF_ENVIRONMENT; None when a run has no export."""
+    by transformers (and peft) in :func:`hf_environment`; None when a run has no export."""
     import subprocess
 
     from ftx.core import envs
@@ -171,12 +185,13 @@ def export_logits_diff(runs: dict[str, Path]) -> float | None:
     finals = [RunLayout(folder).final for folder in runs.values()]
     if len(finals) < 2 or not all(f.is_dir() for f in finals):
         return None
-    python = envs.ensure(HF_ENVIRONMENT)
+    environment = hf_environment()
+    python = envs.ensure(environment)
     result = subprocess.run(
         [str(python), "-c", EXPORT_LOGITS, *map(str, finals)],
         capture_output=True,
         text=True,
-        env=envs.process_env(HF_ENVIRONMENT),
+        env=envs.process_env(environment),
     )
     if result.returncode != 0:
         raise FtxError(
