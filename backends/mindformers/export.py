@@ -20,13 +20,19 @@ from ftx.core.models.architectures import ModelConfig
 from ftx.core.recipe.schema import Recipe
 
 
-def export_mindrecord(recipe: Recipe, out: Path) -> str:
-    """Write train.mindrecord (+ .db), and val.mindrecord when the recipe holds data out,
-    into ``out`` (an empty, staged folder; OUT/plan/data for a plan)."""
+def unpacked_prepared(recipe: Recipe) -> Path:
+    """The recipe's prepared rows, unpacked (cached by content hash): MindFormers' rows hold
+    one example each (its legacy models keep no examples apart inside a row)."""
     from ftx.core.data.prepare import cached_prepared
 
     unpacked = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": False})})
-    prepared = cached_prepared(unpacked, say=info)
+    return cached_prepared(unpacked, say=info)
+
+
+def export_mindrecord(recipe: Recipe, out: Path) -> str:
+    """Write train.mindrecord (+ .db), and val.mindrecord when the recipe holds data out,
+    into ``out`` (an empty, staged folder; OUT/plan/data for a plan)."""
+    prepared = unpacked_prepared(recipe)
     python = envs.ensure("mindformers")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:  # mindspore writes log folders into cwd
@@ -74,11 +80,9 @@ def export_mcore_jsonl(recipe: Recipe, out: Path) -> str:
     (-100 where nothing is learned), loss_mask, position_ids."""
     import numpy as np
 
-    from ftx.core.data.prepare import cached_prepared
     from ftx.core.prepared import IGNORE_INDEX, load_split, read_manifest
 
-    unpacked = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": False})})
-    prepared = cached_prepared(unpacked, say=info)
+    prepared = unpacked_prepared(recipe)
     manifest = read_manifest(prepared)
     width, pad = manifest["max_seq_len"], manifest["pad_token_id"]
     out.mkdir(parents=True, exist_ok=True)

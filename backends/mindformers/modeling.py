@@ -144,12 +144,6 @@ def fixed_batch(split: PreparedSplit, indices: list[int], pad_id: int, width: in
     }
 
 
-def named_arrays(net: Any, only_trainable: bool = False) -> dict[str, np.ndarray]:
-    """The network's parameters by MindFormers name, as float32 numpy arrays."""
-    params = net.trainable_params() if only_trainable else net.get_parameters()
-    return {p.name: p.asnumpy().astype(np.float32) for p in params}
-
-
 def write_hf_model(net: Any, model_type: str, folder: Path) -> None:
     """The base weights (LoRA factors excluded) as one HF model.safetensors."""
     from safetensors.numpy import save_file
@@ -158,9 +152,11 @@ def write_hf_model(net: Any, model_type: str, folder: Path) -> None:
 
     names = NameMap(model_type, "mindspore", "hf")
     tensors: dict[str, np.ndarray] = {}
-    for name, array in named_arrays(net).items():
+    for param in net.get_parameters():
+        name = param.name
         if LORA in name:
             continue
+        array = param.asnumpy().astype(np.float32)
         mapped = names.map(name)
         if mapped is None:
             raise FtxError(f"MindFormers parameter {name} has no Hugging Face name")

@@ -83,8 +83,8 @@ def main(config: WorkerConfig, layout: RunLayout) -> int:
     width = config.data.max_seq_len + 1
     net = build_model(yaml_config)
     load_hf_weights(net, Path(config.model.path), yaml_config)
+    model_type = json.loads((Path(config.model.path) / "config.json").read_text())["model_type"]
     if config.method.finetuning == "lora":
-        model_type = json.loads((Path(config.model.path) / "config.json").read_text())["model_type"]
         start_lora_like_every_backend(net, model_type, t.seed)
     schedule = Schedule.plan(len(train), t, rank.world)
     lr_schedule = build_lr_schedule(yaml_config, schedule)
@@ -132,7 +132,11 @@ def main(config: WorkerConfig, layout: RunLayout) -> int:
         return stopped
 
     held_out.exact_match("after")
-    write_final(layout, rank, lambda folder: write_hf_final(folder, net, config, yaml_config, rank))
+    write_final(
+        layout,
+        rank,
+        lambda folder: write_hf_final(folder, net, config, yaml_config, model_type, rank),
+    )
     tracker.done()
     return 0
 
@@ -374,7 +378,7 @@ def load_checkpoint(folder: Path, net: Any, optimizer: Any) -> TrainerState:
 
 
 def write_hf_final(
-    folder: Path, net: Any, config: WorkerConfig, yaml_config: Any, rank: Rank
+    folder: Path, net: Any, config: WorkerConfig, yaml_config: Any, model_type: str, rank: Rank
 ) -> None:
     """OUT/final in Hugging Face format: the full model's safetensors, or a PEFT adapter
     converted by ftx from the MindFormers LoRA weights (kept as MindFormers wrote them in
@@ -384,7 +388,6 @@ def write_hf_final(
         return
     fmt, source = config.output.save_format, Path(config.model.path)
     lora = config.method.finetuning == "lora"
-    model_type = json.loads((source / "config.json").read_text())["model_type"]
     if fmt in ("native", "both"):
         native = folder if fmt == "native" else folder / "mindspore"
         native.mkdir(parents=True, exist_ok=True)
