@@ -13,15 +13,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+PYTHON_BASE = "docker.io/library/python:3.11-slim-bookworm"  # the locks are cp311 wheels
+
+
+@dataclass(frozen=True)
+class ImageVariant:
+    """One build of a backend's image (docker/<name>/Dockerfile): its base and devices.
+
+    ``replace`` swaps lock lines for the variant's (a GPU wheel for the CPU one); those
+    lines are installed with their dependencies from ``index`` (the CUDA runtime wheels a
+    GPU framework pulls in), after the lock's own ``--no-deps`` install.
+    """
+
+    base: str = PYTHON_BASE
+    devices: str = "none"  # "none", "gpu" (NVIDIA, CDI or --gpus) or "ascend" (/dev/davinci*)
+    replace: Mapping[str, str] = field(default_factory=dict)  # lock line -> variant line
+    index: str = ""  # pip --extra-index-url for the replaced lines
+    note: str = ""
+
 
 @dataclass(frozen=True)
 class EnvironmentSpec:
-    """A backend's local environment: a pinned lock file and how to inspect it."""
+    """A backend's local environment: a pinned lock file and how to inspect it, and the
+    image variants its Dockerfile builds from the same lock."""
 
     lock_file: Path
     frameworks: tuple[str, ...]  # distributions whose versions `ftx env doctor` reports
     import_check: str  # a statement that must run in the finished environment
     devices: str  # "module:function" run inside the environment: the devices it sees
+    images: Mapping[str, ImageVariant] = field(default_factory=lambda: {"cpu": ImageVariant()})
 
 
 @dataclass(frozen=True)

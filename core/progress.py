@@ -7,16 +7,21 @@ worker output goes to the launch log; only ``[ftx]`` lines and errors are shown.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 from ftx.core.console import console, is_quiet
@@ -109,3 +114,52 @@ def _worth_showing(line: str) -> bool:
     """Worker messages and errors; framework chatter stays in the log file."""
     text = line.strip()
     return text.startswith("[ftx]") or "Error" in text or "Traceback" in text
+
+
+@contextlib.contextmanager
+def activity(label: str) -> Iterator[Callable[[str], None]]:
+    """A spinner whose text the caller updates (an image build's current step); plain
+    lines when not on a terminal."""
+    if is_quiet():
+        yield lambda _text: None
+        return
+    if not console.is_terminal:
+        yield lambda text: console.print(f"  {escape(text)}")
+        return
+    with console.status(label) as status:
+        yield lambda text: status.update(f"{label}: {escape(text)}")
+
+
+@contextlib.contextmanager
+def transfer(label: str) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A byte bar for a pull or push, fed the engine's JSON events (per-layer
+    progressDetail); a one-line summary when not on a terminal."""
+    layers: dict[str, tuple[int, int]] = {}
+    live = console.is_terminal and not is_quiet()
+    bar = Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None)
+
+    def update(event: dict[str, Any]) -> None:
+        detail = event.get("progressDetail") or {}
+        if event.get("id") and detail.get("total"):
+            layers[event["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
+            done = sum(c for c, _ in layers.values())
+            bar.update(task, completed=done, total=sum(t for _, t in layers.values()))
+
+    if live:
+        bar.start()
+    try:
+        yield update
+    finally:
+        if live:
+            bar.stop()
+        if layers and not is_quiet():
+            total = sum(t for _, t in layers.values())
+            console.print(f"  {label}: {len(layers)} layers, {total / 1e6:,.1f} MB")

@@ -39,7 +39,7 @@ from ftx.core.progress import RunDisplay
 from ftx.core.recipe import LoadedRecipe, recipe_digest
 from ftx.core.recipe.schema import Recipe
 from ftx.core.registry import capability_matrix, get_spec, load, specs, translator
-from ftx.core.runtime import get_runtime
+from ftx.core.runtime import Launch, Runtime, get_runtime
 
 
 @dataclass(frozen=True)
@@ -166,13 +166,24 @@ def run(
     runtime_name: str = "local",
     out: Path | None = None,
     force: bool = False,
+    variant: str | None = None,
+    registry: str | None = None,
 ) -> dict[str, Any]:
     """Run a recipe end to end; return the run.json record."""
+    runtime = get_runtime(runtime_name, variant=variant, registry=registry)
+    try:
+        return _run(loaded, backend, runtime, out=out, force=force)
+    finally:
+        runtime.close()
+
+
+def _run(
+    loaded: LoadedRecipe, backend: str, runtime: Runtime, *, out: Path | None, force: bool
+) -> dict[str, Any]:
     from ftx.core.data.prepare import prepared_data
 
     target = target_for(loaded, backend)
     recipe, spec = target.recipe, target.spec
-    runtime = get_runtime(runtime_name)
     layout = layout_for(loaded, out)
     previous = claim_output(layout, loaded, force=force, resuming=bool(recipe.train.resume))
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -214,6 +225,7 @@ def run(
         "recipe_sha256": loaded.digest,
         "overrides": list(loaded.overrides),
         "framework_versions": environment.get("versions", {}),
+        **({"image": environment["image"]} if "image" in environment else {}),
         "data": {
             "key": manifest["key"],
             "report": manifest["report"],
@@ -225,7 +237,13 @@ def run(
     info(f"[bold]Training[/] with the {spec.name} backend ({runtime.name} runtime)")
     started = time.time()
     with RunDisplay(spec.name) as display:
-        code = runtime.run(layout, spec.name, display.line)
+        launch = Launch(
+            layout,
+            spec.name,
+            inputs=tuple(input_paths(recipe, loaded.source)),
+            multinode=recipe.parallel.nnodes > 1,
+        )
+        code = runtime.run(launch, display.line)
     record.update(summarize(layout))
     record["wall_time_s"] = round(time.time() - started, 2)
     record["exit_code"] = code

@@ -6,13 +6,21 @@ mindformers 1.9.0 pins mindspore~=2.9.0 and transformers==4.57.1.
 import glob
 from pathlib import Path
 
-from ftx.core.backend import EnvironmentSpec
+from ftx.core.backend import EnvironmentSpec, ImageVariant
 
 ENVIRONMENT = EnvironmentSpec(
     lock_file=Path(__file__).with_name("requirements.lock"),
     frameworks=("mindspore", "mindformers", "numpy", "safetensors"),
     import_check="import mindspore, mindformers",
     devices="ftx.backends.mindformers.environment:visible_devices",
+    images={
+        "cpu": ImageVariant(),
+        "ascend": ImageVariant(
+            base="quay.io/ascend/cann:9.0.0-910b-ubuntu22.04-py3.11",
+            devices="ascend",
+            note="CANN 9.0.0 (what MindSpore 2.9.0 / MindFormers 1.9.0 are released for)",
+        ),
+    },
 )
 
 

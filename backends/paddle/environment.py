@@ -6,7 +6,7 @@ make them import and train together, and what the GPU variant adds.
 
 from pathlib import Path
 
-from ftx.core.backend import EnvironmentSpec
+from ftx.core.backend import EnvironmentSpec, ImageVariant
 
 ENVIRONMENT = EnvironmentSpec(
     lock_file=Path(__file__).with_name("requirements.lock"),
@@ -15,6 +15,15 @@ ENVIRONMENT = EnvironmentSpec(
         "import paddle, paddleformers.transformers, paddleformers.trainer, paddleformers.peft"
     ),
     devices="ftx.backends.paddle.environment:visible_devices",
+    images={
+        "cpu": ImageVariant(),
+        "cuda": ImageVariant(
+            devices="gpu",
+            replace={"paddlepaddle==3.3.1": "paddlepaddle-gpu==3.3.1\npaddlefleet==0.3.0"},
+            index="https://www.paddlepaddle.org.cn/packages/stable/cu126/",
+            note="the lock's comments: paddlepaddle-gpu and PaddleFleet from Paddle's index",
+        ),
+    },
 )
 
 

@@ -2,13 +2,22 @@
 
 from pathlib import Path
 
-from ftx.core.backend import EnvironmentSpec
+from ftx.core.backend import EnvironmentSpec, ImageVariant
 
 ENVIRONMENT = EnvironmentSpec(
     lock_file=Path(__file__).with_name("requirements.lock"),
     frameworks=("torch", "transformers", "peft", "accelerate", "safetensors", "numpy"),
     import_check="import torch, transformers, peft",
     devices="ftx.backends.torch.environment:visible_devices",
+    images={
+        "cpu": ImageVariant(),
+        "cuda": ImageVariant(
+            devices="gpu",
+            replace={"torch==2.13.0+cpu": "torch==2.13.0+cu126"},
+            index="https://download.pytorch.org/whl/cu126",
+            note="torch's CUDA 12.6 wheel and the nvidia-* runtime wheels it depends on",
+        ),
+    },
 )
 
 

@@ -92,6 +92,13 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # SIGTERM unwinds like Ctrl-C, so staged outputs are removed rather than left half-written.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    from ftx.core.cli import convert_cmds, data_cmds, env_cmds, model_cmds, run_cmds  # noqa: F401
+    from ftx.core.cli import (  # noqa: F401
+        convert_cmds,
+        data_cmds,
+        env_cmds,
+        image_cmds,
+        model_cmds,
+        run_cmds,
+    )
 
     cli(prog_name="ftx")

@@ -83,6 +83,10 @@ def plan(
     show_default=True,
     help="local: the backend's environment under $FTX_HOME; docker/podman: its image.",
 )
+@click.option(
+    "--variant", help="Image variant for docker/podman (default: cpu, cuda or ascend by device)."
+)
+@click.option("--registry", help="Registry to pull the image from (default: $FTX_REGISTRY).")
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 def run(
     recipe: Path,
@@ -90,18 +94,27 @@ def run(
     backend: str,
     out: Path | None,
     runtime: str,
+    variant: str | None,
+    registry: str | None,
     force: bool,
 ) -> None:
     """Prepare data, translate and train. Overrides are dotted key=value pairs.
 
     \b
-    Example:
+    Examples:
       ftx run recipes/quickstart.yaml --backend torch train.learning_rate=1e-3 --force
+      ftx run recipes/quickstart.yaml --backend paddle --runtime podman --registry reg:5000/ml
     """
     from ftx.core import runner
 
     record = runner.run(
-        load_recipe(recipe, overrides), backend, runtime_name=runtime, out=out, force=force
+        load_recipe(recipe, overrides),
+        backend,
+        runtime_name=runtime,
+        out=out,
+        force=force,
+        variant=variant,
+        registry=registry,
     )
     print_summary(record)
 

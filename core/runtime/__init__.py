@@ -1,27 +1,27 @@
-"""Runtimes run a written plan: ``local`` (the backend's environment) or a container."""
+"""Runtimes run a written plan: ``local`` (the backend's environment) or a container
+engine (``docker``, ``podman``: the backend's image)."""
 
 from __future__ import annotations
 
 from ftx.core.errors import FtxError
-from ftx.core.runtime.base import Runtime
+from ftx.core.runtime.base import Launch, Runtime
 from ftx.core.runtime.local import LocalRuntime
 
 RUNTIMES = ("local", "docker", "podman")
 
 
-def get_runtime(name: str) -> Runtime:
-    """The runtime called ``name``."""
+def get_runtime(name: str, *, variant: str | None = None, registry: str | None = None) -> Runtime:
+    """The runtime called ``name``; containers take the image variant (default: what this
+    host's devices call for) and registry (default: $FTX_REGISTRY)."""
     if name == "local":
         return LocalRuntime()
     if name in ("docker", "podman"):
-        raise FtxError(
-            f"the {name} runtime is not part of this release yet",
-            where="--runtime",
-            fix="use --runtime local (the default), which runs in the backend's local environment",
-        )
+        from ftx.core.runtime.container import ContainerRuntime
+
+        return ContainerRuntime(name, variant, registry)
     raise FtxError(
         f"unknown runtime '{name}'", where="--runtime", fix=f"use one of {', '.join(RUNTIMES)}"
     )
 
 
-__all__ = ["RUNTIMES", "Runtime", "get_runtime"]
+__all__ = ["RUNTIMES", "Launch", "Runtime", "get_runtime"]

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ftx.core.contract import RunLayout
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launch of a written plan: OUT, the backend, and what the run reads."""
+
+    layout: RunLayout
+    backend: str
+    inputs: tuple[Path, ...] = ()  # the recipe, model and data files: read-only to the run
+    multinode: bool = False  # the launcher meets other hosts (needs the host's network)
 
 
 class Runtime(ABC):
@@ -19,6 +31,9 @@ class Runtime(ABC):
         """Make sure the backend's environment exists; return its record (versions...)."""
 
     @abstractmethod
-    def run(self, layout: RunLayout, backend: str, on_line: Callable[[str], None]) -> int:
+    def run(self, launch: Launch, on_line: Callable[[str], None]) -> int:
         """Run OUT/plan/launch.sh in OUT, teeing its output into OUT/logs/launch.log and
         passing each line to ``on_line``."""
+
+    def close(self) -> None:  # noqa: B027 (most runtimes hold nothing)
+        """Release what prepare() set up (an engine connection, a service ftx started)."""
