@@ -240,7 +240,8 @@ def _run(
         launch = Launch(
             layout,
             spec.name,
-            inputs=tuple(input_paths(recipe, loaded.source)),
+            # the recipe's folder too: whatever it names relative to itself
+            inputs=(loaded.source.parent, *input_paths(recipe, loaded.source)),
             multinode=recipe.parallel.nnodes > 1,
         )
         code = runtime.run(launch, display.line)

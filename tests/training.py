@@ -61,11 +61,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def interrupted_run(path: Path, out: Path, backend: str, after: int = 3) -> str:
-    """Start `ftx run`, send it SIGTERM once ``after`` losses are logged, and return its
-    stderr once it has exited with 143 (stopped by SIGTERM, checkpoint saved)."""
+def interrupted_run(
+    path: Path, out: Path, backend: str, after: int = 3, extra: tuple[str, ...] = ()
+) -> str:
+    """Start `ftx run` (``extra``: more arguments), send it SIGTERM once ``after`` losses
+    are logged, and return its stderr once it has exited with 143 (stopped by SIGTERM,
+    checkpoint saved)."""
     proc = subprocess.Popen(
-        [str(FTX), "run", str(path), "--backend", backend, "--out", str(out)],
+        [str(FTX), "run", str(path), "--backend", backend, "--out", str(out), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

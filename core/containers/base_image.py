@@ -74,5 +74,14 @@ def import_base(engine: Engine, mirror: str | None = None, *, say=print) -> str:
     """Import the debootstrap base into the engine as localhost/ftx-base:bookworm."""
     tarball = rootfs_tarball(mirror, say=say)
     repository, _, tag = BASE_NAME.rpartition(":")
-    engine.api.import_image(src=str(tarball), repository=repository, tag=tag)
+    said = str(engine.api.import_image(src=str(tarball), repository=repository, tag=tag))
+    found = re.search(r"sha256:[0-9a-f]{64}|\b[0-9a-f]{64}\b", said)
+    if found is None:
+        raise FtxError(
+            f"the engine did not import the base image: {said[:200]}",
+            where=str(tarball),
+            fix="delete the tarball to make it again, and check the engine's log",
+        )
+    # podman's Docker API drops the tag of an import: name the imported image explicitly
+    engine.client.images.get(found.group(0)).tag(repository, tag)
     return BASE_NAME

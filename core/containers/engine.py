@@ -41,10 +41,9 @@ class Engine:
 
     def describe(self) -> str:
         version = self.client.version()
-        name = next(
-            (c["Name"] for c in version.get("Components", []) if "Engine" in c["Name"]),
-            "Docker Engine",
-        )
+        names = [c["Name"] for c in version.get("Components", []) if "Engine" in c["Name"]]
+        # Docker calls its component "Engine", podman "Podman Engine"
+        name = "Docker Engine" if names in ([], ["Engine"]) else names[0]
         return f"{name} {version.get('Version', '?')} at {self.url}"
 
 

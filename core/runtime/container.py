@@ -41,7 +41,8 @@ def detected_variant(backend: str) -> str:
 
 def mounts(launch: Launch) -> dict[str, dict[str, str]]:
     """Bind mounts at the same paths: inputs read-only (a path inside another input is
-    covered by it), OUT read-write."""
+    covered by it), OUT read-write (also when it lies inside an input's folder: engines
+    mount a parent before what lies inside it)."""
     paths = sorted({Path(p).resolve() for p in launch.inputs if Path(p).exists()})
     kept = [p for p in paths if not any(q != p and q in p.parents for q in paths)]
     out = launch.layout.root.resolve()

@@ -1,0 +1,236 @@
+"""The torch image and the container runtimes, on real engines (podman, dockerd) and a
+real local registry: build, push, remove, then `ftx run --runtime podman` pulls it and
+trains the quickstart with the local runtime's losses; Docker's API builds, lists,
+runs and removes it too."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from containers import dockerd, install_missing, local_registry, podman_settings
+
+from conftest import ROOT, run_ftx
+from training import interrupted_run, losses
+
+pytestmark = [pytest.mark.env, pytest.mark.slow]
+
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+STEPS = ("train.epochs=null", "train.max_steps=30", "train.logging_steps=1")
+BASE = "localhost/ftx-base:bookworm"
+
+
+@dataclass(frozen=True)
+class Podman:
+    registry: str
+    folder: Path
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ok(*args: str) -> str:
+    result = run_ftx(*args, timeout=1800)
+    assert result.returncode == 0, (args, result.stderr[-3000:])
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def podman() -> Iterator[Podman]:
+    install_missing("podman", "runc", "debootstrap", "docker-registry")
+    folder = Path(tempfile.mkdtemp(prefix="ftxc-", dir="/tmp"))  # short: socket paths
+    with local_registry(folder / "registry") as registry:
+        settings = podman_settings(folder / "podman", registry)
+        with environment(**settings, FTX_BASE_IMAGE=BASE):
+            os.environ.pop("DOCKER_HOST", None)
+            ok("image", "base", "--engine", "podman")
+            yield Podman(registry, folder)
+
+
+@pytest.fixture(scope="module")
+def pushed(podman: Podman) -> str:
+    """The torch CPU image built here, pushed to the local registry and removed locally;
+    returns the name ftx gives it."""
+    registry = ("--registry", podman.registry)
+    built = ok("image", "build", "torch", "--engine", "podman", *registry)
+    name = next(w for w in built.split() if w.startswith(f"{podman.registry}/ftx-torch:cpu-"))
+    ok("image", "push", "torch", "--engine", "podman", *registry)
+    removed = ok("image", "rm", "torch", "--engine", "podman")
+    assert name in removed
+    assert name not in ok("image", "list", "--engine", "podman")
+    return name
+
+
+def inspect(name: str) -> dict:
+    out = subprocess.run(["podman", "image", "inspect", name], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)[0]
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "out"
+    ok("run", str(QUICKSTART), "--backend", "torch", "--out", str(out), *STEPS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def podman_run(podman: Podman, pushed: str, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    out = tmp_path_factory.mktemp("podman") / "out"
+    said = ok(
+        "run", str(QUICKSTART), "--backend", "torch", "--out", str(out), *STEPS,
+        "--runtime", "podman", "--registry", podman.registry,
+    )  # fmt: skip
+    return out, said
+
+
+def test_run_pulls_the_image_and_trains_like_the_local_runtime(
+    podman_run: tuple, pushed: str, local_reference: Path
+) -> None:
+    out, said = podman_run
+    assert f"pulling {pushed}" in said and "(pulled;" in said
+    record = json.loads((out / "run.json").read_text())
+    assert record["runtime"] == "podman" and record["status"] == "completed"
+    image = record["image"]
+    assert image["name"] == pushed and image["how"] == "pulled"
+    repository = pushed.rsplit(":", 1)[0]
+    assert image["digest"].startswith(f"{repository}@sha256:")
+    assert record["framework_versions"]["torch"] == "2.13.0+cpu"
+    assert len(losses(out)) == 30
+    assert losses(out) == pytest.approx(losses(local_reference), abs=1e-5)
+    assert (out / "final" / "model.safetensors").exists()
+
+
+def test_outputs_belong_to_the_caller_not_the_image_user(podman_run: tuple, pushed: str) -> None:
+    """The image's own user is ftx (uid 1000); a run's files are the caller's."""
+    out, _ = podman_run
+    assert inspect(pushed)["Config"]["User"] == "ftx"
+    owners = {(p.stat().st_uid, p.stat().st_gid) for p in out.rglob("*")}
+    assert owners == {(os.getuid(), os.getgid())}
+
+
+def test_image_is_labelled_with_the_lock_the_local_environment_has(
+    podman_run: tuple, pushed: str
+) -> None:
+    from ftx.core import envs
+
+    labels = inspect(pushed)["Config"]["Labels"]
+    marker = envs.read_marker("torch")
+    assert marker is not None
+    assert labels["io.ftx.lock.sha256"] == marker["lock_sha256"]
+    assert marker["lock_sha256"][:12] in pushed
+    assert labels["io.ftx.backend"] == "torch" and labels["io.ftx.variant"] == "cpu"
+    assert labels["org.opencontainers.image.version"]
+
+
+def test_no_pip_configuration_or_local_wheel_in_any_layer(podman_run: tuple, pushed: str) -> None:
+    """The host's pip.conf, CA bundle, constraints and find-links were served to the
+    build, never copied: no layer holds them, and the history names none of them."""
+    probe = subprocess.run(
+        ["podman", "run", "--rm", "--network", "none", pushed, "sh", "-c",
+         "ls /tmp/ftx-pip /opt/wheels /etc/pip.conf /etc/xdg/pip 2>&1;"
+         " find / -xdev -name 'pip.conf' -o -xdev -name 'constraint.txt' 2>/dev/null"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert probe.stdout.count("No such file or directory") == 4, probe.stdout
+    assert "pip.conf\n" not in probe.stdout.replace("No such file or directory", "")
+    history = subprocess.run(
+        ["podman", "history", "--no-trunc", "--format", "{{.CreatedBy}}", pushed],
+        capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    for secret in ("/opt/pypi", "/opt/wheels", "ca-certificates.crt", "constraints"):
+        assert secret not in history
+    # the lock's layer comes before ftx's, so a change to ftx reinstalls no framework
+    lock_step = history.find("requirements.lock")
+    ftx_step = history.find("--find-links")
+    assert 0 <= ftx_step < lock_step  # history lists the newest layer first
+
+
+def test_inputs_are_read_only_and_out_writable_inside(
+    podman_run: tuple, pushed: str, tmp_path: Path
+) -> None:
+    """The mounts the runtime gives a run: every input refuses writes (EROFS), OUT takes
+    them."""
+    from ftx.core.contract import RunLayout
+    from ftx.core.runtime.base import Launch
+    from ftx.core.runtime.container import mounts
+
+    out = tmp_path / "out"
+    out.mkdir()
+    model = ROOT / ".ftx" / "models" / "quickstart-llama"
+    data = ROOT / "recipes" / "data" / "quickstart_train.jsonl"
+    launch = Launch(RunLayout(out), "torch", inputs=(QUICKSTART.parent, QUICKSTART, model, data))
+    volumes = [f"{src}:{m['bind']}:{m['mode']}" for src, m in mounts(launch).items()]
+    targets = [model / "probe", QUICKSTART.parent / "probe", data, out / "probe"]
+    script = "; ".join(f"touch {t} 2>&1 || true" for t in targets)
+    probe = subprocess.run(
+        ["podman", "run", "--rm", "--network", "none", "--user", f"{os.getuid()}:{os.getgid()}",
+         *[a for v in volumes for a in ("-v", v)], pushed, "sh", "-c", script],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert probe.stdout.count("Read-only file system") == 3, probe.stdout
+    assert (out / "probe").exists()
+    assert not (model / "probe").exists()
+
+
+def test_sigterm_saves_a_checkpoint_that_resume_continues(
+    podman: Podman, pushed: str, podman_run: tuple, tmp_path: Path
+) -> None:
+    reference, _ = podman_run
+    out = tmp_path / "interrupted"
+    runtime = ("--runtime", "podman", "--registry", podman.registry)
+    said = interrupted_run(QUICKSTART, out, "torch", after=3, extra=(*STEPS, *runtime))
+    assert "interrupted" in said
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    assert 3 <= int(checkpoint.name.split("-")[1]) < 30
+    leftover = subprocess.run(
+        ["podman", "ps", "-a", "--filter", f"label=io.ftx.run={out}", "-q"],
+        capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert leftover.strip() == ""  # the stopped container was removed
+    ok("run", str(QUICKSTART), "--backend", "torch", "--out", str(out), *STEPS, *runtime,
+       "train.resume=auto")  # fmt: skip
+    assert losses(out) == pytest.approx(losses(reference), abs=1e-5)
+
+
+def test_docker_api_builds_runs_lists_and_removes(
+    podman: Podman, local_reference: Path, tmp_path: Path
+) -> None:
+    """Against dockerd: `ftx run --runtime docker` finds no image and no registry, builds
+    it (from the same debootstrap base) and trains like the local runtime;
+    `ftx image list/rm` see and remove it."""
+    install_missing("dockerd")
+    folder = Path(tempfile.mkdtemp(prefix="ftxd-", dir="/tmp"))
+    with dockerd(folder) as url, environment(DOCKER_HOST=url):
+        ok("image", "base", "--engine", "docker")
+        out = tmp_path / "out"
+        said = ok(
+            "run", str(QUICKSTART), "--backend", "torch", "--out", str(out), *STEPS,
+            "--runtime", "docker",
+        )  # fmt: skip
+        assert "building it here" in said and "Docker Engine" in said
+        record = json.loads((out / "run.json").read_text())
+        assert record["image"]["how"] == "built"
+        assert losses(out) == pytest.approx(losses(local_reference), abs=1e-5)
+        listed = ok("image", "list", "torch", "--engine", "docker")
+        assert record["image"]["name"] in listed
+        ok("image", "rm", "torch", "--engine", "docker")
+        assert record["image"]["name"] not in ok("image", "list", "--engine", "docker")
