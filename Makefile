@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 MODEL := .ftx/models/quickstart-llama
 export FTX_HOME ?= $(HOME)/.cache/ftx
 
-.PHONY: setup run test snapshots fuzz lint format clean
+.PHONY: setup run test test-images snapshots fuzz lint format clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ftx env create torch --if-missing
 	$(BIN)/python -m pytest -ra
+
+# Every backend's image built (podman, debootstrap base) and the quickstart run in it.
+test-images: setup
+	$(BIN)/ftx env create torch --if-missing
+	$(BIN)/python -m pytest tests/test_images.py -m images -s -ra
 
 fuzz: setup
 	FTX_FUZZ_EXAMPLES=500 FTX_FUZZ_RANDOM=1 $(BIN)/python -m pytest tests/test_fuzz.py -q

@@ -39,7 +39,7 @@ from ftx.core.progress import RunDisplay
 from ftx.core.recipe import LoadedRecipe, recipe_digest
 from ftx.core.recipe.schema import Recipe
 from ftx.core.registry import capability_matrix, get_spec, load, specs, translator
-from ftx.core.runtime import Launch, Runtime, get_runtime
+from ftx.core.runtime import Launch, Runtime, get_runtime, using
 
 
 @dataclass(frozen=True)
@@ -198,10 +198,10 @@ def _run(
     # The tokenizer ran in parallel threads above; saying so explicitly keeps it from
     # warning in every process forked from here on (launchers, pip).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    written = target.write_plan(layout)
-    info(f"[bold]Plan[/] written to {layout.plan} ({', '.join(written)})")
-
     environment = runtime.prepare(spec.name)
+    with using(runtime):  # a backend's plan data is written where it trains
+        written = target.write_plan(layout)
+    info(f"[bold]Plan[/] written to {layout.plan} ({', '.join(written)})")
     target_for(loaded, backend)  # again, now that the devices are known
     if recipe.parallel.nnodes > 1:
         info(f"[bold]Preflight[/]: meeting the other nodes at {recipe.parallel.master_addr}")

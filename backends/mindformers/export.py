@@ -2,22 +2,21 @@
 
 Runs in the core's process: prepares the data (unpacked: legacy MindFormers has no
 per-example attention inside a row) and has mindrecord.py write it with
-mindspore's FileWriter inside the mindformers environment.
+mindspore's FileWriter where the run trains (the mindformers environment, or its image
+under a container runtime).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
 from pathlib import Path
 
 from ftx.backends.mindformers.translate import MCORE_MODELS
-from ftx.core import envs
 from ftx.core.console import info
 from ftx.core.errors import FtxError
 from ftx.core.models.architectures import ModelConfig
 from ftx.core.recipe.schema import Recipe
+from ftx.core.runtime import current as current_runtime
 
 
 def unpacked_prepared(recipe: Recipe) -> Path:
@@ -33,24 +32,21 @@ def export_mindrecord(recipe: Recipe, out: Path) -> str:
     """Write train.mindrecord (+ .db), and val.mindrecord when the recipe holds data out,
     into ``out`` (an empty, staged folder; OUT/plan/data for a plan)."""
     prepared = unpacked_prepared(recipe)
-    python = envs.ensure("mindformers")
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:  # mindspore writes log folders into cwd
-        result = subprocess.run(
-            [str(python), "-m", "ftx.backends.mindformers.mindrecord", str(prepared), str(out)],
-            capture_output=True,
-            text=True,
-            env=envs.process_env("mindformers"),
-            cwd=scratch,
-        )
-    if result.returncode != 0:
+    code, output = current_runtime().python(
+        "mindformers",
+        ["-m", "ftx.backends.mindformers.mindrecord", str(prepared), str(out)],
+        reads=(prepared,),
+        writes=(out,),
+    )
+    if code != 0:
         raise FtxError(
-            f"writing MindRecord failed: {result.stderr.strip().splitlines()[-1:]}",
+            f"writing MindRecord failed: {output.strip().splitlines()[-1:]}",
             where=str(out),
             fix="run `ftx env doctor mindformers`",
             exit_code=1,
         )
-    return result.stdout.strip().splitlines()[-1]
+    return output.strip().splitlines()[-1]
 
 
 def export_plan_data(recipe: Recipe, out: Path) -> str:

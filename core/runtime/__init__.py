@@ -3,6 +3,10 @@ engine (``docker``, ``podman``: the backend's image)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 from ftx.core.errors import FtxError
 from ftx.core.runtime.base import Launch, Runtime
 from ftx.core.runtime.local import LocalRuntime
@@ -24,4 +28,22 @@ def get_runtime(name: str, *, variant: str | None = None, registry: str | None =
     )
 
 
-__all__ = ["RUNTIMES", "Launch", "Runtime", "get_runtime"]
+_CURRENT: ContextVar[Runtime | None] = ContextVar("ftx_runtime", default=None)
+
+
+def current() -> Runtime:
+    """The runtime a run is using (local outside a run): where a backend's helpers run
+    what needs its framework (the mindformers backend's MindRecord writer)."""
+    return _CURRENT.get() or LocalRuntime()
+
+
+@contextlib.contextmanager
+def using(runtime: Runtime) -> Iterator[None]:
+    token = _CURRENT.set(runtime)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+__all__ = ["RUNTIMES", "Launch", "Runtime", "current", "get_runtime", "using"]

@@ -35,5 +35,12 @@ class Runtime(ABC):
         """Run OUT/plan/launch.sh in OUT, teeing its output into OUT/logs/launch.log and
         passing each line to ``on_line``."""
 
+    @abstractmethod
+    def python(
+        self, backend: str, args: list[str], *, reads: tuple[Path, ...], writes: tuple[Path, ...]
+    ) -> tuple[int, str]:
+        """Run ``python ARGS`` with the backend's framework (in a scratch working folder,
+        reading ``reads`` and writing ``writes``); return its exit code and output."""
+
     def close(self) -> None:  # noqa: B027 (most runtimes hold nothing)
         """Release what prepare() set up (an engine connection, a service ftx started)."""

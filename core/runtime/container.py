@@ -106,6 +106,31 @@ class ContainerRuntime(Runtime):
             },
         }
 
+    def python(
+        self, backend: str, args: list[str], *, reads: tuple[Path, ...], writes: tuple[Path, ...]
+    ) -> tuple[int, str]:
+        assert self._ref is not None, "prepare() first"
+        volumes = {str(p): {"bind": str(p), "mode": "ro"} for p in reads}
+        for path in writes:
+            path.mkdir(parents=True, exist_ok=True)
+            volumes[str(path)] = {"bind": str(path), "mode": "rw"}
+        container = self.engine().client.containers.create(
+            self._image["Id"],
+            ["python", *args],
+            user=f"{os.getuid()}:{os.getgid()}",
+            working_dir="/tmp",
+            environment={"HOME": "/tmp"},
+            volumes=volumes,
+            network_mode="none",
+        )
+        try:
+            container.start()
+            code = int(container.wait()["StatusCode"])
+            return code, container.logs().decode(errors="replace")
+        finally:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+
     def run(self, launch: Launch, on_line: Callable[[str], None]) -> int:
         assert self._ref is not None, "prepare() first"
         engine, layout = self.engine(), launch.layout

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ftx.core import envs
@@ -18,6 +21,20 @@ class LocalRuntime(Runtime):
     def prepare(self, backend: str) -> dict[str, Any]:
         envs.ensure(backend)
         return envs.read_marker(backend) or {}
+
+    def python(
+        self, backend: str, args: list[str], *, reads: tuple[Path, ...], writes: tuple[Path, ...]
+    ) -> tuple[int, str]:
+        python = envs.ensure(backend)
+        with tempfile.TemporaryDirectory() as scratch:  # frameworks write log folders in cwd
+            result = subprocess.run(
+                [str(python), *args],
+                capture_output=True,
+                text=True,
+                env=envs.process_env(backend),
+                cwd=scratch,
+            )
+        return result.returncode, result.stdout + result.stderr
 
     def run(self, launch: Launch, on_line: Callable[[str], None]) -> int:
         layout = launch.layout
