@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ftx.core.contract import WORKER_CONFIG, RunLayout, WorkerConfig
 from ftx.core.fsutil import staged_dir
+from ftx.core.nodes import NODES_FILE, NodeContract
 
 PLAN_DATA = "data"  # OUT/plan/data: native data a plan's configs read (see BackendSpec.plan_data)
 
@@ -28,25 +29,32 @@ class NativePlan:
     files: dict[str, str]  # native files under OUT/plan (names may hold a folder: a/b.json)
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # Multi-node plans: the recipe's topology; the command refers to the per-node values
+    # with nodes.var(...) and launch.sh takes them from the node contract's variables.
+    nodes: NodeContract | None = None
 
     def rendered(self) -> dict[str, str]:
         """Every file of OUT/plan by name, launch.sh included."""
+        nodes = {NODES_FILE: self.nodes.to_json()} if self.nodes else {}
         return {
             Path(WORKER_CONFIG).name: self.worker_config.to_json(),
             **self.files,
+            **nodes,
             "launch.sh": self.launch_script(),
         }
 
     def launch_script(self) -> str:
         """The exact launch command as a bash script that runs from anywhere."""
         exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(self.env.items()))
-        command = " \\\n    ".join(shlex.quote(part) for part in self.command)
+        command = " \\\n    ".join(_quote(part) for part in self.command)
+        contract = self.nodes.preamble() if self.nodes else ""
         return (
             "#!/usr/bin/env bash\n"
             f"# Written by `ftx plan` for the {self.backend} backend. Runs with the python\n"
             "# and launchers found on PATH (the backend's environment or image), in OUT.\n"
             "set -euo pipefail\n"
             'cd "$(dirname "$0")/.."\n'
+            f"{contract}"
             f"{exports}"
             f"exec {command}\n"
         )
@@ -66,3 +74,11 @@ class NativePlan:
             if data is not None:
                 data(tmp / PLAN_DATA)
         return [*files, f"{PLAN_DATA}/"] if data is not None else list(files)
+
+
+def _quote(part: str) -> str:
+    """A shell word: quoted as is, or in double quotes when it refers to a node contract
+    variable (translators write only ${FTX_...} references there)."""
+    if "${FTX_" not in part:
+        return shlex.quote(part)
+    return '"' + part.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'

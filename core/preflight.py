@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ftx.core.errors import FtxError
+from ftx.core.nodes import NodeContract
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,10 @@ class Topology:
     node_rank: int
     master_addr: str
     master_port: int
+
+    @classmethod
+    def of(cls, contract: NodeContract) -> Topology:
+        return cls(contract.nnodes, contract.node_rank, contract.master_addr, contract.master_port)
 
     @property
     def preflight_port(self) -> int:

@@ -8,6 +8,7 @@ translate -> write plan -> (run only) set up the runtime -> launch -> summarise
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -32,11 +33,12 @@ from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, claim_destination
 from ftx.core.models.architectures import ModelConfig
 from ftx.core.models.formats import detect_format
+from ftx.core.nodes import NodeContract
 from ftx.core.overrides import apply_overrides
 from ftx.core.plan import NativePlan
 from ftx.core.preflight import Topology, run_preflight
 from ftx.core.progress import RunDisplay
-from ftx.core.recipe import LoadedRecipe, recipe_digest
+from ftx.core.recipe import LoadedRecipe
 from ftx.core.recipe.schema import Recipe
 from ftx.core.registry import capability_matrix, get_spec, load, specs, translator
 from ftx.core.runtime import Launch, Runtime, get_runtime, using
@@ -177,12 +179,30 @@ def run(
         runtime.close()
 
 
-def _run(
-    loaded: LoadedRecipe, backend: str, runtime: Runtime, *, out: Path | None, force: bool
-) -> dict[str, Any]:
+@dataclass
+class Staged:
+    """A run made ready to launch: OUT claimed, data prepared, plan written."""
+
+    target: Target
+    layout: RunLayout
+    previous: Path | None  # a replaced OUT, deleted once the new run completes
+    record: dict[str, Any]  # run.json's opening record
+
+
+def stage(
+    loaded: LoadedRecipe,
+    backend: str,
+    runtime: Runtime,
+    *,
+    out: Path | None,
+    force: bool,
+    here: bool = True,
+) -> Staged:
+    """Everything up to the launch: claim OUT, prepare the data into OUT/data, set up the
+    runtime, write OUT/plan (``here``: also check the devices this host has)."""
     from ftx.core.data.prepare import prepared_data
 
-    target = target_for(loaded, backend)
+    target = target_for(loaded, backend, here=here)
     recipe, spec = target.recipe, target.spec
     layout = layout_for(loaded, out)
     previous = claim_output(layout, loaded, force=force, resuming=bool(recipe.train.resume))
@@ -202,21 +222,8 @@ def _run(
     with using(runtime):  # a backend's plan data is written where it trains
         written = target.write_plan(layout)
     info(f"[bold]Plan[/] written to {layout.plan} ({', '.join(written)})")
-    target_for(loaded, backend)  # again, now that the devices are known
-    if recipe.parallel.nnodes > 1:
-        info(f"[bold]Preflight[/]: meeting the other nodes at {recipe.parallel.master_addr}")
-        same_on_every_node = recipe.model_copy(
-            update={"parallel": recipe.parallel.model_copy(update={"node_rank": 0})}
-        )
-        run_preflight(
-            Topology(
-                recipe.parallel.nnodes,
-                recipe.parallel.node_rank,
-                recipe.parallel.master_addr,
-                recipe.parallel.master_port,
-            ),
-            recipe_digest(same_on_every_node),
-        )
+    if here:
+        target_for(loaded, backend)  # again, now that the devices are known
     record: dict[str, Any] = {
         "status": "running",
         "backend": spec.name,
@@ -232,47 +239,86 @@ def _run(
             "splits": manifest["splits"],
         },
     }
-    atomic_write_json(layout.run_json, record)
-    layout.error_json.unlink(missing_ok=True)  # from an earlier, resumed attempt
-    info(f"[bold]Training[/] with the {spec.name} backend ({runtime.name} runtime)")
+    return Staged(target, layout, previous, record)
+
+
+def _run(
+    loaded: LoadedRecipe, backend: str, runtime: Runtime, *, out: Path | None, force: bool
+) -> dict[str, Any]:
+    staged = stage(loaded, backend, runtime, out=out, force=force)
+    recipe, layout = staged.target.recipe, staged.layout
+    node = NodeContract.of_recipe(recipe.parallel)
+    if node.nnodes > 1:
+        info(f"[bold]Preflight[/]: meeting the other nodes at {node.master_addr}")
+        run_preflight(Topology.of(node), plan_digest(layout))
+    launch = Launch(
+        layout,
+        staged.target.spec.name,
+        # the recipe's folder too: whatever it names relative to itself
+        inputs=(loaded.source.parent, *input_paths(recipe, loaded.source)),
+        multinode=node.nnodes > 1,
+        env=node.environment() if node.nnodes > 1 else {},
+    )
+    return launch_and_record(runtime, launch, staged.record, previous=staged.previous)
+
+
+def plan_digest(layout: RunLayout) -> str:
+    """What every node must agree on: the plan's files (written once, or by each node
+    from the same recipe: the same files, since a node's rank is not in them)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in layout.plan.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def launch_and_record(
+    runtime: Runtime,
+    launch: Launch,
+    record: dict[str, Any] | None,
+    *,
+    previous: Path | None = None,
+) -> dict[str, Any]:
+    """Launch, show progress, and keep run.json (``record``; None on a node other than
+    node 0, which leaves run.json to node 0) up to date; raise on an interrupted or
+    failed run."""
+    layout, backend = launch.layout, launch.backend
+    summary: dict[str, Any] = dict(record or {})
+    if record is not None:
+        atomic_write_json(layout.run_json, summary)
+        layout.error_json.unlink(missing_ok=True)  # from an earlier, resumed attempt
+    info(f"[bold]Training[/] with the {backend} backend ({runtime.name} runtime)")
     started = time.time()
-    with RunDisplay(spec.name) as display:
-        launch = Launch(
-            layout,
-            spec.name,
-            # the recipe's folder too: whatever it names relative to itself
-            inputs=(loaded.source.parent, *input_paths(recipe, loaded.source)),
-            multinode=recipe.parallel.nnodes > 1,
-        )
+    with RunDisplay(backend) as display:
         code = runtime.run(launch, display.line)
-    record.update(summarize(layout))
-    record["wall_time_s"] = round(time.time() - started, 2)
-    record["exit_code"] = code
-    record["status"] = run_status(code)
+    summary.update(summarize(layout))
+    summary["wall_time_s"] = round(time.time() - started, 2)
+    summary["exit_code"] = code
+    summary["status"] = run_status(code)
     failure = read_record(WorkerFailure, layout.error_json)
     if failure is not None:
-        record["error"] = failure.describe()
-    atomic_write_json(layout.run_json, record)
-    if previous is not None and record["status"] == "completed":
+        summary["error"] = failure.describe()
+    if record is not None:
+        atomic_write_json(layout.run_json, summary)
+    if previous is not None and summary["status"] == "completed":
         shutil.rmtree(previous, ignore_errors=True)
     elif previous is not None:
         info(f"the replaced output is kept in {previous} until a run completes")
-    if record["status"] == "interrupted":
+    if summary["status"] == "interrupted":
         raise FtxError(
             f"the run was interrupted (exit code {code}); a checkpoint was saved",
             where=str(layout.root),
             fix="continue it with the same command plus train.resume=auto",
             exit_code=code,
         )
-    if record["status"] == "failed":
+    if summary["status"] == "failed":
         reason = failure.describe() if failure else f"it left no error.json; {log_tail(layout)}"
         raise FtxError(
-            f"the {spec.name} worker failed (exit code {code}): {reason}",
-            where=str(layout.launch_log),
+            f"the {backend} worker failed (exit code {code}): {reason}",
+            where=str(launch.log or layout.launch_log),
             fix="read the log; rerun with train.resume=auto to continue from the last checkpoint",
             exit_code=1,
         )
-    return record
+    return summary
 
 
 def summarize(layout: RunLayout) -> dict[str, Any]:

@@ -18,10 +18,28 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 CASES = [(b, r) for b in backend_names() for r in RECIPES]
 
 
+def job_script(backend: str, recipe: Path, out: Path) -> str:
+    """OUT/plan/job.sbatch of a recipe (pure), for a run in ``out``; ftx and FTX_HOME as a
+    shared filesystem would hold them."""
+    from ftx.core.contract import RunLayout
+    from ftx.core.schedulers.slurm import sbatch_script
+
+    target = target_for(load_recipe(recipe), backend, here=False)
+    return sbatch_script(
+        target.recipe,
+        backend,
+        RunLayout(out),
+        ftx="/shared/ftx/bin/ftx",
+        ftx_home="/shared/ftx-home",
+    )
+
+
 def rendered(backend: str, recipe: Path) -> dict[str, str]:
-    """The plan files, with the checkout's path as $REPO (plans hold no other absolute path)."""
+    """The plan files and the Slurm job script, with the checkout's path as $REPO (plans
+    hold no other absolute path)."""
     target = target_for(load_recipe(recipe), backend, here=False)
     files = target.translate().rendered()
+    files["job.sbatch"] = job_script(backend, recipe, Path(target.recipe.output.dir))
     return {name: text.replace(str(ROOT), "$REPO") for name, text in files.items()}
 
 

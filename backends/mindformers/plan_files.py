@@ -12,4 +12,3 @@ EVAL_RECORD = f"{PLAN_DATA}/val.mindrecord"  # the held-out split, when the reci
 MCORE_DATA = f"{PLAN_DATA}/mcore"  # {train,val}.jsonl for the MCore path's HFDataLoader
 NATIVE_OUTPUT = "native"  # output_dir of MindFormers (logs, strategy, its checkpoints)
 MSRUN_LOGS = "logs/msrun"  # scheduler.log and worker_N.log
-NODE_RANK_ENV = "FTX_NODE_RANK"  # exported by launch.sh for multi-node plans

@@ -24,13 +24,13 @@ from ftx.backends.mindformers.plan_files import (
     MCORE_DATA,
     MSRUN_LOGS,
     NATIVE_OUTPUT,
-    NODE_RANK_ENV,
     TRAIN_RECORD,
     WORKER_SCRIPT,
 )
 from ftx.core.contract import WORKER_CONFIG
 from ftx.core.errors import FtxError
 from ftx.core.models.architectures import ModelConfig
+from ftx.core.nodes import MASTER_ADDR, MASTER_PORT, NODE_RANK, NodeContract, var
 from ftx.core.plan import NativePlan
 from ftx.core.recipe.schema import Recipe
 from ftx.core.worker_config import worker_config
@@ -438,10 +438,10 @@ def launch_command(recipe: Recipe) -> list[str]:
         "--local_worker_num",
         str(p.nproc_per_node),
         "--master_port",
-        str(p.master_port),
+        var(MASTER_PORT) if p.nnodes > 1 else str(p.master_port),
     ]
     if p.nnodes > 1:
-        command += ["--master_addr", p.master_addr, "--node_rank", str(p.node_rank)]
+        command += ["--master_addr", var(MASTER_ADDR), "--node_rank", var(NODE_RANK)]
     return [
         *command,
         "--log_dir",
@@ -471,12 +471,11 @@ def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
         )
     # MindFormers writes its logs (and LoRA's adapter_config.json) under LOCAL_DEFAULT_PATH.
     env = {"LOCAL_DEFAULT_PATH": NATIVE_OUTPUT, "TOKENIZERS_PARALLELISM": "false"}
-    if recipe.parallel.nnodes > 1:
-        env[NODE_RANK_ENV] = str(recipe.parallel.node_rank)
     return NativePlan(
         backend=SPEC.name,
         worker_config=worker_config(recipe, SPEC.name),
         files=files,
         command=launch_command(recipe),
+        nodes=NodeContract.plan_of(recipe.parallel) if recipe.parallel.nnodes > 1 else None,
         env=env,
     )

@@ -43,11 +43,12 @@ from ftx.backends.mindformers.modeling import (
     write_hf_model,
     write_mindformers_adapter,
 )
-from ftx.backends.mindformers.plan_files import FINETUNE_YAML, NODE_RANK_ENV
+from ftx.backends.mindformers.plan_files import FINETUNE_YAML
 from ftx.core.contract import MetricsLog, RunLayout, WorkerConfig
 from ftx.core.convert.convert import copy_side_files
 from ftx.core.errors import FtxError
 from ftx.core.heldout import HeldOut
+from ftx.core.nodes import NODE_RANK
 from ftx.core.prepared import PreparedSplit, load_split, read_manifest
 from ftx.core.workerkit import (
     Checkpoints,
@@ -161,7 +162,7 @@ def schedule_the_cluster() -> int:
     host (node_rank > 0 with a local master_addr) would start a second one on the same
     port; it steps aside for node 0's (launch.sh exports FTX_NODE_RANK).
     """
-    if int(os.environ.get(NODE_RANK_ENV, 0)) > 0:
+    if int(os.environ.get(NODE_RANK, 0)) > 0:
         return 0
     from mindspore.communication import init
 

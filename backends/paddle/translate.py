@@ -31,6 +31,7 @@ from ftx.backends.paddle.plan_files import (
 from ftx.core.contract import WORKER_CONFIG
 from ftx.core.errors import FtxError
 from ftx.core.models.architectures import ModelConfig
+from ftx.core.nodes import MASTER_ADDR, MASTER_PORT, NODE_RANK, NodeContract, var
 from ftx.core.plan import NativePlan
 from ftx.core.recipe.schema import Recipe
 from ftx.core.worker_config import worker_config
@@ -266,9 +267,9 @@ def launch_command(recipe: Recipe) -> list[str]:
             "--nnodes",
             str(p.nnodes),
             "--master",
-            f"{p.master_addr}:{p.master_port}",
+            f"{var(MASTER_ADDR)}:{var(MASTER_PORT)}",
             "--rank",
-            str(p.node_rank),
+            var(NODE_RANK),
         ]
     return [*command, "--log_dir", "logs/paddle", *worker]
 
@@ -290,5 +291,6 @@ def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
         worker_config=worker_config(recipe, SPEC.name),
         files=files,
         command=launch_command(recipe),
+        nodes=NodeContract.plan_of(recipe.parallel) if recipe.parallel.nnodes > 1 else None,
         env={"TOKENIZERS_PARALLELISM": "false"},
     )

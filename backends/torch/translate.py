@@ -15,6 +15,7 @@ from ftx.backends.torch import SPEC
 from ftx.backends.torch.plan_files import DS_CONFIG, PEFT_CONFIG
 from ftx.core.contract import WORKER_CONFIG
 from ftx.core.models.architectures import ModelConfig
+from ftx.core.nodes import MASTER_ADDR, MASTER_PORT, NODE_RANK, NodeContract, var
 from ftx.core.plan import NativePlan
 from ftx.core.recipe.schema import Recipe
 from ftx.core.worker_config import worker_config
@@ -77,9 +78,9 @@ def launch_command(recipe: Recipe) -> list[str]:
     else:
         rendezvous = [
             f"--nnodes={p.nnodes}",
-            f"--node_rank={p.node_rank}",
-            f"--master_addr={p.master_addr}",
-            f"--master_port={p.master_port}",
+            f"--node_rank={var(NODE_RANK)}",
+            f"--master_addr={var(MASTER_ADDR)}",
+            f"--master_port={var(MASTER_PORT)}",
         ]
     return [
         "torchrun",
@@ -107,5 +108,6 @@ def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
         worker_config=worker_config(recipe, SPEC.name),
         files=files,
         command=launch_command(recipe),
+        nodes=NodeContract.plan_of(recipe.parallel) if recipe.parallel.nnodes > 1 else None,
         env={"TOKENIZERS_PARALLELISM": "false"},
     )

@@ -93,6 +93,7 @@ def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so staged outputs are removed rather than left half-written.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     from ftx.core.cli import (  # noqa: F401
+        cluster_cmds,
         convert_cmds,
         data_cmds,
         env_cmds,

@@ -25,6 +25,24 @@ out_opt = click.option(
 )
 
 
+def runtime_opts(fn: Callable) -> Callable:
+    """--runtime, --variant, --registry: where a plan runs."""
+    fn = click.option(
+        "--registry", help="Registry to pull the image from (default: $FTX_REGISTRY)."
+    )(fn)
+    fn = click.option(
+        "--variant",
+        help="Image variant for docker/podman (default: cpu, cuda or ascend by device).",
+    )(fn)
+    return click.option(
+        "--runtime",
+        type=click.Choice(["local", "docker", "podman"]),
+        default="local",
+        show_default=True,
+        help="local: the backend's environment under $FTX_HOME; docker/podman: its image.",
+    )(fn)
+
+
 @cli.command()
 @recipe_arg
 @overrides_arg
@@ -53,20 +71,53 @@ def validate(recipe: Path, overrides: tuple[str, ...], backend: str | None) -> N
 @overrides_arg
 @backend_opt
 @out_opt
+@click.option(
+    "--scheduler",
+    type=click.Choice(["slurm", "kubernetes"]),
+    help="Also prepare the data and write the job: OUT/plan/job.sbatch (Slurm) or"
+    " OUT/plan/kubernetes/*.yaml.",
+)
+@runtime_opts
 @click.option("--force", is_flag=True, help="Replace an existing OUT/plan.")
 def plan(
-    recipe: Path, overrides: tuple[str, ...], backend: str, out: Path | None, force: bool
+    recipe: Path,
+    overrides: tuple[str, ...],
+    backend: str,
+    out: Path | None,
+    scheduler: str | None,
+    runtime: str,
+    variant: str | None,
+    registry: str | None,
+    force: bool,
 ) -> None:
     """Write the native config files and launch.sh under OUT/plan; run nothing.
 
     \b
-    Example:
+    Examples:
       ftx plan recipes/quickstart.yaml --backend torch --out /tmp/qs
       cat /tmp/qs/plan/launch.sh
+      ftx plan recipes/llama2_7b_lora_sft.yaml --scheduler slurm parallel.nnodes=2
     """
+    loaded = load_recipe(recipe, overrides)
+    if scheduler is not None:
+        from ftx.core.jobs import plan_job
+
+        _, files = plan_job(
+            loaded,
+            backend,
+            scheduler,
+            out=out,
+            force=force,
+            runtime_name=runtime,
+            variant=variant,
+            registry=registry,
+        )
+        for path in files:
+            click.echo(str(path))
+        return
     from ftx.core.runner import make_plan
 
-    layout, written = make_plan(load_recipe(recipe, overrides), backend, out, force=force)
+    layout, written = make_plan(loaded, backend, out, force=force)
     for name in written:
         click.echo(str(layout.plan / name))
 
@@ -76,17 +127,7 @@ def plan(
 @overrides_arg
 @backend_opt
 @out_opt
-@click.option(
-    "--runtime",
-    type=click.Choice(["local", "docker", "podman"]),
-    default="local",
-    show_default=True,
-    help="local: the backend's environment under $FTX_HOME; docker/podman: its image.",
-)
-@click.option(
-    "--variant", help="Image variant for docker/podman (default: cpu, cuda or ascend by device)."
-)
-@click.option("--registry", help="Registry to pull the image from (default: $FTX_REGISTRY).")
+@runtime_opts
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 def run(
     recipe: Path,

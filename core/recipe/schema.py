@@ -280,6 +280,67 @@ class OutputSection(Section):
     )
 
 
+SLURM_TIME = r"^(\d+-)?\d+(:\d{2}){0,2}$"  # minutes, [D-]HH[:MM[:SS]], as sbatch --time takes
+K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # an RFC 1123 label (claim names, namespaces)
+
+
+class SlurmSection(Section):
+    """What `ftx submit --scheduler slurm` writes into OUT/plan/job.sbatch."""
+
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = Field(None, pattern=SLURM_TIME, description="Time limit (sbatch --time).")
+    gpus_per_node: int | None = Field(None, ge=1, description="sbatch --gpus-per-node.")
+    gres: str | None = Field(None, description="sbatch --gres (e.g. gpu:8), instead of gpus.")
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$", description="Memory per node.")
+    job_name: str | None = None
+    signal_grace_s: int = Field(
+        120, ge=0, description="SIGTERM this long before the time limit (checkpoint time)."
+    )
+    extra: list[str] = Field(
+        default_factory=list, description="More sbatch options, each '--name=value'."
+    )
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time_text(cls, value: Any) -> Any:
+        if isinstance(value, int):  # YAML reads 1:00:00 as 3600 (base 60) and 60 as a number
+            raise ValueError(f"write the time limit as quoted text ('1:00:00'), not {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _options(self) -> SlurmSection:
+        if self.gpus_per_node and self.gres:
+            raise ValueError("set gpus_per_node or gres, not both")
+        for option in self.extra:
+            if not option.startswith("--") or "\n" in option:
+                raise ValueError(f"extra option {option!r} must be one '--name[=value]'")
+        return self
+
+
+class KubernetesSection(Section):
+    """What `ftx plan --scheduler kubernetes` writes into OUT/plan/kubernetes/."""
+
+    namespace: str = Field("default", pattern=K8S_NAME)
+    image: str | None = Field(None, description="The backend image (default: ftx's name).")
+    model_claim: str = Field("ftx-model", pattern=K8S_NAME, description="PVC with the model.")
+    data_claim: str = Field("ftx-data", pattern=K8S_NAME, description="PVC with OUT/data.")
+    output_claim: str = Field("ftx-output", pattern=K8S_NAME, description="PVC for OUT.")
+    claim_size: str = Field("100Gi", pattern=r"^\d+(Ki|Mi|Gi|Ti)$")
+    storage_class: str | None = None
+    gpus_per_node: int | None = Field(None, ge=1)
+    queue: str = Field("default", description="Volcano queue (paddle, mindformers).")
+    runtime_ref: str = Field(
+        "torch-distributed", description="Kubeflow Trainer ClusterTrainingRuntime (torch)."
+    )
+
+
+class SchedulerSection(Section):
+    slurm: SlurmSection = SlurmSection()
+    kubernetes: KubernetesSection = KubernetesSection()
+
+
 class Recipe(Section):
     """A whole run spec. Relative paths are resolved against the recipe file's folder."""
 
@@ -290,6 +351,7 @@ class Recipe(Section):
     parallel: ParallelSection = ParallelSection()
     output: OutputSection = OutputSection()
     evaluate: EvaluateSection | None = None
+    scheduler: SchedulerSection = SchedulerSection()
     backends: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-backend native overrides (escape hatch)."
     )

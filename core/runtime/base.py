@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,12 @@ class Launch:
     backend: str
     inputs: tuple[Path, ...] = ()  # the recipe, model and data files: read-only to the run
     multinode: bool = False  # the launcher meets other hosts (needs the host's network)
+    env: Mapping[str, str] = field(default_factory=dict)  # this node's contract (FTX_NODE_RANK..)
+    log: Path | None = None  # default OUT/logs/launch.log (other nodes of a shared OUT: their own)
+
+    @property
+    def log_file(self) -> Path:
+        return self.log or self.layout.launch_log
 
 
 class Runtime(ABC):

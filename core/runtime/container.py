@@ -148,6 +148,7 @@ class ContainerRuntime(Runtime):
                 "HOME": "/tmp",
                 "PYTHONUNBUFFERED": "1",
                 "TOKENIZERS_PARALLELISM": "false",
+                **launch.env,
             },
             volumes=volumes,
             network_mode="host" if launch.multinode else "none",
@@ -168,7 +169,7 @@ class ContainerRuntime(Runtime):
             signal.signal(sig, forward)
         try:
             container.start()
-            with layout.launch_log.open("a") as handle:
+            with launch.log_file.open("a") as handle:
                 pending = ""
                 for chunk in container.logs(stream=True, follow=True):
                     pending += chunk.decode(errors="replace")

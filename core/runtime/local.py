@@ -39,9 +39,8 @@ class LocalRuntime(Runtime):
     def run(self, launch: Launch, on_line: Callable[[str], None]) -> int:
         layout = launch.layout
         layout.logs.mkdir(parents=True, exist_ok=True)
-        env = envs.process_env(launch.backend)
-        env["PYTHONUNBUFFERED"] = "1"
-        with layout.launch_log.open("a") as handle:
+        env = {**envs.process_env(launch.backend), **launch.env, "PYTHONUNBUFFERED": "1"}
+        with launch.log_file.open("a") as handle:
 
             def tee(line: str) -> None:
                 handle.write(line)
