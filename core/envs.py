@@ -88,8 +88,19 @@ def state(name: str) -> str:
     return "ready" if record.get("lock_sha256") == lock_digest(get_spec(name)) else "stale"
 
 
+IMAGE_ENV = "FTX_IMAGE"  # set by a backend's image to its backend's name
+
+
+def inside_image(name: str) -> bool:
+    """True in the backend's own image: its environment is this process's."""
+    return os.environ.get(IMAGE_ENV) == name
+
+
 def ensure(name: str) -> Path:
-    """Create the environment if it is missing, incomplete or stale; return its python."""
+    """Create the environment if it is missing, incomplete or stale; return its python
+    (in the backend's image, the image's own)."""
+    if inside_image(name):
+        return Path(sys.executable)
     current = state(name)
     if current != "ready":
         console.print(f"[bold]Setting up the {name} environment[/] ({current}); this runs once.")
@@ -168,6 +179,8 @@ def process_env(name: str) -> dict[str, str]:
     """Environment variables for a process run in a backend's environment (its bin
     first on PATH, so its python and launchers are the ones found)."""
     env = dict(os.environ)
+    if inside_image(name):
+        return env
     env.pop("PYTHONPATH", None)
     env["VIRTUAL_ENV"] = str(env_dir(name))
     env["PATH"] = f"{env_dir(name) / 'bin'}{os.pathsep}{env.get('PATH', '')}"

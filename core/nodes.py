@@ -6,8 +6,9 @@ master's address and port from ``FTX_NODE_RANK``, ``FTX_MASTER_ADDR`` and
 ``FTX_MASTER_PORT`` (the recipe's values when unset), so the same plan runs on every
 node. ``ftx launch OUT`` fills them in from the scheduler's environment: Slurm's
 (``SLURM_NODEID``, ``SLURM_JOB_NODELIST`` expanded by ``scontrol show hostnames``),
-Kubeflow Trainer's (``PET_*``), or Volcano's and other operators' torch-style variables
-(``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` counted in pods).
+Kubeflow Trainer's (``PET_*``), MindCluster's (``MS_SCHED_HOST``, ``MS_NODE_RANK``), or
+Volcano's and other operators' torch-style variables (``MASTER_ADDR``, ``MASTER_PORT``,
+``RANK``, ``WORLD_SIZE`` counted in pods).
 """
 
 from __future__ import annotations
@@ -110,6 +111,16 @@ class NodeContract:
             )
             nnodes = int(env.get("PET_NNODES", self.nnodes))
             return self._checked(found, nnodes, "Kubeflow Trainer (PET_*)"), "Kubeflow Trainer"
+        if "MS_NODE_RANK" in env and "MS_SCHED_HOST" in env:  # MindCluster's AscendJob
+            found = replace(
+                self,
+                node_rank=int(env["MS_NODE_RANK"]),
+                master_addr=env["MS_SCHED_HOST"],
+                master_port=int(env.get("MS_SCHED_PORT", self.master_port)),
+            )
+            workers, local = int(env.get("MS_WORKER_NUM", 0)), int(env.get("MS_LOCAL_WORKER", 0))
+            nnodes = workers // local if workers and local else self.nnodes
+            return self._checked(found, nnodes, "MindCluster (MS_*)"), "MindCluster"
         if "MASTER_ADDR" in env and "RANK" in env and "SLURM_JOB_ID" not in env:
             found = replace(
                 self,
