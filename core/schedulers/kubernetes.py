@@ -166,18 +166,7 @@ def train_job(recipe: Recipe, name: str, container: Manifest, volumes: list[Mani
             "runtimePatches": [
                 {
                     "manager": "ftx",
-                    "trainingRuntimeSpec": {
-                        "template": {
-                            "spec": {
-                                "replicatedJobs": [
-                                    {
-                                        "name": "node",
-                                        "template": {"spec": {"template": {"spec": pod}}},
-                                    }
-                                ]
-                            }
-                        }
-                    },
+                    "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [node]}}},
                 }
             ],
         },
