@@ -198,13 +198,15 @@ def stage(
     force: bool,
     here: bool = True,
 ) -> Staged:
-    """Everything up to the launch: claim OUT, prepare the data into OUT/data, set up the
-    runtime, write OUT/plan (``here``: also check the devices this host has)."""
+    """Everything up to the launch: set up the runtime, claim OUT, prepare the data into
+    OUT/data, write OUT/plan (``here``: also check the devices this host has)."""
     from ftx.core.data.prepare import prepared_data
 
     target = target_for(loaded, backend, here=here)
     recipe, spec = target.recipe, target.spec
     layout = layout_for(loaded, out)
+    # the runtime first: a missing engine or image fails before OUT is touched
+    environment = runtime.prepare(spec.name)
     previous = claim_output(layout, loaded, force=force, resuming=bool(recipe.train.resume))
     layout.root.mkdir(parents=True, exist_ok=True)
 
@@ -218,7 +220,6 @@ def stage(
     # The tokenizer ran in parallel threads above; saying so explicitly keeps it from
     # warning in every process forked from here on (launchers, pip).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    environment = runtime.prepare(spec.name)
     with using(runtime):  # a backend's plan data is written where it trains
         written = target.write_plan(layout)
     info(f"[bold]Plan[/] written to {layout.plan} ({', '.join(written)})")

@@ -234,3 +234,28 @@ def test_docker_api_builds_runs_lists_and_removes(
         assert record["image"]["name"] in listed
         ok("image", "rm", "torch", "--engine", "docker")
         assert record["image"]["name"] not in ok("image", "list", "--engine", "docker")
+
+
+def test_a_slurm_job_trains_in_the_image_on_both_nodes(
+    podman: Podman, pushed: str, podman_run: tuple, tmp_path: Path
+) -> None:
+    """`ftx submit --runtime podman`: each node's `ftx launch` runs its launcher in the
+    image (host network, the node contract passed in), with the losses of the
+    two-process run the same image gives on one node."""
+    from cluster import slurm_cluster
+
+    from training import free_port
+
+    runtime = ("--runtime", "podman", "--registry", podman.registry)
+    steps = ("train.epochs=null", "train.max_steps=4", "train.logging_steps=1")
+    one_node = tmp_path / "one"
+    ok("run", str(QUICKSTART), "--out", str(one_node), *steps, *runtime,
+       "parallel.nproc_per_node=2", f"parallel.master_port={free_port()}")  # fmt: skip
+    with slurm_cluster(Path(tempfile.mkdtemp(prefix="ftxs-", dir="/tmp"))):
+        out = tmp_path / "slurm"
+        said = ok("submit", str(QUICKSTART), "--nodes", "2", "--out", str(out), "--wait",
+                  *steps, *runtime)  # fmt: skip
+    assert "step 4/4" in said
+    record = json.loads((out / "run.json").read_text())
+    assert record["runtime"] == "podman" and record["image"]["name"] == pushed
+    assert losses(out) == pytest.approx(losses(one_node), abs=1e-5)

@@ -75,7 +75,9 @@ def test_two_nodes_train_together_through_torchrun(tmp_path: Path, tiny_llama: P
         tmp_path / "logs",
     )
     launch = (tmp_path / "node1/plan/launch.sh").read_text()
-    assert "--nnodes=2" in launch and "--node_rank=1" in launch
+    # one plan for every node: the rank comes from the node contract's variables
+    assert "--nnodes=2" in launch and '"--node_rank=${FTX_NODE_RANK}"' in launch
+    assert launch == (tmp_path / "node0/plan/launch.sh").read_text()
     rows = [json.loads(x) for x in (tmp_path / "node0/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert (tmp_path / "node0/final/model.safetensors").exists()

@@ -114,7 +114,12 @@ def submit(
 def launch(out: Path, runtime: str, variant: str | None, registry: str | None) -> None:
     """Run OUT's plan on this node: what each task of a scheduler's job runs. The node's
     rank and the master's address come from the scheduler (Slurm, Kubeflow Trainer,
-    Volcano) or FTX_NODE_RANK / FTX_MASTER_ADDR / FTX_MASTER_PORT."""
+    Volcano, MindCluster) or FTX_NODE_RANK / FTX_MASTER_ADDR / FTX_MASTER_PORT.
+
+    \b
+    Example:
+      srun --ntasks-per-node=1 ftx launch runs/quickstart   # as OUT/plan/job.sbatch does
+    """
     from ftx.core import jobs
 
     record = jobs.launch_node(out, runtime_name=runtime, variant=variant, registry=registry)
@@ -127,7 +132,12 @@ def launch(out: Path, runtime: str, variant: str | None, registry: str | None) -
 @cli.command()
 @click.argument("out", type=click.Path(path_type=Path))
 def status(out: Path) -> None:
-    """A submitted run's status: run.json's, and Slurm's state of its job."""
+    """A submitted run's status: run.json's, and Slurm's state of its job.
+
+    \b
+    Example:
+      ftx status runs/quickstart
+    """
     from ftx.core import jobs
 
     results.print(json.dumps(jobs.status(out), indent=2))
@@ -136,7 +146,12 @@ def status(out: Path) -> None:
 @cli.command()
 @click.argument("out", type=click.Path(path_type=Path))
 def cancel(out: Path) -> None:
-    """Cancel a submitted run's job: its workers get SIGTERM and save a checkpoint."""
+    """Cancel a submitted run's job: its workers get SIGTERM and save a checkpoint.
+
+    \b
+    Example:
+      ftx cancel runs/quickstart && ftx submit RECIPE train.resume=auto --out runs/quickstart
+    """
     from ftx.core import jobs
 
     results.print(f"cancelled Slurm job {jobs.cancel(out)}")

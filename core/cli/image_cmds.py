@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import click
@@ -57,23 +58,35 @@ def build(
     base: str | None,
     then_push: bool,
 ) -> None:
-    """Build BACKEND's image from docker/BACKEND/Dockerfile and its requirements.lock."""
+    """Build BACKEND's image from docker/BACKEND/Dockerfile and its requirements.lock.
+
+    \b
+    Example:
+      ftx image build paddle --base localhost/ftx-base:bookworm --push --registry reg:5000/ml
+    """
     from ftx.core.containers import images
 
     ref = images.ImageRef.of(backend, variant, registry)
     with connect(engine) as eng:
         info(f"[bold]Engine[/]: {eng.describe()}")
         log = ftx_home() / "logs" / f"image-{backend}-{variant}.log"
+        started = time.time()
         attrs = images.build(eng, ref, base=base, say=info, log=log)
+        took = time.time() - started
         if then_push:
             images.push(eng, ref, say=info)
-    results.print(f"{ref.name}  {attrs['Id'][:19]}  {attrs['Size'] / 1e9:.2f} GB")
+    results.print(f"{ref.name}  {attrs['Id'][:19]}  {attrs['Size'] / 1e9:.2f} GB  {took:.0f} s")
 
 
 @image.command()
 @_with_image
 def pull(backend: str, variant: str, registry: str | None, engine: str | None) -> None:
-    """Pull BACKEND's image (the tag this ftx and lock name) from the registry."""
+    """Pull BACKEND's image (the tag this ftx and lock name) from the registry.
+
+    \b
+    Example:
+      ftx image pull torch --registry registry.example.com/ml --variant cuda
+    """
     from ftx.core.containers import images
     from ftx.core.errors import FtxError
 
@@ -92,7 +105,12 @@ def pull(backend: str, variant: str, registry: str | None, engine: str | None) -
 @image.command()
 @_with_image
 def push(backend: str, variant: str, registry: str | None, engine: str | None) -> None:
-    """Push BACKEND's image to the registry (build it first with `ftx image build`)."""
+    """Push BACKEND's image to the registry (build it first with `ftx image build`).
+
+    \b
+    Example:
+      ftx image push mindformers --registry 127.0.0.1:5000/team
+    """
     from ftx.core.containers import images
     from ftx.core.errors import FtxError
 
@@ -115,7 +133,12 @@ def push(backend: str, variant: str, registry: str | None, engine: str | None) -
 @click.argument("backend", required=False)
 @engine_opt
 def list_images(backend: str | None, engine: str | None) -> None:
-    """List ftx's backend images (by their io.ftx.* labels)."""
+    """List ftx's backend images (by their io.ftx.* labels).
+
+    \b
+    Example:
+      ftx image list --engine podman
+    """
     from ftx.core.containers import images
 
     table = Table("image", "variant", "lock", "size", "id")
@@ -138,7 +161,12 @@ def list_images(backend: str | None, engine: str | None) -> None:
 @click.option("--variant", help="Only this variant's images (default: all of BACKEND's).")
 @engine_opt
 def remove(backend: str, variant: str | None, engine: str | None) -> None:
-    """Remove BACKEND's images (every tag ftx built or pulled)."""
+    """Remove BACKEND's images (every tag ftx built or pulled).
+
+    \b
+    Example:
+      ftx image rm torch --variant cpu
+    """
     from ftx.core.containers import images
 
     with connect(engine) as eng:
@@ -154,7 +182,12 @@ def remove(backend: str, variant: str | None, engine: str | None) -> None:
 @click.option("--mirror", help="Debian mirror (default: the one apt uses here).")
 def base(engine: str | None, mirror: str | None) -> None:
     """Make a Debian bookworm + python3.11 base image with debootstrap (no registry needed),
-    kept as a tarball under $FTX_HOME/images and imported into the engine."""
+    kept as a tarball under $FTX_HOME/images and imported into the engine.
+
+    \b
+    Example:
+      ftx image base --engine podman && export FTX_BASE_IMAGE=localhost/ftx-base:bookworm
+    """
     from ftx.core.containers.base_image import import_base
 
     with connect(engine) as eng:

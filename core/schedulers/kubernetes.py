@@ -1,12 +1,12 @@
 """Kubernetes: the manifests `ftx plan --scheduler kubernetes` writes (no cluster needed,
 none contacted).
 
-- torch: a Kubeflow Trainer v2 ``TrainJob`` (trainer.kubeflow.org/v1alpha1) on the
-  ``torch-distributed`` runtime, which gives each node ``PET_NNODES``/``PET_NODE_RANK``/
-  ``PET_MASTER_ADDR``/``PET_MASTER_PORT``;
-- paddle and mindformers: a Volcano ``Job`` (batch.volcano.sh/v1alpha1) with the ``svc``
-  and ``pytorch`` plugins, which give ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/
-  ``WORLD_SIZE``; the mindformers ``ascend`` variant: a MindCluster ``AscendJob``
+- torchrun backends (torch): a Kubeflow Trainer v2 ``TrainJob``
+  (trainer.kubeflow.org/v1alpha1) on the ``torch-distributed`` runtime, which gives each
+  node ``PET_NNODES``/``PET_NODE_RANK``/``PET_MASTER_ADDR``/``PET_MASTER_PORT``;
+- the others (paddle, mindformers): a Volcano ``Job`` (batch.volcano.sh/v1alpha1) with the
+  ``svc`` and ``pytorch`` plugins, which give ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/
+  ``WORLD_SIZE``; an image variant for Ascend NPUs: a MindCluster ``AscendJob``
   (mindxdl.gitee.com/v1), whose operator gives ``MS_SCHED_HOST``/``MS_NODE_RANK``...
 
 Every node runs ``ftx launch OUT`` in the backend's image, which reads the node contract
@@ -27,6 +27,7 @@ from ftx.core.contract import RunLayout
 from ftx.core.errors import FtxError
 from ftx.core.plan import PLAN_DATA
 from ftx.core.recipe.schema import Recipe
+from ftx.core.registry import get_spec
 
 FOLDER = "kubernetes"  # OUT/plan/kubernetes
 CONFIGMAP_LIMIT = 1_000_000  # bytes: Kubernetes refuses larger ConfigMaps
@@ -215,7 +216,9 @@ def volcano_job(
     }
 
 
-def ascend_job(recipe: Recipe, name: str, container: Manifest, volumes: list[Manifest]) -> Manifest:
+def ascend_job(
+    recipe: Recipe, name: str, container: Manifest, volumes: list[Manifest], worker: str
+) -> Manifest:
     """MindCluster's AscendJob for MindSpore: a Scheduler pod (the worker in MindSpore's
     scheduler role, MS_ROLE=MS_SCHED, set by the operator) and one Worker pod per node;
     the operator gives MS_SCHED_HOST, MS_SCHED_PORT, MS_NODE_RANK."""
@@ -223,7 +226,7 @@ def ascend_job(recipe: Recipe, name: str, container: Manifest, volumes: list[Man
     scheduler = {
         **container,
         "name": "ascend",  # the operator fills in the container called "ascend"
-        "command": ["python", "-m", "ftx.backends.mindformers.worker", "plan/worker.json"],
+        "command": ["python", "-m", worker, "plan/worker.json"],
     }
     scheduler.pop("resources", None)
     worker = {**container, "name": "ascend"}
@@ -271,10 +274,11 @@ def manifests(
     plan_map = f"{name}-plan"
     volumes, mounts = pod_parts(recipe, layout, plan_map, plan_files)
     container = node_container(recipe, layout, image, mounts, devices)
-    if backend == "torch":
+    spec = get_spec(backend)
+    if spec.launcher == "torchrun":  # Kubeflow Trainer's torch runtime gives torchrun's PET_*
         job = train_job(recipe, name, container, volumes)
-    elif variant == "ascend":
-        job = ascend_job(recipe, name, container, volumes)
+    elif devices == "ascend":
+        job = ascend_job(recipe, name, container, volumes, spec.worker or "")
     else:
         job = volcano_job(recipe, name, container, volumes, recipe.parallel.master_port)
     return {
