@@ -5,7 +5,7 @@ model and data files) is mounted read-only at its own path, OUT read-write at it
 path, so the plan's absolute paths hold inside. The container runs as the caller's
 uid:gid (outputs belong to them), with no network for one node and the host's for
 several. SIGINT/SIGTERM are passed to the container, whose first process
-(ftx.core.runtime.inside) hands them to the launcher's process group: the worker saves
+(ftx.core.supervise) hands them to the launcher's process group: the worker saves
 a checkpoint, and the container is removed whatever happened.
 """
 
@@ -141,7 +141,7 @@ class ContainerRuntime(Runtime):
         volumes = {**mounts(launch), **options.pop("volumes", {})}
         container = engine.client.containers.create(
             self._image["Id"],
-            ["python", "-m", "ftx.core.runtime.inside", str(layout.launch_script)],
+            ["python", "-m", "ftx.core.supervise", str(layout.launch_script)],
             user=f"{os.getuid()}:{os.getgid()}",
             working_dir=str(layout.root),
             environment={

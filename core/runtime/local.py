@@ -10,7 +10,7 @@ from typing import Any
 
 from ftx.core import envs
 from ftx.core.runtime.base import Launch, Runtime
-from ftx.core.runtime.process import supervise
+from ftx.core.supervise import supervise
 
 
 class LocalRuntime(Runtime):

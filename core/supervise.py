@@ -1,10 +1,19 @@
-"""Running a launcher so that Ctrl-C and SIGTERM reach its whole process tree, once."""
+"""Running a launcher so that Ctrl-C and SIGTERM reach its whole process tree, once.
+
+Standard library only: it is also a backend container's first process,
+
+    python -m ftx.core.supervise OUT/plan/launch.sh
+
+which runs launch.sh and hands the signals the engine delivers (docker stop, podman
+kill) to the launcher's process group. (Images hold only their lock's packages.)
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -43,3 +52,17 @@ def supervise(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def main() -> int:
+    launch = Path(sys.argv[1])
+    return supervise(
+        ["bash", str(launch)],
+        os.environ,
+        launch.parent.parent,
+        lambda line: print(line, end="", flush=True),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
