@@ -31,7 +31,7 @@ test: setup
 # Every backend's image built (podman, debootstrap base) and the quickstart run in it.
 test-images: setup
 	$(BIN)/ftx env create torch --if-missing
-	$(BIN)/python -m pytest tests/test_images.py -m images -s -ra
+	$(BIN)/python -m pytest tests/test_images.py -m images -s -ra $(PYTEST_ARGS)
 
 fuzz: setup
 	FTX_FUZZ_EXAMPLES=500 FTX_FUZZ_RANDOM=1 $(BIN)/python -m pytest tests/test_fuzz.py -q

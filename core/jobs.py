@@ -10,7 +10,6 @@ environment and starts that node's launcher; node 0 keeps run.json.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,11 +20,12 @@ from ftx.core.contract import WORKER_CONFIG, RunLayout, WorkerConfig, read_recor
 from ftx.core.envs import ftx_home
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, atomic_write_text
-from ftx.core.nodes import NODES_FILE, NodeContract
+from ftx.core.nodelaunch import node_log, node_of
+from ftx.core.nodes import plan_digest
 from ftx.core.preflight import Topology, run_preflight
 from ftx.core.progress import RunDisplay
 from ftx.core.recipe import LoadedRecipe
-from ftx.core.runner import Staged, launch_and_record, plan_digest, stage
+from ftx.core.runner import Staged, launch_and_record, stage
 from ftx.core.runtime import Launch, get_runtime
 from ftx.core.schedulers import slurm
 
@@ -181,12 +181,7 @@ def launch_node(
             where=str(layout.root),
             fix="write it first: `ftx submit` or `ftx plan --scheduler slurm`",
         )
-    planned = (
-        NodeContract.read(layout.plan)
-        if (layout.plan / NODES_FILE).exists()
-        else NodeContract(1, 0, "127.0.0.1", 29500, 1)
-    )
-    node, source = planned.from_scheduler(os.environ)
+    node, source = node_of(layout)
     info(
         f"[bold]Node {node.node_rank}[/] of {node.nnodes} (from {source}); master"
         f" {node.master_addr}:{node.master_port}"
@@ -195,7 +190,7 @@ def launch_node(
     try:
         environment = runtime.prepare(config.backend)
         if node.nnodes > 1:
-            run_preflight(Topology.of(node), plan_digest(layout))
+            run_preflight(Topology.of(node), plan_digest(layout.plan))
         record = None
         if node.node_rank == 0:
             record = json.loads(layout.run_json.read_text()) if layout.run_json.exists() else {}
@@ -213,7 +208,7 @@ def launch_node(
             inputs=(Path(config.model.path),),
             multinode=node.nnodes > 1,
             env=node.environment() if node.nnodes > 1 else {},
-            log=None if node.node_rank == 0 else layout.logs / f"launch.node{node.node_rank}.log",
+            log=node_log(layout, node),
         )
         return launch_and_record(runtime, launch, record)
     finally:

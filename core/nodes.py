@@ -13,6 +13,7 @@ Volcano's and other operators' torch-style variables (``MASTER_ADDR``, ``MASTER_
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -204,3 +205,12 @@ def slurm_port(planned: int, env: Mapping[str, str]) -> int:
     if planned != 29500:
         return planned
     return 20000 + int(env["SLURM_JOB_ID"]) % 20000 * 2  # even: the preflight takes port + 1
+
+
+def plan_digest(plan: Path) -> str:
+    """What every node must agree on: OUT/plan's files (written once, or by each node
+    from the same recipe: the same files, since a node's rank is not in them)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in plan.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ translate -> write plan -> (run only) set up the runtime -> launch -> summarise
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, claim_destination
 from ftx.core.models.architectures import ModelConfig
 from ftx.core.models.formats import detect_format
-from ftx.core.nodes import NodeContract
+from ftx.core.nodes import NodeContract, plan_digest
 from ftx.core.overrides import apply_overrides
 from ftx.core.plan import NativePlan
 from ftx.core.preflight import Topology, run_preflight
@@ -251,7 +250,7 @@ def _run(
     node = NodeContract.of_recipe(recipe.parallel)
     if node.nnodes > 1:
         info(f"[bold]Preflight[/]: meeting the other nodes at {node.master_addr}")
-        run_preflight(Topology.of(node), plan_digest(layout))
+        run_preflight(Topology.of(node), plan_digest(layout.plan))
     launch = Launch(
         layout,
         staged.target.spec.name,
@@ -261,15 +260,6 @@ def _run(
         env=node.environment() if node.nnodes > 1 else {},
     )
     return launch_and_record(runtime, launch, staged.record, previous=staged.previous)
-
-
-def plan_digest(layout: RunLayout) -> str:
-    """What every node must agree on: the plan's files (written once, or by each node
-    from the same recipe: the same files, since a node's rank is not in them)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in layout.plan.iterdir() if p.is_file()):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 def launch_and_record(

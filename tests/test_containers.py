@@ -259,3 +259,32 @@ def test_a_slurm_job_trains_in_the_image_on_both_nodes(
     record = json.loads((out / "run.json").read_text())
     assert record["runtime"] == "podman" and record["image"]["name"] == pushed
     assert losses(out) == pytest.approx(losses(one_node), abs=1e-5)
+
+
+def test_the_kubernetes_pod_command_trains_in_the_image(
+    podman: Podman, pushed: str, podman_run: tuple, tmp_path: Path
+) -> None:
+    """The TrainJob's node command, run in the image with the pod's mounts (OUT, the
+    model read-only) and the variables Kubeflow's torch runtime sets: it trains. (The
+    image holds the lock and ftx, not the core's dependencies: the command is
+    standard-library only.)"""
+    import yaml
+
+    out = tmp_path / "out"
+    ok("plan", str(QUICKSTART), "--out", str(out), "--scheduler", "kubernetes",
+       "--registry", podman.registry, "train.epochs=null", "train.max_steps=2",
+       "train.logging_steps=1")  # fmt: skip
+    (job,) = yaml.safe_load_all((out / "plan" / "kubernetes" / "job.yaml").read_text())
+    trainer = job["spec"]["trainer"]
+    assert trainer["image"] == pushed
+    model = ROOT / ".ftx" / "models" / "quickstart-llama"
+    pet = ("PET_NNODES=1", "PET_NODE_RANK=0", "PET_MASTER_ADDR=127.0.0.1", "PET_MASTER_PORT=29500")
+    result = subprocess.run(
+        ["podman", "run", "--rm", "--network", "none", "--user", f"{os.getuid()}:{os.getgid()}",
+         "-v", f"{out}:{out}", "-v", f"{model}:{model}:ro", "-w", str(out),
+         *[a for e in (*pet, "HOME=/tmp") for a in ("-e", e)], pushed, *trainer["command"]],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "node 0 of 1 (from Kubeflow Trainer)" in result.stdout
+    assert len(losses(out)) == 2

@@ -38,7 +38,9 @@ def test_image_builds_and_runs_the_quickstart(
     backend: str, podman_engine: None, tmp_path: Path
 ) -> None:
     built = ok("image", "build", backend, "--engine", "podman")
-    name = next(w for w in built.split() if w.startswith(f"localhost/ftx-{backend}:cpu-"))
+    line = next(ln for ln in built.splitlines() if ln.startswith(f"localhost/ftx-{backend}:cpu-"))
+    print(f"built: {line}")  # name, id, size, seconds (the README's table)
+    name = line.split()[0]
     podman = ("--runtime", "podman")
     local = tmp_path / "local"
     ok("run", str(QUICKSTART), "--backend", backend, "--out", str(local), *FEW)

@@ -82,7 +82,8 @@ def test_torch_trainjob_runs_ftx_launch_with_the_plan_and_claims_mounted() -> No
     (job,) = found["job.yaml"]
     trainer = job["spec"]["trainer"]
     assert trainer["numNodes"] == 4 and trainer["numProcPerNode"] == 8
-    assert trainer["command"] == ["ftx", "launch", str(ROOT / "runs" / recipe.stem)]
+    out = str(ROOT / "runs" / recipe.stem)
+    assert trainer["command"] == ["python", "-m", "ftx.core.nodelaunch", out]
     assert trainer["resourcesPerNode"] == {"limits": {"nvidia.com/gpu": 8}}
     pod = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
     pod = pod["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]

@@ -9,8 +9,9 @@ none contacted).
   ``WORLD_SIZE``; an image variant for Ascend NPUs: a MindCluster ``AscendJob``
   (mindxdl.gitee.com/v1), whose operator gives ``MS_SCHED_HOST``/``MS_NODE_RANK``...
 
-Every node runs ``ftx launch OUT`` in the backend's image, which reads the node contract
-from those variables (ftx.core.nodes). The plan (and the recipe) is a ConfigMap mounted
+Every node runs ``python -m ftx.core.nodelaunch OUT`` in the backend's image (what
+``ftx launch`` does, standard library only), which reads the node contract from those
+variables (ftx.core.nodes). The plan (and the recipe) is a ConfigMap mounted
 at OUT/plan; the model, the prepared data and OUT are PersistentVolumeClaims mounted at
 the paths the plan names, so the plan's absolute paths hold in the pods.
 """
@@ -128,7 +129,7 @@ def node_container(
     container: Manifest = {
         "name": "node",
         "image": image,
-        "command": ["ftx", "launch", str(layout.root)],
+        "command": ["python", "-m", "ftx.core.nodelaunch", str(layout.root)],
         "workingDir": str(layout.root),
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "FTX_HOME", "value": "/tmp/ftx"}],
         "volumeMounts": mounts,
