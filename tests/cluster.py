@@ -6,35 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from containers import daemon
-
-PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
+from daemons import daemon, install_missing
 
 
 def install_slurm() -> None:
-    if all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged")):
-        return
-    policy = Path("/usr/sbin/policy-rc.d")
-    policy.write_text("#!/bin/sh\nexit 101\n")
-    policy.chmod(0o755)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
-    finally:
-        policy.unlink(missing_ok=True)
+    install_missing("slurmctld", "slurmd", "sbatch", "munged")
 
 
 def slurm_conf(folder: Path, host: str) -> str:

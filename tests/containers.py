@@ -11,69 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from daemons import daemon
 from training import free_port
-
-PACKAGES = {  # binary -> Debian package
-    "podman": "podman",
-    "runc": "runc",
-    "debootstrap": "debootstrap",
-    "dockerd": "docker.io",
-    "docker-registry": "docker-registry",
-}
 
 
 def ftx_home() -> Path:
     return Path(os.environ.get("FTX_HOME") or Path.home() / ".cache" / "ftx")
-
-
-def install_missing(*binaries: str) -> None:
-    """apt-get install the packages of missing binaries (services are not started: no
-    systemd here, and the fixtures start what they need)."""
-    missing = sorted({PACKAGES[b] for b in binaries if shutil.which(b) is None})
-    if not missing:
-        return
-    policy = Path("/usr/sbin/policy-rc.d")
-    policy.write_text("#!/bin/sh\nexit 101\n")
-    policy.chmod(0o755)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
-    finally:
-        policy.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def daemon(command: list[str], log: Path, ready: callable, timeout: float = 60) -> Iterator[int]:
-    """Start a daemon in the foreground, wait until ``ready()``, stop it by PID after."""
-    handle = log.open("w")
-    proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + timeout
-        while not ready():
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"{command[0]} did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        handle.close()
 
 
 def podman_settings(folder: Path, registry: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ runs and removes it too."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -15,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from containers import dockerd, install_missing, local_registry, podman_settings
 
-from conftest import ROOT, run_ftx
+from conftest import ROOT
+from containers import dockerd, local_registry, podman_settings
+from daemons import environment, install_missing
+from training import ftx_ok as ok
 from training import interrupted_run, losses
 
 pytestmark = [pytest.mark.env, pytest.mark.slow]
@@ -31,26 +32,6 @@ BASE = "localhost/ftx-base:bookworm"
 class Podman:
     registry: str
     folder: Path
-
-
-@contextlib.contextmanager
-def environment(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def ok(*args: str) -> str:
-    result = run_ftx(*args, timeout=1800)
-    assert result.returncode == 0, (args, result.stderr[-3000:])
-    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +224,6 @@ def test_a_slurm_job_trains_in_the_image_on_both_nodes(
     image (host network, the node contract passed in), with the losses of the
     two-process run the same image gives on one node."""
     from cluster import slurm_cluster
-
     from training import free_port
 
     runtime = ("--runtime", "podman", "--registry", podman.registry)

@@ -12,13 +12,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from containers import install_missing, podman_settings
-from test_containers import BASE, QUICKSTART, environment, ok
 
+from conftest import ROOT
+from containers import podman_settings
+from daemons import environment, install_missing
+from training import ftx_ok as ok
 from training import losses
 
 pytestmark = [pytest.mark.images, pytest.mark.env, pytest.mark.slow]
 
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+BASE = "localhost/ftx-base:bookworm"  # `ftx image base`: no registry needed
 FEW = ("train.epochs=null", "train.max_steps=8", "train.logging_steps=1")
 
 

@@ -14,21 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import slurm_cluster
 
+from cluster import slurm_cluster
 from conftest import FTX, ROOT, run_ftx
 from training import free_port, losses, recipe
+from training import ftx_ok as ok
 
 pytestmark = [pytest.mark.env, pytest.mark.slow]
 
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 STEPS = ("train.epochs=null", "train.max_steps=12", "train.logging_steps=1", "train.save_steps=4")
-
-
-def ok(*args: str) -> str:
-    result = run_ftx(*args, timeout=1200)
-    assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr[-3000:])
-    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,13 @@ def losses(out: Path) -> list[float]:
     return [r["loss"] for r in rows(out) if "loss" in r]
 
 
+def ftx_ok(*args: str) -> str:
+    """Run an ftx command that must succeed; its stdout and stderr."""
+    result = run_ftx(*args, timeout=1800)
+    assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr[-3000:])
+    return result.stdout + result.stderr
+
+
 def train(path: Path, out: Path, backend: str, *overrides: str) -> Path:
     result = run_ftx("run", str(path), "--backend", backend, "--out", str(out), *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
