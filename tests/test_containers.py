@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_ftx
 from containers import dockerd, local_registry, podman_settings
 from daemons import environment, install_missing
 from training import ftx_ok as ok
@@ -268,3 +268,31 @@ def test_the_kubernetes_pod_command_trains_in_the_image(
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "node 0 of 1 (from Kubeflow Trainer)" in result.stdout
     assert len(losses(out)) == 2
+
+
+def test_a_failing_worker_in_the_image_is_reported_like_a_local_one(
+    podman: Podman, pushed: str, podman_run: tuple, tiny_llama: Path, tmp_path: Path
+) -> None:
+    """A model folder whose weights belong to another (smaller) model: the worker fails
+    loading them inside the container, its error.json reaches OUT and its message the
+    user (exit code 1), and the container is gone."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(ROOT / ".ftx" / "models" / "quickstart-llama", model)
+    shutil.copyfile(tiny_llama / "model.safetensors", model / "model.safetensors")
+    out = tmp_path / "out"
+    result = run_ftx(
+        "run", str(QUICKSTART), "--out", str(out), f"model.path={model}", *STEPS,
+        "--runtime", "podman", "--registry", podman.registry,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    failure = json.loads((out / "error.json").read_text())
+    assert "the torch worker failed" in result.stderr
+    assert failure["message"][:40] in result.stderr.replace("\n", " ")
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    leftover = subprocess.run(
+        ["podman", "ps", "-a", "--filter", f"label=io.ftx.run={out}", "-q"],
+        capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert leftover.strip() == ""
