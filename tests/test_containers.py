@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from conftest import ROOT, run_ftx
 from containers import dockerd, local_registry, podman_settings
-from daemons import environment, install_missing
+from daemons import environment, install_missing, scratch
 from training import ftx_ok as ok
 from training import interrupted_run, losses
 
@@ -37,8 +36,7 @@ class Podman:
 @pytest.fixture(scope="module")
 def podman() -> Iterator[Podman]:
     install_missing("podman", "runc", "debootstrap", "docker-registry")
-    folder = Path(tempfile.mkdtemp(prefix="ftxc-", dir="/tmp"))  # short: socket paths
-    with local_registry(folder / "registry") as registry:
+    with scratch("ftxc-") as folder, local_registry(folder / "registry") as registry:
         settings = podman_settings(folder / "podman", registry)
         with environment(**settings, FTX_BASE_IMAGE=BASE):
             os.environ.pop("DOCKER_HOST", None)
@@ -199,8 +197,7 @@ def test_docker_api_builds_runs_lists_and_removes(
     it (from the same debootstrap base) and trains like the local runtime;
     `ftx image list/rm` see and remove it."""
     install_missing("dockerd")
-    folder = Path(tempfile.mkdtemp(prefix="ftxd-", dir="/tmp"))
-    with dockerd(folder) as url, environment(DOCKER_HOST=url):
+    with scratch("ftxd-") as folder, dockerd(folder) as url, environment(DOCKER_HOST=url):
         ok("image", "base", "--engine", "docker")
         out = tmp_path / "out"
         said = ok(
@@ -231,7 +228,7 @@ def test_a_slurm_job_trains_in_the_image_on_both_nodes(
     one_node = tmp_path / "one"
     ok("run", str(QUICKSTART), "--out", str(one_node), *steps, *runtime,
        "parallel.nproc_per_node=2", f"parallel.master_port={free_port()}")  # fmt: skip
-    with slurm_cluster(Path(tempfile.mkdtemp(prefix="ftxs-", dir="/tmp"))):
+    with scratch("ftxs-") as folder, slurm_cluster(folder):
         out = tmp_path / "slurm"
         said = ok("submit", str(QUICKSTART), "--nodes", "2", "--out", str(out), "--wait",
                   *steps, *runtime)  # fmt: skip

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 from containers import podman_settings
-from daemons import environment, install_missing
+from daemons import environment, install_missing, scratch
 from training import ftx_ok as ok
 from training import losses
 
@@ -29,12 +28,12 @@ FEW = ("train.epochs=null", "train.max_steps=8", "train.logging_steps=1")
 @pytest.fixture(scope="module")
 def podman_engine() -> None:
     install_missing("podman", "runc", "debootstrap", "docker-registry")
-    folder = Path(tempfile.mkdtemp(prefix="ftxi-", dir="/tmp"))
-    settings = podman_settings(folder / "podman", registry="127.0.0.1:5000")  # none pushed
-    with environment(**settings, FTX_BASE_IMAGE=BASE):
-        os.environ.pop("DOCKER_HOST", None)
-        ok("image", "base", "--engine", "podman")
-        yield
+    with scratch("ftxi-") as folder:
+        settings = podman_settings(folder / "podman", registry="127.0.0.1:5000")  # none pushed
+        with environment(**settings, FTX_BASE_IMAGE=BASE):
+            os.environ.pop("DOCKER_HOST", None)
+            ok("image", "base", "--engine", "podman")
+            yield
 
 
 @pytest.mark.parametrize("backend", ["torch", "paddle", "mindformers"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from cluster import slurm_cluster
 from conftest import FTX, ROOT, run_ftx
+from daemons import scratch
 from training import free_port, losses, recipe
 from training import ftx_ok as ok
 
@@ -28,8 +28,7 @@ STEPS = ("train.epochs=null", "train.max_steps=12", "train.logging_steps=1", "tr
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="ftxs-", dir="/tmp"))
-    with slurm_cluster(folder):
+    with scratch("ftxs-") as folder, slurm_cluster(folder):
         yield folder
 
 
