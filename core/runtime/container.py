@@ -15,7 +15,7 @@ import contextlib
 import glob
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,10 @@ class ContainerRuntime(Runtime):
         attrs, how = images.ensure(engine, ref, say=info, log=log)
         info(f"[bold]Image[/] {ref.name} ({how}; {engine.describe()})")
         self._ref, self._image = ref, attrs
-        spec = get_spec(backend, trains=False).environment
+        lock, extra = images.variant_lock(backend, variant)
+        frameworks = get_spec(backend, trains=False).environment.frameworks
         return {
-            "versions": lock_versions(spec.lock_file.read_text(), spec.frameworks),
+            "versions": lock_versions(lock + extra, frameworks),
             "image": {
                 "name": ref.name,
                 "id": attrs["Id"],
@@ -106,43 +107,47 @@ class ContainerRuntime(Runtime):
             },
         }
 
+    @contextlib.contextmanager
+    def _container(self, command: list[str], **options: Any) -> Iterator[Any]:
+        """A container of the prepared image running as the caller, removed after."""
+        assert self._ref is not None, "prepare() first"
+        container = self.engine().client.containers.create(
+            self._image["Id"], command, user=f"{os.getuid()}:{os.getgid()}", **options
+        )
+        try:
+            yield container
+        finally:
+            with contextlib.suppress(Exception):  # already gone
+                container.remove(force=True)
+
     def python(
         self, backend: str, args: list[str], *, reads: tuple[Path, ...], writes: tuple[Path, ...]
     ) -> tuple[int, str]:
-        assert self._ref is not None, "prepare() first"
         volumes = {str(p): {"bind": str(p), "mode": "ro"} for p in reads}
         for path in writes:
             path.mkdir(parents=True, exist_ok=True)
             volumes[str(path)] = {"bind": str(path), "mode": "rw"}
-        container = self.engine().client.containers.create(
-            self._image["Id"],
+        with self._container(
             ["python", *args],
-            user=f"{os.getuid()}:{os.getgid()}",
             working_dir="/tmp",
             environment={"HOME": "/tmp"},
             volumes=volumes,
             network_mode="none",
-        )
-        try:
+        ) as container:
             container.start()
             code = int(container.wait()["StatusCode"])
             return code, container.logs().decode(errors="replace")
-        finally:
-            with contextlib.suppress(Exception):
-                container.remove(force=True)
 
     def run(self, launch: Launch, on_line: Callable[[str], None]) -> int:
         assert self._ref is not None, "prepare() first"
-        engine, layout = self.engine(), launch.layout
+        layout = launch.layout
         layout.logs.mkdir(parents=True, exist_ok=True)
-        options = device_options(
-            images.variant_of(launch.backend, self._ref.variant).devices, engine
-        )
+        devices = images.variant_of(launch.backend, self._ref.variant).devices
+        options = device_options(devices, self.engine())
         volumes = {**mounts(launch), **options.pop("volumes", {})}
-        container = engine.client.containers.create(
-            self._image["Id"],
+        received: list[int] = []
+        with self._container(
             ["python", "-m", "ftx.core.supervise", str(layout.launch_script)],
-            user=f"{os.getuid()}:{os.getgid()}",
             working_dir=str(layout.root),
             environment={
                 "HOME": "/tmp",
@@ -156,42 +161,44 @@ class ContainerRuntime(Runtime):
             shm_size=None if launch.multinode else "1g",
             labels={"io.ftx.run": str(layout.root)},
             **options,
-        )
-        received: list[int] = []
+        ) as container:
 
-        def forward(signum: int, _frame: object) -> None:
-            received.append(signum)
-            with contextlib.suppress(Exception):  # already gone
-                container.kill(signal="SIGTERM")
+            def forward(signum: int, _frame: object) -> None:
+                received.append(signum)
+                with contextlib.suppress(Exception):  # already gone
+                    container.kill(signal="SIGTERM")
 
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in previous:
-            signal.signal(sig, forward)
-        try:
-            container.start()
-            with launch.log_file.open("a") as handle:
-                pending = ""
-                for chunk in container.logs(stream=True, follow=True):
-                    pending += chunk.decode(errors="replace")
-                    *lines, pending = pending.split("\n")
-                    for line in lines:
-                        handle.write(line + "\n")
-                        handle.flush()
-                        on_line(line + "\n")
-                if pending:
-                    handle.write(pending)
-                    on_line(pending)
-            code = int(container.wait()["StatusCode"])
-            return 128 + received[0] if received else code
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            with contextlib.suppress(Exception):
-                container.remove(force=True)
+            previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            for sig in previous:
+                signal.signal(sig, forward)
+            try:
+                container.start()
+                _stream(container, launch.log_file, on_line)
+                code = int(container.wait()["StatusCode"])
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        return 128 + received[0] if received else code
 
     def close(self) -> None:
         self._stack.close()
         self._engine = None
+
+
+def _stream(container: Any, log: Path, on_line: Callable[[str], None]) -> None:
+    """The container's output, line by line, into the log and to ``on_line``."""
+    with log.open("a") as handle:
+        pending = ""
+        for chunk in container.logs(stream=True, follow=True):
+            pending += chunk.decode(errors="replace")
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                handle.write(line + "\n")
+                handle.flush()
+                on_line(line + "\n")
+        if pending:
+            handle.write(pending)
+            on_line(pending)
 
 
 def lock_versions(lock: str, frameworks: tuple[str, ...]) -> dict[str, str]:
