@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from conftest import run_ftx, run_in_env
-from training import interrupted_run, losses, recipe, rows, train, two_local_nodes
+from training import (
+    assert_one_plan_for_both_nodes,
+    interrupted_run,
+    losses,
+    recipe,
+    rows,
+    train,
+    two_local_nodes,
+)
 
 # Same weights, same batches, fp32: the frameworks differ only in summation order.
 TOLERANCE = 1e-4
@@ -237,9 +245,8 @@ def test_two_nodes_on_localhost_train_together(
     full_runs: dict[str, Path], tmp_path: Path, tiny_llama: Path
 ) -> None:
     _, port = two_local_nodes(tmp_path, tiny_llama, "paddle")
-    launch = (tmp_path / "n1/plan/launch.sh").read_text()
-    assert "--nnodes \\\n    2" in launch and "--rank \\\n    1" in launch
-    assert f"127.0.0.1:{port}" in launch
+    launch = assert_one_plan_for_both_nodes(tmp_path, port)
+    assert "--nnodes \\\n    2" in launch and '--rank \\\n    "${FTX_NODE_RANK}"' in launch
     assert losses(tmp_path / "n0") == pytest.approx(losses(full_runs["paddle"]), abs=TOLERANCE)
 
 

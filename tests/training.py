@@ -91,6 +91,17 @@ def interrupted_run(
     return stderr
 
 
+def assert_one_plan_for_both_nodes(folder: Path, port: int) -> str:
+    """The two nodes' plans are the same file: the rank comes from the node contract's
+    variables (ftx run sets FTX_NODE_RANK), the master from the recipe's defaults."""
+    launch = (folder / "n1/plan/launch.sh").read_text()
+    assert launch == (folder / "n0/plan/launch.sh").read_text()
+    assert "${FTX_NODE_RANK}" in launch
+    assert 'export FTX_MASTER_ADDR="${FTX_MASTER_ADDR:-127.0.0.1}"' in launch
+    assert f'export FTX_MASTER_PORT="${{FTX_MASTER_PORT:-{port}}}"' in launch
+    return launch
+
+
 def two_local_nodes(tmp_path: Path, model: Path, backend: str) -> tuple[Path, int]:
     """Two "nodes" on localhost (one process each, micro batch 2: the batches of one
     process with micro batch 4), run together; returns the folder holding n0/ and n1/ and
