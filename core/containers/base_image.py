@@ -71,7 +71,16 @@ def rootfs_tarball(mirror: str | None = None, *, say=print) -> Path:
 
 
 def import_base(engine: Engine, mirror: str | None = None, *, say=print) -> str:
-    """Import the debootstrap base into the engine as localhost/ftx-base:bookworm."""
+    """Import the debootstrap base into the engine as localhost/ftx-base:bookworm (once:
+    an engine that has it keeps it)."""
+    import docker.errors
+
+    try:
+        engine.client.images.get(BASE_NAME)
+        say(f"{BASE_NAME} is already there")
+        return BASE_NAME
+    except docker.errors.ImageNotFound:
+        pass
     tarball = rootfs_tarball(mirror, say=say)
     repository, _, tag = BASE_NAME.rpartition(":")
     said = str(engine.api.import_image(src=str(tarball), repository=repository, tag=tag))
