@@ -29,8 +29,6 @@ from ftx.core.runner import Staged, launch_and_record, stage
 from ftx.core.runtime import Launch, get_runtime
 from ftx.core.schedulers import slurm
 
-SCHEDULERS = ("slurm", "kubernetes")
-
 
 def _ftx_executable() -> str:
     """The ftx command the nodes run: this one (on the shared filesystem)."""
