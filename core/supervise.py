@@ -54,6 +54,16 @@ def supervise(
             signal.signal(sig, handler)
 
 
+def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a process ftx (or a test) started: SIGTERM, then SIGKILL after ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def main() -> int:
     launch = Path(sys.argv[1])
     return supervise(

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ftx.core.supervise import stop
+
 PACKAGES = {  # binary -> Debian package
     "podman": "podman",
     "runc": "runc",
@@ -63,12 +65,7 @@ def daemon(
             time.sleep(0.1)
         yield proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=30)
         handle.close()
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ftx.core.errors import FtxError
+from ftx.core.supervise import stop
 
 ENGINES = ("docker", "podman")
 DOCKER_SOCKET = Path("/var/run/docker.sock")
@@ -109,12 +110,7 @@ def podman_service() -> Iterator[str]:
             time.sleep(0.05)
         yield _unix(socket)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
         shutil.rmtree(folder, ignore_errors=True)
 

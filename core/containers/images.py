@@ -243,19 +243,12 @@ def pull(engine: Engine, ref: ImageRef, *, say: Say) -> dict[str, Any] | None:
         with transfer("pulling") as update:
             for event in engine.api.pull(ref.repository, ref.tag, stream=True, decode=True):
                 if "error" in event:
-                    raise _Missing(event["error"])
+                    raise RuntimeError(event["error"])
                 update(event)
-    except _Missing as exc:
-        say(f"the registry has no {ref.name}: {str(exc).splitlines()[0][:160]}")
-        return None
-    except Exception as exc:  # the SDK's NotFound/APIError, unreachable registries
+    except Exception as exc:  # its error event, the SDK's NotFound/APIError, no registry
         say(f"the registry has no {ref.name}: {str(exc).splitlines()[0][:160]}")
         return None
     return engine.client.images.get(ref.name).attrs
-
-
-class _Missing(Exception):
-    pass
 
 
 def push(engine: Engine, ref: ImageRef, *, say: Say) -> str:
