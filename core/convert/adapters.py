@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ftx.core.convert.convert import METADATA, transpose_2d
 from ftx.core.convert.floats import from_float32, to_float32
+from ftx.core.convert.layout import METADATA, transpose_2d
 from ftx.core.convert.mindspore_ckpt import write_ckpt
 from ftx.core.convert.names import FAMILIES, NameMap
 from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile, write_safetensors

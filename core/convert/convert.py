@@ -8,17 +8,16 @@ temporary folder beside the destination and renamed into place when complete.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ftx.core.convert.adapters import adapter_format, convert_adapter
 from ftx.core.convert.bytecopy import Tensor, read_ranges
 from ftx.core.convert.configs import convert_config, load_config
+from ftx.core.convert.layout import METADATA, copy_side_files, transpose_2d
 from ftx.core.convert.names import NameMap
 from ftx.core.convert.safetensors_stream import (
     DTYPES,
@@ -31,18 +30,6 @@ from ftx.core.errors import FtxError
 from ftx.core.fsutil import claim_destination, staged_dir
 from ftx.core.models.architectures import ARCHITECTURES, parameter_shapes
 from ftx.core.models.formats import detect_format
-
-METADATA = {"hf": "pt", "paddle": "np", "mindspore": "ms"}
-COPIED = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "generation_config.json",
-)
 
 
 @dataclass(frozen=True)
@@ -98,35 +85,6 @@ def plan_tensors(
             fix="copy the missing weight file, or pair the weights with their own config.json",
         )
     return planned
-
-
-def transpose_2d(array: np.ndarray, tile: int = 256) -> np.ndarray:
-    """A contiguous transpose done tile by tile: several times faster than numpy's
-    strided copy of a large matrix, because each tile stays in the CPU cache. Bands of
-    rows go to one thread per core (numpy releases the GIL while it copies a tile).
-
-    The source is first read in one sequential pass (a memory map read tile by tile
-    would fault its pages in column order).
-    """
-    if array.ndim != 2:
-        return np.ascontiguousarray(array.T)
-    source = np.array(array, copy=True) if isinstance(array, np.memmap) else array
-    rows, cols = source.shape
-    out = np.empty((cols, rows), dtype=source.dtype)
-
-    def band(first: int, last: int) -> None:
-        for i in range(first, last, tile):
-            for j in range(0, cols, tile):
-                out[j : j + tile, i : i + tile] = source[i : i + tile, j : j + tile].T
-
-    workers = min(os.cpu_count() or 1, 8, max(1, rows // (4 * tile)))
-    if workers == 1:
-        band(0, rows)
-        return out
-    step = -(-rows // workers // tile) * tile  # whole tiles per band
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda first: band(first, min(first + step, rows)), range(0, rows, step)))
-    return out
 
 
 def _produce(item: Planned) -> Tensor:
@@ -212,8 +170,6 @@ def convert(
     check_file_format(file_format, to)
     inputs = [src] if config_path is None else [src, config_path]
     claim_destination(dst, force=force, inputs=inputs)
-    from ftx.core.convert.adapters import adapter_format, convert_adapter
-
     if adapter_format(src):
         return convert_adapter(
             src,
@@ -241,13 +197,6 @@ def convert(
     if verify:
         summary["verified"] = checked
     return summary
-
-
-def copy_side_files(src: Path, dst: Path, names: tuple[str, ...] = COPIED) -> None:
-    """Copy the tokenizer and generation files that exist in ``src``."""
-    for name in names:
-        if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
 
 
 def verify_folder(planned: list[list[Planned]], out: Path) -> int:

@@ -15,12 +15,9 @@ import numpy as np
 
 from ftx.core.convert.adapters import read_adapter
 from ftx.core.convert.configs import load_config
-from ftx.core.convert.convert import (
-    copy_side_files,
-    transpose_2d,
-    write_weights,
-)
+from ftx.core.convert.convert import write_weights
 from ftx.core.convert.floats import from_float32, to_float32
+from ftx.core.convert.layout import copy_side_files, transpose_2d
 from ftx.core.convert.names import NameMap
 from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile
 from ftx.core.convert.sources import weight_files
