@@ -24,15 +24,11 @@ from ftx.core.backend import EnvironmentSpec
 from ftx.core.console import console, is_quiet
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json
+from ftx.core.home import ftx_home
 from ftx.core.registry import get_spec as get_backend_spec
 from ftx.core.registry import specs
 
 MARKER = "ftx-env.json"
-
-
-def ftx_home() -> Path:
-    """Where ftx keeps environments and caches ($FTX_HOME, default ~/.cache/ftx)."""
-    return Path(os.environ.get("FTX_HOME") or Path.home() / ".cache" / "ftx").expanduser()
 
 
 # Environments that belong to no backend (the tests' oracle of an older framework

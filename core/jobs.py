@@ -17,9 +17,9 @@ from typing import Any
 
 from ftx.core.console import info
 from ftx.core.contract import WORKER_CONFIG, RunLayout, WorkerConfig, read_record
-from ftx.core.envs import ftx_home
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, atomic_write_text
+from ftx.core.home import ftx_home
 from ftx.core.nodelaunch import node_log, node_of
 from ftx.core.nodes import plan_digest
 from ftx.core.preflight import Topology, run_preflight

@@ -79,7 +79,7 @@ def test_data_prepare_never_deletes_what_it_was_not_asked_to(project: Path) -> N
 
 
 def test_prepared_data_is_never_written_through_its_cache_links(project: Path) -> None:
-    from ftx.core.envs import ftx_home
+    from ftx.core.home import ftx_home
 
     recipe = str(project / "recipe.yaml")
     out = project.parent / "prepared"

@@ -9,6 +9,7 @@ from ftx.core import envs
 from ftx.core.cli import cli
 from ftx.core.console import results
 from ftx.core.errors import FtxError
+from ftx.core.home import ftx_home
 
 name_arg = click.argument("name", type=click.Choice(envs.env_names()))
 
@@ -32,7 +33,7 @@ def list_envs() -> None:
     Example:
       ftx env list
     """
-    table = Table(title=f"ftx environments ({envs.ftx_home() / 'envs'})")
+    table = Table(title=f"ftx environments ({ftx_home() / 'envs'})")
     for column in ("name", "state", "frameworks", "lock file"):
         table.add_column(column)
     for name in envs.env_names():

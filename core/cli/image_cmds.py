@@ -11,7 +11,7 @@ from rich.table import Table
 from ftx.core.cli import cli
 from ftx.core.console import info, results
 from ftx.core.containers.engine import ENGINES, connect
-from ftx.core.envs import ftx_home
+from ftx.core.home import ftx_home
 
 backend_arg = click.argument("backend")
 variant_opt = click.option(

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 from ftx.core.containers.engine import Engine
-from ftx.core.envs import ftx_home
 from ftx.core.errors import FtxError
+from ftx.core.home import ftx_home
 
 SUITE = "bookworm"  # python3 3.11, what every backend's lock is built for
 PACKAGES = ("python3", "python3-venv", "ca-certificates", "libgomp1")

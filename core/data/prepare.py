@@ -29,6 +29,7 @@ from ftx.core.data.render import ChatEncoder
 from ftx.core.data.sources import Source, resolve
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, staged_dir
+from ftx.core.home import ftx_home
 from ftx.core.prepared import FORMAT_VERSION, IGNORE_INDEX, write_split
 from ftx.core.recipe.schema import DatasetSpec, Recipe
 
@@ -415,8 +416,6 @@ def _pack_text(
 def cached_prepared(recipe: Recipe, *, say: Callable[[str], None] | None = None) -> Path:
     """The recipe's prepared data in the cache ($FTX_HOME/prepared/<key>), prepared first
     when it is not there yet."""
-    from ftx.core.envs import ftx_home
-
     key = cache_key(recipe)
     cached = ftx_home() / "prepared" / key
     if not (cached / "manifest.json").exists():

@@ -21,7 +21,7 @@ from typing import Any
 
 from ftx.core.containers import images
 from ftx.core.containers.engine import Engine, connect
-from ftx.core.envs import ftx_home
+from ftx.core.home import ftx_home
 from ftx.core.registry import get_spec
 from ftx.core.runtime.base import Launch, Runtime
 
