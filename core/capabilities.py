@@ -34,6 +34,30 @@ def parallel_modes(recipe: Recipe) -> list[str]:
     return modes
 
 
+def device_problems(recipe: Recipe, caps: Capabilities, accelerator: bool | None) -> list[str]:
+    """What this machine's devices cannot run (``accelerator``: whether the backend's
+    environment saw a GPU/NPU; None: unknown, nothing refused)."""
+    if recipe.method.finetuning in caps.accelerator_only and accelerator is False:
+        note = caps.notes.get(recipe.method.finetuning, "it needs a GPU")
+        return [
+            f"method.finetuning: '{recipe.method.finetuning}' cannot run on this machine: {note}"
+        ]
+    return []
+
+
+def check_devices(
+    recipe: Recipe, caps: Capabilities, accelerator: bool | None, source: str
+) -> None:
+    """Raise an FtxError when this machine's devices cannot run the recipe."""
+    problems = device_problems(recipe, caps, accelerator)
+    if problems:
+        raise FtxError(
+            f"{'; '.join(problems)}.",
+            where=source,
+            fix="run it where the backend's environment sees a GPU, or pick another method",
+        )
+
+
 def check_recipe(
     recipe: Recipe,
     backend: str,
@@ -96,11 +120,7 @@ def check_recipe(
         )
     if recipe.data.packing and not caps.packing:
         problems.append(f"data.packing: the {backend} backend cannot pack examples; set it false")
-    if recipe.method.finetuning in caps.accelerator_only and accelerator is False:
-        note = caps.notes.get(recipe.method.finetuning, "it needs a GPU")
-        problems.append(
-            f"method.finetuning: '{recipe.method.finetuning}' cannot run on this machine: {note}"
-        )
+    problems += device_problems(recipe, caps, accelerator)
     if problems:
         first, *rest = problems
         more = f" Also: {'; '.join(rest)}." if rest else ""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ftx.core.backend import BackendSpec
-from ftx.core.capabilities import check_recipe
+from ftx.core.capabilities import check_devices, check_recipe
 from ftx.core.console import info
 from ftx.core.contract import (
     RunLayout,
@@ -96,6 +96,15 @@ def target_for(loaded: LoadedRecipe, backend: str, *, here: bool = True) -> Targ
     """The backend and effective recipe, after checking the recipe against the backend's
     overrides and capabilities (and, when ``here``, the devices this machine's
     environment has)."""
+    target = checked_target(loaded, backend, running=here)
+    if here:
+        check_target_devices(target, loaded)
+    return target
+
+
+def checked_target(loaded: LoadedRecipe, backend: str, *, running: bool) -> Target:
+    """:func:`target_for` without the device check (``running``: refuse what the backend
+    only plans)."""
     check_model(loaded)
     check_overrides(loaded)
     spec = get_spec(backend)
@@ -111,10 +120,16 @@ def target_for(loaded: LoadedRecipe, backend: str, *, here: bool = True) -> Targ
         source=str(loaded.source),
         model_format=model_format,
         model_type=ModelConfig.read(model_dir).model_type,
-        accelerator=accelerator_seen(backend) if here else None,
-        running=here,
+        running=running,
     )
     return Target(spec, recipe)
+
+
+def check_target_devices(target: Target, loaded: LoadedRecipe) -> None:
+    """Refuse what the devices the backend's environment saw cannot run."""
+    assert target.spec.capabilities is not None
+    seen = accelerator_seen(target.spec.name)
+    check_devices(target.recipe, target.spec.capabilities, seen, str(loaded.source))
 
 
 def accelerator_seen(backend: str) -> bool | None:
@@ -201,11 +216,13 @@ def stage(
     OUT/data, write OUT/plan (``here``: also check the devices this host has)."""
     from ftx.core.data.prepare import prepared_data
 
-    target = target_for(loaded, backend, here=here)
+    target = checked_target(loaded, backend, running=here)
     recipe, spec = target.recipe, target.spec
     layout = layout_for(loaded, out)
     # the runtime first: a missing engine or image fails before OUT is touched
     environment = runtime.prepare(spec.name)
+    if here:
+        check_target_devices(target, loaded)  # the environment exists now: its devices
     previous = claim_output(layout, loaded, force=force, resuming=bool(recipe.train.resume))
     layout.root.mkdir(parents=True, exist_ok=True)
 
@@ -222,8 +239,6 @@ def stage(
     with using(runtime):  # a backend's plan data is written where it trains
         written = target.write_plan(layout)
     info(f"[bold]Plan[/] written to {layout.plan} ({', '.join(written)})")
-    if here:
-        target_for(loaded, backend)  # again, now that the devices are known
     record: dict[str, Any] = {
         "status": "running",
         "backend": spec.name,
