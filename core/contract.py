@@ -121,7 +121,7 @@ class QuantizationArgs:
 
 @dataclass(frozen=True)
 class MethodArgs:
-    stage: Literal["sft", "pt"]
+    stage: str  # a stage an objective trains (ftx.core.worker.objectives.OBJECTIVES)
     finetuning: Literal["full", "lora", "qlora", "freeze", "prefix"]
     lora: LoraArgs | None
     quantization: QuantizationArgs | None

@@ -89,6 +89,14 @@ def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path):
+    """Training runs of the tiny Llama shared by every test of the session (training.Runs)."""
+    from training import Runs
+
+    return Runs(tmp_path_factory.mktemp("runs"), tiny_llama)
+
+
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

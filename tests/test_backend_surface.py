@@ -117,7 +117,7 @@ def test_contract_and_kit_import_in_every_backend_environment(name: str) -> None
     found = run_in_env(
         name,
         "import json, sys\n"
-        "import ftx.core.contract, ftx.core.workerkit, ftx.core.inventory, ftx.core.prepared\n"
+        "import ftx.core.contract, ftx.core.worker.loop, ftx.core.inventory, ftx.core.prepared\n"
         f"import ftx.backends.{name}\n"
         "from ftx.core.contract import CONTRACT_VERSION\n"
         "core_deps = ('pydantic', 'click', 'rich', 'yaml', 'ftx.core.recipe', 'ftx.core.cli')\n"
@@ -125,3 +125,53 @@ def test_contract_and_kit_import_in_every_backend_environment(name: str) -> None
         " 'core': sorted(m for m in core_deps if m in sys.modules)}))",
     )
     assert found == {"version": 1, "core": []}
+
+
+IMPLEMENTS = """
+import inspect, json, sys
+from importlib import import_module
+from ftx.core.worker import framework as interface
+worker = import_module(sys.argv[1])
+cls = inspect.signature(worker.make_framework).return_annotation
+cls = getattr(worker, cls) if isinstance(cls, str) else cls
+protocol = interface.Framework
+members = [*protocol.__annotations__]
+members += [n for n, v in vars(protocol).items() if not n.startswith("_") and callable(v)]
+problems = []
+for name in sorted(members):
+    if not hasattr(cls, name) and name not in getattr(cls, "__annotations__", {}):
+        problems.append(f"{name}: missing")
+        continue
+    wanted = getattr(protocol, name, None)
+    if callable(wanted):
+        given = getattr(cls, name)
+        expected = list(inspect.signature(wanted).parameters)
+        found = list(inspect.signature(given).parameters)
+        if found != expected:
+            problems.append(f"{name}{tuple(found)}: the interface has {tuple(expected)}")
+print(json.dumps({"class": cls.__name__, "members": sorted(members), "problems": problems,
+                  "main": callable(getattr(worker, "main", None))}))
+"""
+
+
+@pytest.mark.env
+@pytest.mark.parametrize("name", [p.name for p in FOLDERS])
+def test_every_worker_implements_the_framework_interface(name: str) -> None:
+    """Each backend's worker module builds its framework with ``make_framework`` (a class
+    with every member of ftx.core.worker.framework.Framework, with the interface's
+    signatures) and runs it from ``main``; none sequences its own loop."""
+    from ftx.core.registry import specs
+
+    spec = specs()[name]
+    if not spec.trains:
+        pytest.skip(f"{name} does not train")
+    found = run_in_env(name, IMPLEMENTS, spec.worker)
+    assert found["problems"] == [], found
+    assert found["main"] and {"optimizer_step", "greedy", "save_state"} <= set(found["members"])
+    source = (ROOT / "backends" / name / "worker.py").read_text()
+    # the loop is the kit's: no worker walks the schedule or tracks the run itself
+    for sign in ("RunTracker", "while tracker.running", "schedule.step(", "HeldOut("):
+        assert sign not in source, sign
+    assert "train(make_framework(config, layout), config, layout)" in source or (
+        "return train(framework, config, layout)" in source
+    )

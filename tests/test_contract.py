@@ -22,7 +22,9 @@ from ftx.core.contract import (
     read_metrics,
     run_status,
 )
-from ftx.core.workerkit import Checkpoints, Rank, TrainerState, micro_batch_order
+from ftx.core.worker.checkpoints import Checkpoints, TrainerState
+from ftx.core.worker.framework import Rank
+from ftx.core.worker.schedule import micro_batch_order
 
 
 @pytest.fixture()

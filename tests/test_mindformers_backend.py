@@ -1,6 +1,7 @@
-"""The mindformers backend for real: MindFormers 1.9.0 on MindSpore 2.9.0 (CPU), tiny
-Llama and Qwen2 models, msrun with MindSpore's CPU collective, MindFormers' own config
-checks and loaders, outputs loaded by transformers and peft."""
+"""The mindformers backend for real, beyond the backend suite (tests/test_backend_suite.py):
+MindFormers 1.9.0 on MindSpore 2.9.0 (CPU), its own config checks and loaders on ftx's
+plans and exports, LoRA on a tiny Qwen2, msrun plans, the MCore path for Qwen3, and what
+it cannot express."""
 
 from __future__ import annotations
 
@@ -11,16 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_ftx, run_in_env
-from training import (
-    assert_one_plan_for_both_nodes,
-    free_port,
-    interrupted_run,
-    losses,
-    recipe,
-    rows,
-    train,
-    two_local_nodes,
-)
+from training import Runs, losses, recipe, train
 
 # Same weights, same batches, fp32: the frameworks differ only in summation order.
 TOLERANCE = 1e-4
@@ -103,28 +95,12 @@ def test_the_yaml_passes_mindformers_checks_and_builds(tmp_path: Path, tiny_qwen
     assert built["batches"] == 88 // 4 and built["labels_masked"] > 0
 
 
-@pytest.fixture(scope="module")
-def full_runs(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("mf-full")
-    path = recipe(tmp, tiny_llama, "output: {save_format: both}\n")
-    return {b: train(path, tmp / b, b) for b in ("torch", "mindformers")}
-
-
-def test_full_finetuning_matches_torch_step_for_step(full_runs: dict[str, Path]) -> None:
-    torch_rows, mf_rows = rows(full_runs["torch"]), rows(full_runs["mindformers"])
-    assert abs(mf_rows[0]["loss"] - torch_rows[0]["loss"]) <= TOLERANCE * torch_rows[0]["loss"]
-    for t, m in zip(torch_rows, mf_rows, strict=True):
-        assert m["step"] == t["step"] and m["tokens"] == t["tokens"]  # the same token stream
-        assert m["loss"] == pytest.approx(t["loss"], abs=TOLERANCE)
-        assert m["lr"] == pytest.approx(t["lr"], rel=1e-6, abs=1e-9)
-        assert m["grad_norm"] == pytest.approx(t["grad_norm"], rel=1e-4)
-        if "eval_loss" in t:
-            assert m["eval_loss"] == pytest.approx(t["eval_loss"], abs=TOLERANCE)
-    record = json.loads((full_runs["mindformers"] / "run.json").read_text())
-    assert record["status"] == "completed"
-    assert record["framework_versions"]["mindformers"] == "1.9.0"
-    launch = (full_runs["mindformers"] / "plan/launch.sh").read_text()
+def test_one_worker_runs_the_worker_module_itself(runs: Runs) -> None:
+    out = runs.get("mindformers")
+    launch = (out / "plan/launch.sh").read_text()
     assert "-m \\\n    ftx.backends.mindformers.worker" in launch
+    record = json.loads((out / "run.json").read_text())
+    assert record["framework_versions"]["mindformers"] == "1.9.0"
 
 
 MF_LOSS = """
@@ -161,10 +137,12 @@ with torch.no_grad():
 IDS = json.dumps([(7 * i + 11) % 700 + 6 for i in range(65)])
 
 
-def test_full_export_loads_in_transformers_with_the_mindformers_loss(
-    full_runs: dict[str, Path], tiny_llama: Path
+def test_the_kept_mindspore_checkpoint_gives_the_transformers_loss(
+    runs: Runs, tiny_llama: Path
 ) -> None:
-    out = full_runs["mindformers"]
+    """With save_format both, final/mindspore holds MindFormers' own .ckpt and YAML: read
+    back by MindFormers, it gives the loss transformers gives the HF export."""
+    out = runs.get("mindformers")
     final = out / "final"
     assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
     native = final / "mindspore"
@@ -181,8 +159,6 @@ def test_full_export_loads_in_transformers_with_the_mindformers_loss(
     base = run_in_env("torch", HF_LOSS, str(tiny_llama), IDS)
     assert abs(hf["loss"] - mf["loss"]) <= TOLERANCE
     assert abs(hf["loss"] - base["loss"]) > 1e-4  # the export is the trained model
-    torch_final = run_in_env("torch", HF_LOSS, str(full_runs["torch"] / "final"), IDS)
-    assert abs(torch_final["loss"] - hf["loss"]) <= 1e-3  # same batches, same end point
 
 
 def test_lora_on_qwen2_exports_a_peft_adapter_with_the_mindformers_loss(
@@ -222,47 +198,19 @@ def test_lora_on_qwen2_exports_a_peft_adapter_with_the_mindformers_loss(
     assert abs(merged["loss"] - peft["loss"]) <= TOLERANCE
 
 
-def reference_run(tmp_path: Path, tiny_llama: Path) -> Path:
-    """One worker with micro batch 4: the batches two workers of micro batch 2 share."""
-    return train(recipe(tmp_path, tiny_llama), tmp_path / "one", "mindformers")
-
-
-def test_msrun_two_workers_match_one(tmp_path: Path, tiny_llama: Path) -> None:
-    one = reference_run(tmp_path, tiny_llama)
-    port = free_port()
-    path = recipe(tmp_path, tiny_llama, f"parallel: {{nproc_per_node: 2, master_port: {port}}}")
-    path.write_text(path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2"))
-    out = train(path, tmp_path / "dp", "mindformers")
+def test_data_parallel_and_multi_node_plans_use_msrun(tmp_path: Path, tiny_llama: Path) -> None:
+    """What launch.sh and finetune.yaml say to msrun and MindFormers (the backend suite
+    trains both)."""
+    path = recipe(tmp_path, tiny_llama)
+    out = plan(path, tmp_path / "dp", "parallel.nproc_per_node=2", "train.micro_batch_size=2")
     launch = (out / "plan/launch.sh").read_text()
     assert "exec msrun" in launch and "--worker_num \\\n    2" in launch
     assert "mindformers_worker.py" in launch
-    assert (out / "logs/msrun/worker_1.log").exists()  # the second worker really ran
-    assert losses(out) == pytest.approx(losses(one), abs=TOLERANCE)
+    assert (out / "plan/mindformers_worker.py").exists()
     yaml_text = (out / "plan/finetune.yaml").read_text()
     assert "data_parallel: 2" in yaml_text and "use_parallel: true" in yaml_text
-
-
-def test_two_nodes_on_localhost_train_together(tmp_path: Path, tiny_llama: Path) -> None:
-    one = reference_run(tmp_path, tiny_llama)
-    _, port = two_local_nodes(tmp_path, tiny_llama, "mindformers")
-    launch = assert_one_plan_for_both_nodes(tmp_path, port)
-    assert '--node_rank \\\n    "${FTX_NODE_RANK}"' in launch
-    assert losses(tmp_path / "n0") == pytest.approx(losses(one), abs=TOLERANCE)
-
-
-def test_sigterm_saves_a_checkpoint_and_resume_continues_identically(
-    tmp_path: Path, tiny_llama: Path
-) -> None:
-    path = recipe(tmp_path, tiny_llama, steps=24)
-    reference = train(path, tmp_path / "reference", "mindformers")
-    out = tmp_path / "interrupted"
-    interrupted_run(path, out, "mindformers")
-    (checkpoint,) = (out / "checkpoints").iterdir()
-    assert 3 <= int(checkpoint.name.split("-")[1]) < 24
-    assert (checkpoint / "model.ckpt").exists() and (checkpoint / "optimizer.ckpt").exists()
-    train(path, out, "mindformers", "train.resume=auto")
-    assert losses(out) == pytest.approx(losses(reference), abs=1e-5)
-    assert (out / "final/model.safetensors").exists()
+    nodes = plan(path, tmp_path / "nodes", "parallel.nnodes=2", "parallel.master_addr=127.0.0.1")
+    assert '--node_rank \\\n    "${FTX_NODE_RANK}"' in (nodes / "plan/launch.sh").read_text()
 
 
 def test_what_mindformers_cannot_run_is_refused_with_the_key(
@@ -274,15 +222,10 @@ def test_what_mindformers_cannot_run_is_refused_with_the_key(
     out = plan(path, tmp_path / "p", "train.precision=bf16", "parallel.zero=1")
     text = (out / "plan/finetune.yaml").read_text()
     assert "compute_dtype: bfloat16" in text and "enable_parallel_optimizer: true" in text
-    for override, key in (
-        ("method.finetuning=prefix", "method.finetuning"),
-        ("method.finetuning=qlora", "method.finetuning"),
-        ("data.packing=true", "data.packing"),
-        ("train.epochs=1.5", "train.epochs"),
-    ):
-        extra = ["train.max_steps=null"] if "epochs" in override else []
-        refused = run_ftx("validate", str(path), "--backend", "mindformers", override, *extra)
-        assert refused.returncode == 2 and key in refused.stderr, refused.stderr
+    # (the backend suite checks every capability; these are MindFormers' own limits)
+    epochs = run_ftx("validate", str(path), "--backend", "mindformers", "train.epochs=1.5",
+                     "train.max_steps=null")  # fmt: skip
+    assert epochs.returncode == 2 and "train.epochs" in epochs.stderr, epochs.stderr
     dora = run_ftx(
         "validate", str(path), "--backend", "mindformers", "method.finetuning=lora",
         "method.lora.dora=true",

@@ -47,8 +47,9 @@ import json, sys, torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM
 from ftx.backends.torch import modeling
-from ftx.backends.torch.modeling import block_causal_mask, collate, token_loss_sum
+from ftx.backends.torch.modeling import block_causal_mask, device_batch, nll_sum
 from ftx.core.prepared import load_split, write_split
+from ftx.core.worker.objectives import NEXT_TOKEN_NLL as objective
 packed = load_split(Path(sys.argv[2]), "train")
 alone = load_split(Path(sys.argv[3]), "train")
 modeling._register_segment_attention()
@@ -66,21 +67,23 @@ for mode in ("segments", "block_mask"):
             if segments.max() < 2:
                 continue
             rows_checked += 1
-            batch = collate(packed, [r], 0, cpu)
+            host = objective.collate(packed, [r], 0)
+            batch = device_batch(host, cpu)
             if mode == "block_mask":
                 batch.pop("ftx_segments")
                 batch["attention_mask"] = block_causal_mask(torch.as_tensor(segments)[None].long())
-            inputs = {k: v for k, v in batch.items() if k not in ("labels", "token_mask")}
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", "targets")}
             logits = model(**inputs).logits[0]
-            loss_packed, n_packed = token_loss_sum(model, batch)
+            loss_packed, n_packed = nll_sum(model, batch), host.learned
             loss_alone, n_alone = 0.0, 0
             for seg in range(1, int(segments.max()) + 1):
                 piece = ids[segments == seg].tolist()
                 match = [i for i in range(len(alone)) if alone[i][0].tolist() == piece]
-                single = collate(alone, match[:1], 0, cpu)
+                one = objective.collate(alone, match[:1], 0)
+                single = device_batch(one, cpu)
                 ref = model(input_ids=single["input_ids"]).logits[0]
                 worst = max(worst, float((logits[segments == seg] - ref).abs().max()))
-                l, n = token_loss_sum(model, single)
+                l, n = nll_sum(model, single), one.learned
                 loss_alone, n_alone = loss_alone + float(l), n_alone + n
             worst = max(worst, abs(float(loss_packed) - loss_alone) / max(n_alone, 1))
             assert n_packed == n_alone

@@ -1,9 +1,11 @@
 """Helpers the backend training tests share: a small SFT recipe on a tiny model, its
-metrics, `ftx run` that must succeed, and a free port for launchers."""
+metrics, `ftx run` that must succeed, runs shared by the backend suite and the
+backend-specific tests, and a free port for launchers."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +13,8 @@ import time
 from pathlib import Path
 
 from conftest import FTX, ROOT, run_ftx, run_nodes
+from ftx.core.backend import Capabilities
+from ftx.core.registry import get_spec
 
 DATA = ROOT / "recipes" / "data"
 
@@ -119,3 +123,43 @@ def two_local_nodes(tmp_path: Path, model: Path, backend: str) -> tuple[Path, in
         tmp_path / "logs",
     )
     return tmp_path, port
+
+
+def capabilities(backend: str) -> Capabilities:
+    caps = get_spec(backend).capabilities
+    assert caps is not None
+    return caps
+
+
+class Runs:
+    """Runs made once per test session and shared by the backend suite and the
+    backend-specific tests: ``full`` (the recipe above, keeping the framework's own files
+    too) and ``lora`` (rank 4 on q/v, packed where the backend packs, merged)."""
+
+    def __init__(self, folder: Path, model: Path):
+        self.folder, self.model, self.made = folder, model, {}
+
+    def get(self, backend: str, kind: str = "full") -> Path:
+        key = f"{kind}-{backend}"
+        if key not in self.made:
+            folder = self.folder / key
+            shutil.rmtree(folder, ignore_errors=True)  # an earlier attempt that failed
+            folder.mkdir()
+            self.made[key] = train(self.recipe(folder, backend, kind), folder / "out", backend)
+        return self.made[key]
+
+    def recipe(self, folder: Path, backend: str, kind: str) -> Path:
+        if kind == "full":
+            return recipe(folder, self.model, "output: {save_format: both}\n")
+        path = recipe(
+            folder,
+            self.model,
+            "  save_steps: 2\n"
+            "method: {finetuning: lora, lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj]}}\n"
+            "output: {save_format: both, merge_lora: true}\n",
+        )
+        text = path.read_text().replace("method: {finetuning: full}\n", "")
+        if capabilities(backend).packing:
+            text = text.replace("max_seq_len: 64", "max_seq_len: 64\n  packing: true")
+        path.write_text(text.replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-2"))
+        return path

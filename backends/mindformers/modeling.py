@@ -22,7 +22,8 @@ import numpy as np
 from ftx.backends.mindformers.plan_files import FINETUNE_YAML
 from ftx.core.contract import RunLayout, WorkerConfig
 from ftx.core.errors import FtxError
-from ftx.core.prepared import IGNORE_INDEX, PreparedSplit
+from ftx.core.prepared import IGNORE_INDEX
+from ftx.core.worker.objectives import TokenBatch
 
 LORA = "mindpet_delta_lora"  # MindFormers' LoRA parameter names contain this
 DTYPE_KEYS = (
@@ -101,10 +102,10 @@ def load_hf_weights(net: Any, source: Path, config: Any) -> None:
 
 
 def start_lora_like_every_backend(net: Any, model_type: str, seed: int) -> None:
-    """Every LoRA A from ftx's seeded draw (ftx.core.workerkit.lora_a_init), the one the
+    """Every LoRA A from ftx's seeded draw (ftx.core.worker.rules.lora_a_init), the one the
     torch and paddle workers use too (by Hugging Face module name); B stays zero."""
     from ftx.core.convert.names import NameMap
-    from ftx.core.workerkit import lora_a_init
+    from ftx.core.worker.rules import lora_a_init
 
     names = NameMap(model_type, "mindspore", "hf")
     for param in net.get_parameters():
@@ -122,26 +123,19 @@ def trainable(net: Any) -> list[Any]:
     return list(net.trainable_params())
 
 
-def fixed_batch(split: PreparedSplit, indices: list[int], pad_id: int, width: int) -> dict:
-    """A micro-batch as MindFormers' legacy models take it: rows of seq_length + 1
+def fixed_rows(host: TokenBatch, pad_id: int, width: int) -> dict[str, np.ndarray]:
+    """A host micro-batch as MindFormers' legacy models take it: rows of seq_length + 1
     (``width``) tokens, padded with pad_id, labels -100 there, and a loss mask over the
     positions whose next token is learned (the model drops the last input token and the
     first label). Fixed width: the model's causal mask is built for seq_length."""
-    padded = split.padded(indices, pad_id)
-    rows, length = padded["input_ids"].shape
+    rows, length = host.arrays["input_ids"].shape
     ids = np.full((rows, width), pad_id, dtype=np.int32)
     labels = np.full((rows, width), IGNORE_INDEX, dtype=np.int32)
-    ids[:, :length] = padded["input_ids"]
-    labels[:, :length] = padded["labels"]
+    ids[:, :length] = host.arrays["input_ids"]
+    labels[:, :length] = host.arrays["labels"]
     loss_mask = np.zeros((rows, width), dtype=np.float32)
     loss_mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return {
-        "input_ids": ids,
-        "labels": labels,
-        "loss_mask": loss_mask,
-        "learned": int(loss_mask.sum()),
-        "tokens": int(padded["token_mask"].sum()),
-    }
+    return {"input_ids": ids, "labels": labels, "loss_mask": loss_mask}
 
 
 def write_hf_model(net: Any, model_type: str, folder: Path) -> None:

@@ -465,7 +465,7 @@ def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
         files[WORKER_SCRIPT] = (
             f"# The {SPEC.worker} module as a script, for msrun.\n"
             "import sys\n\n"
-            "from ftx.core.workerkit import run_worker\n"
+            "from ftx.core.worker.entry import run_worker\n"
             f"from {SPEC.worker} import main\n\n"
             "sys.exit(run_worker(main))\n"
         )

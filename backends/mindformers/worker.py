@@ -1,18 +1,20 @@
-"""The mindformers worker: runs inside the mindformers environment, started by launch.sh.
+"""The mindformers worker: the MindFormers framework of the one training loop, and its
+entry point.
 
     python -m ftx.backends.mindformers.worker plan/worker.json          # one worker
     msrun --worker_num 2 ... plan/mindformers_worker.py plan/worker.json  # data parallel
 
-The model is MindFormers' own, built from ``OUT/plan/finetune.yaml`` (see
-:mod:`ftx.backends.mindformers.modeling`), and its loss is MindFormers' own. On Ascend
-MindFormers' Trainer could run that YAML as it is; on CPU it stops at the Ascend-only
-overflow check of its MFTrainOneStepCell (NPUGetFloatStatusV2), so this worker trains
-with MindSpore's step: ``value_and_grad`` compiled with ``ms.jit``, the YAML's AdamW
-(MindFormers' ``AdamW``) and warm-up schedule (MindFormers' ``*WithWarmUpLR``), global
-norm clipping as torch does it, on the worker kit (ftx.core.workerkit): the same
-example order as every backend, a loss normalised by the learned tokens across
-accumulation and workers, the shared metrics, atomic checkpoints, a checkpoint on SIGTERM.
-Workers started by msrun join MindSpore's CPU collective (mccl) and all-reduce gradients.
+The entry point (:func:`main`) keeps what is MindSpore's alone: msrun's scheduler
+process, and on Ascend the hand-off of ``finetune.yaml`` to MindFormers' own Trainer.
+Everywhere else :class:`MindFormers` implements :class:`ftx.core.worker.framework.Framework`
+and :func:`ftx.core.worker.loop.train` runs the loop. The model is MindFormers' own,
+built from ``OUT/plan/finetune.yaml`` (see :mod:`ftx.backends.mindformers.modeling`),
+and so is its loss. On CPU MindFormers' Trainer stops at the Ascend-only overflow check
+of its MFTrainOneStepCell (NPUGetFloatStatusV2), so the step is MindSpore's:
+``value_and_grad`` compiled with ``ms.jit`` (the objective's formula traced into it),
+the YAML's AdamW (MindFormers' ``AdamW``) and warm-up schedule (MindFormers'
+``*WithWarmUpLR``), clipping by torch's rule. Workers started by msrun join MindSpore's
+CPU collective (mccl) and all-reduce gradients.
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
-import random
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mindspore as ms
 import numpy as np
@@ -34,7 +35,7 @@ from mindspore import Tensor, ops
 from ftx.backends.mindformers.modeling import (
     build_model,
     cpu_profile,
-    fixed_batch,
+    fixed_rows,
     load_hf_weights,
     on_ascend,
     read_yaml,
@@ -44,111 +45,242 @@ from ftx.backends.mindformers.modeling import (
     write_mindformers_adapter,
 )
 from ftx.backends.mindformers.plan_files import FINETUNE_YAML
-from ftx.core.contract import MetricsLog, RunLayout, WorkerConfig
-from ftx.core.convert.convert import copy_side_files
+from ftx.core.contract import RunLayout, WorkerConfig
 from ftx.core.errors import FtxError
-from ftx.core.heldout import HeldOut
 from ftx.core.nodes import NODE_RANK
-from ftx.core.prepared import PreparedSplit, load_split, read_manifest
-from ftx.core.workerkit import (
-    Checkpoints,
-    Rank,
-    RunTracker,
-    Schedule,
-    StepResult,
-    StopSignal,
-    TrainerState,
-    run_worker,
-    write_final,
-)
+from ftx.core.prepared import IGNORE_INDEX, PreparedSplit, read_manifest
+from ftx.core.worker.entry import run_worker
+from ftx.core.worker.framework import ModelSize, Rank, StepOutput
+from ftx.core.worker.heldout import greedy_by_next_token
+from ftx.core.worker.loop import train
+from ftx.core.worker.objectives import Objective, StepTotals, TokenBatch
+from ftx.core.worker.rules import clip_coefficient, decays
+from ftx.core.worker.schedule import Schedule
 
 
-def main(config: WorkerConfig, layout: RunLayout) -> int:
-    if os.environ.get("MS_ROLE") == "MS_SCHED":
-        return schedule_the_cluster()
-    t = config.train
-    os.environ.setdefault("LOCAL_DEFAULT_PATH", str(layout.root / "native"))
-    yaml_config = read_yaml(layout)
-    if on_ascend():
-        return run_mindformers_trainer(yaml_config)
-    cpu_profile(yaml_config)
-    rank = start_processes()
-    ms.set_seed(t.seed)
-    random.seed(t.seed)
-    np.random.seed(t.seed % 2**32)
+class MindFormers:
+    """MindFormers' model on MindSpore (CPU kernels) behind the framework interface."""
 
-    prepared = layout.at(config.data.prepared)
-    pad_id = read_manifest(prepared)["pad_token_id"]
-    train, val = load_split(prepared, "train"), load_split(prepared, "val")
-    assert train is not None, f"{prepared} has no train split"
-    width = config.data.max_seq_len + 1
-    net = build_model(yaml_config)
-    load_hf_weights(net, Path(config.model.path), yaml_config)
-    model_type = json.loads((Path(config.model.path) / "config.json").read_text())["model_type"]
-    if config.method.finetuning == "lora":
-        start_lora_like_every_backend(net, model_type, t.seed)
-    schedule = Schedule.plan(len(train), t, rank.world)
-    lr_schedule = build_lr_schedule(yaml_config, schedule)
-    optimizer = build_optimizer(net, yaml_config, lr_schedule)
-    step = TrainStep(net, optimizer, rank, t.max_grad_norm)
-    stop = StopSignal()
+    adapter_format: Literal["peft", "native"] = "native"  # MindFormers' mindpet_delta_lora_*
+    native_name: str | None = "mindspore"
+    collective_forward = False
 
-    tracker = RunTracker(
-        config,
-        layout,
-        rank,
-        schedule,
-        len(train),
-        stop=stop,
-        metrics=metrics_log(config, layout, rank),
-        save=lambda folder: save_checkpoint(folder, net, optimizer, rank),
-        evaluate=(lambda: step.eval_loss(val, t.micro_batch_size, pad_id, width)) if val else None,
-    )
-    resumed = tracker.resume(lambda folder: load_checkpoint(folder, net, optimizer))
-    held_out = HeldOut(
-        config,
-        layout,
-        prepared,
-        rank,
-        resumed,
-        next_token_of(net, width - 1, pad_id),
-        net.set_train,
-    )
-    held_out.exact_match("before")
+    def __init__(self, yaml_config: Any):
+        self.yaml = yaml_config
 
-    params = sum(int(np.prod(p.shape)) for p in net.get_parameters())
-    tracker.start(params, sum(int(np.prod(p.shape)) for p in trainable(net)))
-    net.set_train(True)
-    while tracker.running:
-        indices = schedule.step(tracker.state.step, rank.rank)
-        batches = [fixed_batch(train, b, pad_id, width) for b in indices]
-        result = step(batches)
-        done = tracker.state.step + 1
+    # ---------------------------------------------------------------- processes
+
+    def start(self, config: WorkerConfig, layout: RunLayout) -> Rank:
+        self.config, self.layout = config, layout
+        cpu_profile(self.yaml)
+        self.rank = start_processes()
+        self._reduce = ops.AllReduce() if self.rank.world > 1 else None
+        return self.rank
+
+    def seed(self, seed: int) -> None:
+        ms.set_seed(seed)
+
+    def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
+        if self._reduce is None:
+            return list(values)
+        summed = self._reduce(Tensor(np.array(values, dtype=np.float32)))
+        return [float(v) for v in summed.asnumpy()]
+
+    def accelerator(self) -> str | None:
+        return None  # the CPU worker; Ascend runs MindFormers' Trainer (see main)
+
+    # ---------------------------------------------------------------- construction
+
+    def build(
+        self,
+        config: WorkerConfig,
+        layout: RunLayout,
+        split: PreparedSplit,
+        schedule: Schedule,
+        objective: Objective,
+    ) -> ModelSize:
+        self.objective = objective
+        self.width = config.data.max_seq_len + 1  # rows of seq_length + 1 tokens
+        self.pad_id = int(read_manifest(layout.at(config.data.prepared))["pad_token_id"])
+        net = build_model(self.yaml)
+        load_hf_weights(net, Path(config.model.path), self.yaml)
+        self.model_type = json.loads((Path(config.model.path) / "config.json").read_text())[
+            "model_type"
+        ]
+        if config.method.finetuning == "lora":
+            start_lora_like_every_backend(net, self.model_type, config.train.seed)
+        self.net = net
+        self.lr_schedule = build_lr_schedule(self.yaml, schedule)
+        self.optimizer = build_optimizer(net, self.yaml, self.lr_schedule)
+        self.step = TrainStep(net, self.optimizer, objective, config.train.max_grad_norm)
+        net.set_train(True)
+        params = sum(int(np.prod(p.shape)) for p in net.get_parameters())
+        return ModelSize(params, sum(int(np.prod(p.shape)) for p in trainable(net)))
+
+    # ---------------------------------------------------------------- one step
+
+    def optimizer_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
+        """Each micro-batch's loss is MindFormers' own, its mean over the batch's learned
+        tokens (the statistic reduced by "mean"), weighted by the objective; gradients are
+        summed over micro-batches, all-reduced and divided by the world size."""
+        grads: tuple | None = None
+        loss_sum: Tensor | None = None
+        # MindFormers' mean times the weight, times the step's learned tokens per rank, is
+        # the micro-batch's NLL sum (what the loop logs), still on the device.
+        per_rank = max(totals.learned, 1.0) / totals.world
+        for host in batches:
+            rows = fixed_rows(host, self.pad_id, self.width)
+            weight = Tensor(self.objective.weight(host, totals, "mean"), ms.float32)
+            loss, g = self.step.gradients(
+                Tensor(rows["input_ids"]), Tensor(rows["labels"]), Tensor(rows["loss_mask"]), weight
+            )
+            part = loss * per_rank
+            loss_sum = part if loss_sum is None else loss_sum + part
+            grads = g if grads is None else tuple(a + c for a, c in zip(grads, g, strict=True))
+        assert grads is not None and loss_sum is not None
+        if self._reduce is not None:
+            grads = tuple(self._reduce(g) / self.rank.world for g in grads)
+        # mutable: one compiled update for every step (a tuple of tensors would be a constant)
+        norm = self.step.update(ms.mutable(grads))
+        # One read-back per step for the loss and the norm: each read waits for the device.
+        local_loss, norm_value = (
+            float(v) for v in ops.concat([loss_sum.reshape(1), norm.reshape(1)]).asnumpy()
+        )
+        return StepOutput(local_loss, norm_value)
+
+    def learning_rate(self, step: int) -> float:
         # The schedule is a small MindSpore graph: evaluated only for the rows that log it.
-        logged = done % t.logging_steps == 0 or done == schedule.total_steps
-        lr = float(lr_schedule(Tensor(done, ms.int32))) if logged else 0.0
-        tracker.step_done(result, lr=lr)
-    stopped = tracker.finish()
-    if stopped is not None:
-        return stopped
+        return float(self.lr_schedule(Tensor(step, ms.int32)))
 
-    held_out.exact_match("after")
-    write_final(
-        layout,
-        rank,
-        lambda folder: write_hf_final(folder, net, config, yaml_config, model_type, rank),
-    )
-    tracker.done()
-    return 0
+    # ---------------------------------------------------------------- evaluation
+
+    def eval_nll(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
+        """MindFormers' mean loss of each counted batch with learned tokens, times their
+        number (its loss is computed in training mode, where the network returns it)."""
+        total, count = 0.0, 0
+        for host, counted in batches:
+            if counted and host.learned:
+                rows = fixed_rows(host, self.pad_id, self.width)
+                mean = self.step.loss(
+                    Tensor(rows["input_ids"]), Tensor(rows["labels"]), Tensor(rows["loss_mask"])
+                )
+                total, count = total + float(mean) * host.learned, count + host.learned
+        return total, count
+
+    def token_logprobs(self, batch: TokenBatch) -> Tensor:
+        """From the evaluation forward's logits (the network returns logits only when not
+        training), over seq_length positions."""
+        rows = fixed_rows(batch, self.pad_id, self.width)
+        targets = batch.arrays["targets"]
+        self.net.set_train(False)
+        logits = self.step.logits(Tensor(rows["input_ids"][:, : self.width - 1]))
+        self.net.set_train(True)
+        logp = ops.log_softmax(logits[:, : targets.shape[1]].astype(ms.float32), -1)
+        index = Tensor(np.where(targets == IGNORE_INDEX, 0, targets)[..., None].astype(np.int32))
+        picked = ops.gather_elements(logp, 2, index).squeeze(-1)
+        return picked * Tensor((targets != IGNORE_INDEX).astype(np.float32))
+
+    def greedy(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: frozenset[int]
+    ) -> list[list[int]]:
+        """The evaluation forward takes exactly seq_length tokens (its causal mask's size),
+        so each prompt is padded on the right, which a causal model never sees from the
+        earlier positions. Compiled once: in PyNative a forward per generated token made
+        held-out scoring take minutes."""
+        seq_length = self.width - 1
+
+        def next_token(ids: list[int]) -> int | None:
+            if len(ids) >= seq_length:
+                return None  # no room left: the answer ends here
+            row = np.full((1, seq_length), self.pad_id, dtype=np.int32)
+            row[0, : len(ids)] = ids
+            return int(self.step.logits(Tensor(row)).asnumpy()[0, len(ids) - 1].argmax())
+
+        self.net.set_train(False)
+        answers = greedy_by_next_token(next_token, prompts, max_new_tokens, stop)
+        self.net.set_train(True)
+        return answers
+
+    # ---------------------------------------------------------------- state
+
+    def save_state(self, folder: Path) -> None:
+        """Trainable weights and the optimizer (moments, step count) in MindSpore's .ckpt
+        format (rank 0: data parallel keeps every worker's copy equal)."""
+        if not self.rank.main:
+            return
+        weights = [{"name": p.name, "data": p} for p in trainable(self.net)]
+        ms.save_checkpoint(weights, str(folder / "model.ckpt"))
+        ms.save_checkpoint(self.optimizer, str(folder / "optimizer.ckpt"))
+
+    def load_state(self, folder: Path) -> None:
+        ms.load_param_into_net(self.net, ms.load_checkpoint(str(folder / "model.ckpt")))
+        ms.load_param_into_net(self.optimizer, ms.load_checkpoint(str(folder / "optimizer.ckpt")))
+
+    # ---------------------------------------------------------------- outputs
+
+    def save_model(self, folder: Path) -> None:
+        """The full model's weights as HF safetensors, with the base's config.json."""
+        if self.rank.main:
+            write_hf_model(self.net, self.model_type, folder)
+            shutil.copy2(Path(self.config.model.path) / "config.json", folder / "config.json")
+
+    def save_native(self, folder: Path) -> None:
+        """finetune.yaml with the model's .ckpt, or the adapter as MindFormers keeps it."""
+        if not self.rank.main:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.layout.plan / FINETUNE_YAML, folder / FINETUNE_YAML)
+        if self.config.method.finetuning == "lora":
+            pet = self.yaml.model.model_config.pet_config
+            write_mindformers_adapter(self.net, self.config, pet, folder)
+        else:
+            ms.save_checkpoint(self.net, str(folder / "model.ckpt"))
+
+    def save_merged(self, folder: Path) -> bool:
+        return False  # ftx merges the converted PEFT adapter
+
+    def summary_writer(self, folder: Path) -> Any:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter(str(folder))
 
 
-def run_mindformers_trainer(yaml_config: Any) -> int:
-    """On Ascend: MindFormers' own Trainer runs finetune.yaml as it is (its checkpoints,
-    logs and loss monitor under OUT/native). Not exercised here: no Ascend machine."""
-    from mindformers import Trainer
+class TrainStep:
+    """The compiled parts of the network's use: the gradients of one micro-batch's weighted
+    loss, the update, the loss alone and the evaluation forward's logits.
 
-    Trainer(args=yaml_config, task="text_generation").finetune()
-    return 0
+    The objective's formula is traced into the compiled gradient function (``ms.jit`` reads
+    :meth:`ftx.core.worker.objectives.Objective.loss` like the rest of ``_weighted_loss``);
+    the weight comes in as a Tensor, so one compiled graph serves every micro-batch."""
+
+    def __init__(self, net: Any, optimizer: Any, objective: Objective, max_grad_norm: float):
+        self.net, self.optimizer, self.objective = net, optimizer, objective
+        self.max_grad_norm = max_grad_norm
+        grad = ms.value_and_grad(self._weighted_loss, None, optimizer.parameters)
+        self.gradients = ms.jit(grad)
+        self.loss = ms.jit(self._forward)
+        self.update = ms.jit(self._apply)
+        self.logits = ms.jit(self._logits)  # the evaluation forward (the network not training)
+
+    def _forward(self, ids: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+        return self.net(ids, labels, loss_mask=mask)  # MindFormers' mean over the mask
+
+    def _logits(self, ids: Tensor) -> Tensor:
+        return self.net(ids)[0]
+
+    def _weighted_loss(self, ids: Tensor, labels: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
+        return self.objective.loss(self._forward(ids, labels, mask), weight)
+
+    def _apply(self, grads: tuple) -> Tensor:
+        """Clip by torch's rule (ftx.core.worker.rules.clip_coefficient, clamped at 1), step
+        AdamW; return the norm before clipping. One compiled graph: the same work per
+        tensor in PyNative cost a third of a small model's step."""
+        norm = ops.sqrt(ops.addn([ops.square(g).sum() for g in grads]))
+        if self.max_grad_norm > 0:
+            coef = ops.clamp(clip_coefficient(norm, self.max_grad_norm), max=1.0)
+            grads = tuple(g * coef for g in grads)
+        self.optimizer(grads)
+        return norm
 
 
 # --------------------------------------------------------------------------- processes
@@ -177,31 +309,8 @@ def start_processes() -> Rank:
     from mindspore.communication import get_group_size, get_local_rank, get_rank, init
 
     init()
-    rank = Rank(get_rank(), get_group_size(), get_local_rank())
-    return Rank(rank.rank, rank.world, rank.local_rank, lambda: all_reduce_sum([0.0], rank))
-
-
-_ALL_REDUCE: Any = None
-
-
-def all_reduce_sum(values: list[float], rank: Rank) -> list[float]:
-    """Sum a few numbers over all workers."""
-    if rank.world == 1:
-        return values
-    global _ALL_REDUCE
-    _ALL_REDUCE = _ALL_REDUCE or ops.AllReduce()
-    summed = _ALL_REDUCE(Tensor(np.array(values, dtype=np.float32)))
-    return [float(v) for v in summed.asnumpy()]
-
-
-def metrics_log(config: WorkerConfig, layout: RunLayout, rank: Rank) -> MetricsLog:
-    """metrics.jsonl, and TensorBoard event files (tensorboardX) when the recipe asks."""
-    if config.output.report_to != "tensorboard" or not rank.main:
-        return MetricsLog(layout)
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(str(layout.tensorboard))
-    return MetricsLog(layout, writer.add_scalar, writer.close)
+    reduce = ops.AllReduce()
+    return Rank(get_rank(), get_group_size(), get_local_rank(), lambda: reduce(Tensor([0.0])))
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -221,7 +330,7 @@ def build_lr_schedule(yaml_config: Any, schedule: Schedule) -> Any:
 
 def build_optimizer(net: Any, yaml_config: Any, lr_schedule: Any) -> Any:
     """The YAML's optimizer (MindFormers' AdamW: torch's update rule) with no weight decay
-    on biases and norm weights, as the torch worker does."""
+    on biases and norm weights (ftx.core.worker.rules.decays)."""
     from mindformers.core.optim import AdamW
 
     settings = yaml_config.optimizer
@@ -232,11 +341,12 @@ def build_optimizer(net: Any, yaml_config: Any, lr_schedule: Any) -> Any:
             fix="set optimizer.type: AdamW",
         )
     params = trainable(net)
-    decay = [p for p in params if len(p.shape) >= 2 and "norm" not in p.name]
-    flat = [p for p in params if not (len(p.shape) >= 2 and "norm" not in p.name)]
     groups = [
-        {"params": decay, "weight_decay": float(settings.weight_decay)},
-        {"params": flat, "weight_decay": 0.0},
+        {
+            "params": [p for p in params if decays(p.name, p.shape)],
+            "weight_decay": float(settings.weight_decay),
+        },
+        {"params": [p for p in params if not decays(p.name, p.shape)], "weight_decay": 0.0},
     ]
     return AdamW(
         [g for g in groups if g["params"]],
@@ -246,188 +356,34 @@ def build_optimizer(net: Any, yaml_config: Any, lr_schedule: Any) -> Any:
     )
 
 
-# --------------------------------------------------------------------------- one step
+# --------------------------------------------------------------------------- entry point
 
 
-class TrainStep:
-    """Forward/backward over this worker's micro-batches, all-reduce, clip, AdamW.
+def run_mindformers_trainer(yaml_config: Any) -> int:
+    """On Ascend: MindFormers' own Trainer runs finetune.yaml as it is (its checkpoints,
+    logs and loss monitor under OUT/native). Not exercised here: no Ascend machine."""
+    from mindformers import Trainer
 
-    Each micro-batch's mean loss (MindFormers' own) is scaled to its token-loss sum over
-    the learned tokens of the whole step on every worker, times the world size: the
-    all-reduced gradient divided by the world size is then the step's token mean, as on
-    every backend.
-    """
-
-    def __init__(self, net: Any, optimizer: Any, rank: Rank, max_grad_norm: float):
-        self.net, self.optimizer, self.rank, self.max_grad_norm = (
-            net,
-            optimizer,
-            rank,
-            max_grad_norm,
-        )
-        self.params = optimizer.parameters
-        grad = ms.value_and_grad(self._scaled_loss, None, self.params)
-        self._grad = ms.jit(grad)
-        self._loss = ms.jit(self._forward)
-        self._update = ms.jit(self._apply)
-        self._reduce = ops.AllReduce() if rank.world > 1 else None
-
-    def _forward(self, ids: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-        return self.net(ids, labels, loss_mask=mask)
-
-    def _scaled_loss(self, ids: Tensor, labels: Tensor, mask: Tensor, scale: Tensor) -> Tensor:
-        return self._forward(ids, labels, mask) * scale
-
-    def _apply(self, grads: tuple) -> Tensor:
-        """Clip as torch's clip_grad_norm_ does (scale by max_norm / (norm + 1e-6) when that
-        is below 1), step AdamW; return the norm before clipping. One compiled graph: the
-        same work per tensor in PyNative cost a third of a small model's step."""
-        norm = ops.sqrt(ops.addn([ops.square(g).sum() for g in grads]))
-        if self.max_grad_norm > 0:
-            coef = ops.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
-            grads = tuple(g * coef for g in grads)
-        self.optimizer(grads)
-        return norm
-
-    def __call__(self, batches: list[dict]) -> StepResult:
-        local = [
-            float(sum(b["learned"] for b in batches)),
-            float(sum(b["tokens"] for b in batches)),
-        ]
-        learned, tokens = all_reduce_sum(local, self.rank)
-        per_token = max(learned, 1.0) / self.rank.world  # scaled loss -> token-loss sum
-        grads: tuple | None = None
-        loss_sum: Tensor | None = None
-        for b in batches:
-            scale = Tensor(b["learned"] / per_token, ms.float32)
-            loss, g = self._grad(
-                Tensor(b["input_ids"]), Tensor(b["labels"]), Tensor(b["loss_mask"]), scale
-            )
-            part = loss * per_token  # this micro-batch's token-loss sum, still on the device
-            loss_sum = part if loss_sum is None else loss_sum + part
-            grads = g if grads is None else tuple(a + c for a, c in zip(grads, g, strict=True))
-        assert grads is not None and loss_sum is not None
-        if self._reduce is not None:
-            grads = tuple(self._reduce(g) / self.rank.world for g in grads)
-        # mutable: one compiled update for every step (a tuple of tensors would be a constant)
-        norm = self._update(ms.mutable(grads))
-        # One read-back per step for the loss and the norm: each read waits for the device.
-        local_loss, norm_value = (
-            float(v) for v in ops.concat([loss_sum.reshape(1), norm.reshape(1)]).asnumpy()
-        )
-        (global_loss,) = all_reduce_sum([local_loss], self.rank)
-        return StepResult(global_loss, int(learned), int(tokens), norm_value)
-
-    def eval_loss(self, split: PreparedSplit, batch_size: int, pad_id: int, width: int) -> float:
-        """Token-weighted loss over a split, sharded over workers."""
-        mine = list(range(self.rank.rank, len(split), self.rank.world))
-        total, count = 0.0, 0
-        for start in range(0, len(mine), batch_size):
-            b = fixed_batch(split, mine[start : start + batch_size], pad_id, width)
-            if b["learned"]:
-                mean = self._loss(
-                    Tensor(b["input_ids"]), Tensor(b["labels"]), Tensor(b["loss_mask"])
-                )
-                total, count = total + float(mean) * b["learned"], count + b["learned"]
-        total, count = all_reduce_sum([total, float(count)], self.rank)
-        return total / max(count, 1)
+    Trainer(args=yaml_config, task="text_generation").finetune()
+    return 0
 
 
-def next_token_of(net: Any, seq_length: int, pad_id: int) -> Any:
-    """The greedy next token after a list of token ids: the model's evaluation forward
-    takes exactly seq_length tokens (its causal mask's size), so the prompt is padded on
-    the right, which a causal model never sees from the earlier positions. Compiled once
-    (ms.jit): in PyNative a forward per generated token made held-out scoring take minutes."""
-
-    @ms.jit
-    def logits_of(row: Tensor) -> Tensor:
-        return net(row)[0]
-
-    def next_token(ids: list[int]) -> int | None:
-        if len(ids) >= seq_length:
-            return None  # no room left: the answer ends here
-        row = np.full((1, seq_length), pad_id, dtype=np.int32)
-        row[0, : len(ids)] = ids
-        return int(logits_of(Tensor(row)).asnumpy()[0, len(ids) - 1].argmax())
-
-    return next_token
+def make_framework(config: WorkerConfig, layout: RunLayout) -> MindFormers:
+    """This backend's framework for the run ``config`` describes (the plan's finetune.yaml;
+    MindFormers writes its logs under LOCAL_DEFAULT_PATH)."""
+    os.environ.setdefault("LOCAL_DEFAULT_PATH", str(layout.root / "native"))
+    return MindFormers(read_yaml(layout))
 
 
-# --------------------------------------------------------------------------- outputs
-
-
-def save_checkpoint(folder: Path, net: Any, optimizer: Any, rank: Rank) -> None:
-    """Trainable weights, the optimizer (moments, step count) and RNG state (rank 0:
-    data parallel keeps every worker's copy equal), in MindSpore's .ckpt format."""
-    if not rank.main:
-        return
-    weights = [{"name": p.name, "data": p} for p in trainable(net)]
-    ms.save_checkpoint(weights, str(folder / "model.ckpt"))
-    ms.save_checkpoint(optimizer, str(folder / "optimizer.ckpt"))
-    with (folder / "rng_state.pkl").open("wb") as handle:  # read back by this worker only
-        pickle.dump({"python": random.getstate(), "numpy": np.random.get_state()}, handle)
-
-
-def load_checkpoint(folder: Path, net: Any, optimizer: Any) -> TrainerState:
-    ms.load_param_into_net(net, ms.load_checkpoint(str(folder / "model.ckpt")))
-    ms.load_param_into_net(optimizer, ms.load_checkpoint(str(folder / "optimizer.ckpt")))
-    with (folder / "rng_state.pkl").open("rb") as handle:
-        rng = pickle.load(handle)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    return Checkpoints.state_of(folder)
-
-
-def write_hf_final(
-    folder: Path, net: Any, config: WorkerConfig, yaml_config: Any, model_type: str, rank: Rank
-) -> None:
-    """OUT/final in Hugging Face format: the full model's safetensors, or a PEFT adapter
-    converted by ftx from the MindFormers LoRA weights (kept as MindFormers wrote them in
-    final/mindspore for save_format both, final itself for native). final/merged too when
-    asked."""
-    if not rank.main:
-        return
-    fmt, source = config.output.save_format, Path(config.model.path)
-    lora = config.method.finetuning == "lora"
-    if fmt in ("native", "both"):
-        native = folder if fmt == "native" else folder / "mindspore"
-        native.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(config_path(folder), native / FINETUNE_YAML)
-        if lora:
-            write_mindformers_adapter(
-                net, config, yaml_config.model.model_config.pet_config, native
-            )
-        else:
-            ms.save_checkpoint(net, str(native / "model.ckpt"))
-        if fmt == "native":
-            copy_side_files(source, folder)
-            return
-    if not lora:
-        write_hf_model(net, model_type, folder)
-        shutil.copy2(source / "config.json", folder / "config.json")
-        copy_side_files(source, folder)
-        return
-    from ftx.core.convert.adapters import convert_adapter
-    from ftx.core.convert.merge_lora import merge_lora
-
-    staged = folder / ".mindformers-adapter"
-    write_mindformers_adapter(net, config, yaml_config.model.model_config.pet_config, staged)
-    convert_adapter(staged, folder / ".hf", "hf")
-    shutil.rmtree(staged)
-    for item in (folder / ".hf").iterdir():
-        item.replace(folder / item.name)
-    (folder / ".hf").rmdir()
-    copy_side_files(source, folder)
-    if config.output.merge_lora:
-        merged = folder.with_name(f"{folder.name}.merged")
-        merge_lora(source, folder, merged, force=True)
-        copy_side_files(source, merged)
-        merged.replace(folder / "merged")
-
-
-def config_path(final: Path) -> Path:
-    """OUT/plan/finetune.yaml, seen from the staged final folder (OUT/.final.partial)."""
-    return final.parent / "plan" / FINETUNE_YAML
+def main(config: WorkerConfig, layout: RunLayout) -> int:
+    """msrun's scheduler process hosts the cluster; on Ascend MindFormers' own Trainer runs
+    the plan; everywhere else ftx's loop."""
+    if os.environ.get("MS_ROLE") == "MS_SCHED":
+        return schedule_the_cluster()
+    framework = make_framework(config, layout)
+    if on_ascend():
+        return run_mindformers_trainer(framework.yaml)
+    return train(framework, config, layout)
 
 
 if __name__ == "__main__":

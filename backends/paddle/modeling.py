@@ -1,4 +1,5 @@
-"""PaddleFormers model loading (HF safetensors read directly), LoRA, batches and the loss.
+"""PaddleFormers model loading (HF safetensors read directly), LoRA, batches, the NLL and
+per-token log-probabilities.
 
 Runs inside the paddle environment. The model is PaddleFormers' own
 (``AutoModelForCausalLM``), read from the Hugging Face folder with
@@ -20,8 +21,9 @@ import paddle
 from ftx.backends.paddle.plan_files import LORA_CONFIG
 from ftx.core.contract import RunLayout, WorkerConfig
 from ftx.core.errors import FtxError
-from ftx.core.prepared import IGNORE_INDEX, PreparedSplit
-from ftx.core.workerkit import segment_spans
+from ftx.core.prepared import IGNORE_INDEX
+from ftx.core.worker.objectives import TokenBatch
+from ftx.core.worker.rules import segment_spans
 
 
 def on_gpu() -> bool:
@@ -92,9 +94,9 @@ def load_model(config: WorkerConfig, layout: RunLayout, rank: int, packed: bool)
 
 
 def start_lora_like_every_backend(model: Any, seed: int) -> None:
-    """Every LoRA A from ftx's seeded draw (ftx.core.workerkit.lora_a_init), the one the
+    """Every LoRA A from ftx's seeded draw (ftx.core.worker.rules.lora_a_init), the one the
     torch and mindformers workers use too (Paddle keeps A as [in, rank]); B stays zero."""
-    from ftx.core.workerkit import hf_module, lora_a_init
+    from ftx.core.worker.rules import hf_module, lora_a_init
 
     for name, param in model.named_parameters():
         if not name.endswith(".lora_A"):
@@ -124,14 +126,15 @@ def trainable(model: Any) -> list[Any]:
     return [p for p in model.parameters() if not p.stop_gradient]
 
 
-def collate(split: PreparedSplit, indices: list[int], pad_id: int) -> dict[str, paddle.Tensor]:
-    """Pad a micro-batch to its longest row (labels -100 on padding), right-padded, so
-    plain causal attention never lets a real token see padding.
+def device_batch(host: TokenBatch) -> dict[str, paddle.Tensor]:
+    """A host micro-batch (ftx.core.worker.objectives: right-padded, so plain causal
+    attention never lets a real token see padding) as the model's inputs and ``targets``.
 
-    Packed rows also get position_ids (restarting per example) and FlashMask row indices:
+    Packed rows keep position_ids (restarting per example) and get FlashMask row indices:
     for each column, the first row that may no longer see it (the end of its example).
     """
-    batch = split.padded(indices, pad_id)
+    batch = dict(host.arrays)
+    batch.pop("token_mask")
     segments = batch.pop("segment_ids", None)
     if segments is not None:
         ends = np.full(segments.shape, segments.shape[1], dtype=np.int32)
@@ -142,28 +145,34 @@ def collate(split: PreparedSplit, indices: list[int], pad_id: int) -> dict[str, 
     return {k: paddle.to_tensor(v) for k, v in batch.items()}
 
 
-def shifted_targets(batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
-    """Next-token targets; in packed rows an example's first token is never a target."""
-    targets = batch["labels"][:, 1:]
-    if "position_ids" in batch:
-        first = batch["position_ids"][:, 1:] == 0
-        targets = paddle.where(first, paddle.full_like(targets, IGNORE_INDEX), targets)
-    return targets
+MODEL_INPUTS_EXCLUDED = ("labels", "targets")
 
 
-def token_loss_sum(model: Any, batch: dict[str, paddle.Tensor]) -> tuple[paddle.Tensor, int]:
-    """Sum of next-token cross-entropy over learned tokens, and their count.
-
-    The labels are shifted here (PaddleFormers' own loss expects them shifted already).
-    """
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "token_mask")}
+def _next_token_logits(model: Any, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
+    """float32 logits of every position but the last, flattened [rows * (length - 1), vocab].
+    (PaddleFormers' own loss expects labels shifted already: ftx's targets are.)"""
+    inputs = {k: v for k, v in batch.items() if k not in MODEL_INPUTS_EXCLUDED}
     logits = model(**inputs, return_dict=True).logits
-    targets = shifted_targets(batch)
-    vocab = logits.shape[-1]
-    loss = paddle.nn.functional.cross_entropy(
-        logits[:, :-1].astype("float32").reshape([-1, vocab]),
-        targets.reshape([-1]),
+    return logits[:, :-1].astype("float32").reshape([-1, logits.shape[-1]])
+
+
+def nll_sum(model: Any, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
+    """The next-token cross-entropy summed over the batch's learned targets."""
+    return paddle.nn.functional.cross_entropy(
+        _next_token_logits(model, batch),
+        batch["targets"].reshape([-1]),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return loss, int((targets != IGNORE_INDEX).astype("int64").sum())
+
+
+def token_logprobs(model: Any, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
+    """log p(target) of every next-token target [rows, length - 1], 0 where it is -100."""
+    targets = batch["targets"]
+    losses = paddle.nn.functional.cross_entropy(
+        _next_token_logits(model, batch),
+        targets.reshape([-1]),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    return -losses.reshape(targets.shape)

@@ -1,7 +1,7 @@
 """How gradients are computed, synchronised and applied: plain/DDP or DeepSpeed ZeRO.
 
-Both engines expose the same five operations, so the training loop in
-worker.py reads the same whichever runs underneath.
+Both engines expose the same operations, so the torch framework in worker.py reads the
+same whichever runs underneath.
 """
 
 from __future__ import annotations
@@ -12,19 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ftx.backends.torch.plan_files import DS_CONFIG
-from ftx.core.workerkit import Rank
-
-
-def all_reduce_sum(values: list[float], rank: Rank) -> list[float]:
-    """Sum floats over ranks (identity on one process)."""
-    if rank.world == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
+from ftx.core.worker.framework import Rank
 
 
 class PlainEngine:

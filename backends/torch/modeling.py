@@ -1,4 +1,5 @@
-"""Model loading (with the fine-tuning method applied), batching and the loss."""
+"""Model loading (with the fine-tuning method applied), batches on the device, the NLL and
+per-token log-probabilities."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torch
 
 from ftx.backends.torch.plan_files import PEFT_CONFIG
 from ftx.core.contract import QuantizationArgs, WorkerConfig
-from ftx.core.prepared import IGNORE_INDEX, PreparedSplit
-from ftx.core.workerkit import segment_spans as example_spans
+from ftx.core.prepared import IGNORE_INDEX
+from ftx.core.worker.objectives import TokenBatch
+from ftx.core.worker.rules import segment_spans as example_spans
 
 _ZERO3_CONFIG: list[Any] = []  # keeps transformers' ZeRO-3 hook alive during from_pretrained
 
@@ -77,9 +79,9 @@ def load_model(
 
 
 def start_lora_like_every_backend(model: Any, seed: int) -> None:
-    """Every LoRA A from ftx's seeded draw (ftx.core.workerkit.lora_a_init), the one the
+    """Every LoRA A from ftx's seeded draw (ftx.core.worker.rules.lora_a_init), the one the
     paddle and mindformers workers use too; B stays PEFT's zeros."""
-    from ftx.core.workerkit import hf_module, lora_a_init
+    from ftx.core.worker.rules import hf_module, lora_a_init
 
     for name, module in model.named_modules():
         factors = getattr(module, "lora_A", None)
@@ -192,18 +194,19 @@ def freeze_layers(model: Any, trainable: int) -> None:
             param.requires_grad = True
 
 
-def collate(
-    split: PreparedSplit, indices: list[int], pad_id: int, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Pad a micro-batch to its longest row (labels -100 on padding).
+def device_batch(host: TokenBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    """A host micro-batch (ftx.core.worker.objectives) as the model's inputs on ``device``,
+    plus its ``targets``.
 
-    Packed rows also get position_ids (restarting per example) and a 4-D
-    block-diagonal causal mask, so no token attends across examples.
+    Packed rows keep position_ids (restarting per example) and each example to itself:
+    FlashAttention-2's varlen kernels find the examples from the position ids; otherwise
+    sdpa runs example by example (``ftx_segments``) or, where that attention is not
+    registered, a 4-D block-diagonal causal mask does.
     """
-    arrays = {k: torch.from_numpy(v) for k, v in split.padded(indices, pad_id).items()}
+    arrays = {k: torch.from_numpy(v) for k, v in host.arrays.items()}
     segments = arrays.pop("segment_ids", None)
     # token_mask (real, non-pad tokens) is not a model input; attention_mask starts as it.
-    batch = {**arrays, "attention_mask": arrays["token_mask"].clone()}
+    batch = {**arrays, "attention_mask": arrays.pop("token_mask").clone()}
     if segments is not None:
         implementation = attention_implementation(packed=True)
         if implementation == "flash_attention_2":
@@ -236,27 +239,33 @@ def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
     return ((causal & same) | eye)[:, None]
 
 
-def shifted_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Next-token targets; in packed rows an example's first token is never a target."""
-    targets = batch["labels"][:, 1:]
-    if "position_ids" in batch:
-        targets = targets.masked_fill(batch["position_ids"][:, 1:] == 0, IGNORE_INDEX)
-    return targets
+MODEL_INPUTS_EXCLUDED = ("labels", "targets")
 
 
-def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropy over learned tokens, and their count.
-
-    In packed rows the first token of an example is never a target of the
-    previous example's last token.
-    """
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "token_mask")}
+def _next_token_logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """float32 logits of every position but the last, flattened [rows * (length - 1), vocab]."""
+    inputs = {k: v for k, v in batch.items() if k not in MODEL_INPUTS_EXCLUDED}
     logits = model(**inputs).logits
-    targets = shifted_targets(batch)
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)),
-        targets.reshape(-1),
+    return logits[:, :-1].float().reshape(-1, logits.size(-1))
+
+
+def nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """The next-token cross-entropy summed over the batch's learned targets."""
+    return torch.nn.functional.cross_entropy(
+        _next_token_logits(model, batch),
+        batch["targets"].reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+def token_logprobs(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """log p(target) of every next-token target [rows, length - 1], 0 where it is -100."""
+    targets = batch["targets"]
+    losses = torch.nn.functional.cross_entropy(
+        _next_token_logits(model, batch),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    return -losses.reshape(targets.shape)

@@ -1,123 +1,180 @@
-"""The torch worker: runs inside the torch environment, launched by torchrun.
+"""The torch worker: the torch framework of the one training loop, and its entry point.
 
     torchrun --standalone --nproc_per_node=1 -m ftx.backends.torch.worker plan/worker.json
 
-It reads the worker config and the core's prepared data, trains with
-transformers + peft (and DeepSpeed ZeRO when the plan has a ds_config.json) and
-leaves the run layout every backend shares (ftx.core.contract). What does not
-depend on torch (batch order, signals, metrics, checkpoint bookkeeping, MFU)
-comes from the worker kit (ftx.core.workerkit).
-
-Why a plain loop rather than transformers' Trainer: ftx must guarantee the
-same example order on every backend, a loss normalised by the number of
-learned tokens across gradient accumulation and ranks, the shared metrics
-schema, atomic checkpoints and a checkpoint on SIGTERM. Each of those needs a
-Trainer subclass or callback; written out here they are one screen of code.
+:class:`Torch` implements :class:`ftx.core.worker.framework.Framework` with transformers
+models (peft for LoRA/QLoRA, DeepSpeed ZeRO when the plan has a ds_config.json);
+:func:`ftx.core.worker.loop.train` runs the loop. A plain loop rather than transformers'
+Trainer: ftx guarantees the same example order on every backend, a loss normalised by
+the learned tokens across accumulation and ranks, the shared metrics, atomic
+checkpoints and a checkpoint on SIGTERM; each would need a Trainer subclass or callback.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from ftx.backends.torch.engines import (
-    DeepSpeedEngine,
-    PlainEngine,
-    all_reduce_sum,
-    read_ds_config,
-)
-from ftx.backends.torch.evaluation import eval_loss, exact_match
-from ftx.backends.torch.modeling import collate, load_model, shifted_targets, token_loss_sum
-from ftx.core.contract import (
-    MetricsLog,
-    RunLayout,
-    TrainArgs,
-    WorkerConfig,
-)
-from ftx.core.fsutil import atomic_write_json
-from ftx.core.prepared import IGNORE_INDEX, load_split, read_eval_prompts, read_manifest
-from ftx.core.workerkit import (
-    Checkpoints,
-    MetricsWindow,
-    Rank,
-    RunTracker,
-    Schedule,
-    StepResult,
-    StopSignal,
-    TrainerState,
-    flops_per_token,
-    mfu,
-    peak_flops,
-    run_worker,
-    write_final,
-)
+from ftx.backends.torch.engines import DeepSpeedEngine, PlainEngine, read_ds_config
+from ftx.backends.torch.evaluation import greedy
+from ftx.backends.torch.modeling import device_batch, load_model, nll_sum, token_logprobs
+from ftx.core.contract import RunLayout, TrainArgs, WorkerConfig
+from ftx.core.prepared import PreparedSplit
+from ftx.core.worker.entry import run_worker
+from ftx.core.worker.framework import ModelSize, Rank, StepOutput
+from ftx.core.worker.loop import train
+from ftx.core.worker.objectives import Objective, StepTotals, TokenBatch
+from ftx.core.worker.rules import decays
+from ftx.core.worker.schedule import Schedule
 
 
-def main(config: WorkerConfig, layout: RunLayout) -> int:
-    t = config.train
-    ds_config = read_ds_config(layout.plan)
-    rank, device = start_processes(ds_config is not None)
-    torch.manual_seed(t.seed)
-    random.seed(t.seed)
-    np.random.seed(t.seed % 2**32)
-    stop = StopSignal()
+class Torch:
+    """transformers + peft (+ DeepSpeed) behind the framework interface."""
 
-    # Data, model, schedule, the engine that applies the gradients.
-    prepared = layout.at(config.data.prepared)
-    pad_id = read_manifest(prepared)["pad_token_id"]
-    train, val = load_split(prepared, "train"), load_split(prepared, "val")
-    assert train is not None, f"{prepared} has no train split"
-    tokenizer, model = load_model(config, layout.plan, device, ds_config, packed=train.packed)
-    schedule = Schedule.plan(len(train), t, rank.world)
-    engine = build_engine(model, t, rank, ds_config)
-    scheduler = build_scheduler(engine.torch_optimizer, t, schedule)
-    throughput = Throughput(model, device)
+    adapter_format: Literal["peft", "native"] = "peft"
+    native_name: str | None = None  # torch's own format is Hugging Face's
+    collective_forward = False  # ZeRO-3's forwards are (start reads the plan's ds_config)
 
-    def evaluate() -> float:
-        return eval_loss(engine, val, t.micro_batch_size, pad_id, device)
+    # ---------------------------------------------------------------- processes
 
-    tracker = RunTracker(
-        config,
-        layout,
-        rank,
-        schedule,
-        len(train),
-        stop=stop,
-        metrics=open_metrics(config, layout, rank),
-        save=lambda folder: write_checkpoint(folder, engine, tokenizer, scheduler),
-        evaluate=evaluate if val is not None else None,
-        mfu=throughput.mfu,
-    )
-    resumed = tracker.resume(lambda folder: load_checkpoint(folder, engine, scheduler))
-    held_out = HeldOut(config, layout, engine, tokenizer, prepared, resumed)
-    held_out.exact_match("before")
+    def start(self, config: WorkerConfig, layout: RunLayout) -> Rank:
+        self.ds_config = read_ds_config(layout.plan)
+        self.rank, self.device = start_processes(self.ds_config is not None)
+        zero = (self.ds_config or {}).get("zero_optimization", {}).get("stage", 0)
+        self.collective_forward = zero == 3
+        return self.rank
 
-    # The loop: one optimizer step = grad_accum micro-batches on every rank.
-    tracker.start(throughput.params, throughput.trainable)
-    engine.model.train()
-    while tracker.running:
-        indices = schedule.step(tracker.state.step, rank.rank)
-        result = train_step(engine, [collate(train, b, pad_id, device) for b in indices], rank)
-        scheduler.step()
-        tracker.step_done(result, lr=scheduler.get_last_lr()[0])
-    stopped = tracker.finish()  # a signal: checkpoint saved, exit code
-    if stopped is not None:
-        return stopped
+    def seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
 
-    held_out.exact_match("after")
-    write_final(layout, rank, lambda folder: write_hf_final(folder, engine, tokenizer, config))
-    tracker.done()
-    return 0
+    def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
+        if self.rank.world == 1:
+            return list(values)
+        tensor = torch.tensor(list(values), dtype=torch.float64)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
 
+    def accelerator(self) -> str | None:
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
 
-# --------------------------------------------------------------------------- processes
+    # ---------------------------------------------------------------- construction
+
+    def build(
+        self,
+        config: WorkerConfig,
+        layout: RunLayout,
+        split: PreparedSplit,
+        schedule: Schedule,
+        objective: Objective,
+    ) -> ModelSize:
+        self.objective = objective
+        self.tokenizer, model = load_model(
+            config, layout.plan, self.device, self.ds_config, packed=split.packed
+        )
+        self.engine = build_engine(model, config.train, self.rank, self.ds_config)
+        self.scheduler = build_scheduler(self.engine.torch_optimizer, config.train, schedule)
+        self.engine.model.train()
+        params = sum(p.numel() for p in model.parameters())
+        return ModelSize(params, sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+    # ---------------------------------------------------------------- one step
+
+    def optimizer_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
+        engine, loss_sum = self.engine, 0.0
+        for i, host in enumerate(batches):
+            last = i == len(batches) - 1
+            with engine.forward_context(last_micro_batch=last):
+                nll = nll_sum(engine.model, device_batch(host, self.device))
+            weight = self.objective.weight(host, totals, "sum")
+            engine.backward(self.objective.loss(nll, weight), last)
+            loss_sum += float(nll.detach())
+        grad_norm = engine.step()
+        self.scheduler.step()
+        return StepOutput(loss_sum, grad_norm)
+
+    def learning_rate(self, step: int) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    # ---------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def eval_nll(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
+        # The bare model (no DDP collectives); under ZeRO-3 every forward is a collective.
+        model = self.engine.inner
+        model.eval()
+        total, count = 0.0, 0
+        for host, counted in batches:
+            if counted or self.collective_forward:
+                loss = nll_sum(model, device_batch(host, self.device))
+                if counted:
+                    total, count = total + float(loss), count + host.learned
+        model.train()
+        return total, count
+
+    def token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        return token_logprobs(self.engine.model, device_batch(batch, self.device))
+
+    def greedy(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: frozenset[int]
+    ) -> list[list[int]]:
+        return greedy(
+            self.engine.inner,
+            self.tokenizer,
+            prompts,
+            max_new_tokens,
+            stop,
+            self.device,
+            synced=self.collective_forward,
+        )
+
+    # ---------------------------------------------------------------- state
+
+    def save_state(self, folder: Path) -> None:
+        """HF weights (model or adapter) and tokenizer, optimizer (or DeepSpeed's state),
+        schedule and torch's RNG state."""
+        self._save_hf(folder)
+        if self.rank.main:
+            self.tokenizer.save_pretrained(str(folder))
+        self.engine.save(folder)
+        if self.rank.main:
+            torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+            torch.save(torch.get_rng_state(), folder / "torch_rng_state.pt")
+
+    def load_state(self, folder: Path) -> None:
+        self.engine.load(folder)
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        torch.set_rng_state(torch.load(folder / "torch_rng_state.pt", weights_only=True))
+
+    # ---------------------------------------------------------------- outputs
+
+    def save_model(self, folder: Path) -> None:
+        self._save_hf(folder)
+
+    def save_native(self, folder: Path) -> None:
+        self._save_hf(folder)  # torch's own format is Hugging Face's
+
+    def save_merged(self, folder: Path) -> bool:
+        """peft's merge_and_unload (DoRA's magnitudes included), saved in HF format."""
+        self.engine.inner.merge_and_unload().save_pretrained(str(folder), safe_serialization=True)
+        return True
+
+    def summary_writer(self, folder: Path) -> Any:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(folder))
+
+    def _save_hf(self, folder: Path) -> None:
+        """The full model or the PEFT adapter in HF format on rank 0; a collective under
+        ZeRO-3 (the weights are gathered), so every rank calls it."""
+        state = self.engine.export_state_dict()
+        if self.rank.main:
+            kwargs = {"state_dict": state} if state is not None else {}
+            self.engine.inner.save_pretrained(str(folder), safe_serialization=True, **kwargs)
 
 
 def start_processes(deepspeed: bool) -> tuple[Rank, torch.device]:
@@ -144,12 +201,12 @@ def start_processes(deepspeed: bool) -> tuple[Rank, torch.device]:
 
 
 def build_engine(model: Any, t: TrainArgs, rank: Rank, ds_config: dict | None) -> Any:
-    """AdamW (no weight decay on biases and norm weights, as transformers does) in the
-    plain/DDP engine, or handed to DeepSpeed."""
+    """AdamW (no weight decay on biases and norm weights: ftx.core.worker.rules.decays) in
+    the plain/DDP engine, or handed to DeepSpeed."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+            (decay if decays(name, param.shape) else no_decay).append(param)
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": t.weight_decay},
@@ -176,149 +233,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainArgs, schedule: Sc
     )
 
 
-# --------------------------------------------------------------------------- one step
+def make_framework(config: WorkerConfig, layout: RunLayout) -> Torch:
+    """This backend's framework for the run ``config`` describes."""
+    return Torch()
 
 
-def train_step(engine: Any, mine: list[dict[str, torch.Tensor]], rank: Rank) -> StepResult:
-    """Forward/backward over this rank's micro-batches, then the optimizer step.
-
-    The loss is normalised by the learned tokens of the whole step on every rank.
-    """
-    local = [
-        float(sum(int((shifted_targets(c) != IGNORE_INDEX).sum()) for c in mine)),
-        float(sum(int(c["token_mask"].sum()) for c in mine)),
-    ]
-    learned, tokens = all_reduce_sum(local, rank)
-    loss_sum = 0.0
-    for i, batch in enumerate(mine):
-        last = i == len(mine) - 1
-        with engine.forward_context(last_micro_batch=last):
-            loss, _ = token_loss_sum(engine.model, batch)
-        # Gradients are averaged over ranks, so scale by world for the global token mean.
-        engine.backward(loss * rank.world / max(learned, 1), last)
-        loss_sum += float(loss.detach())
-    grad_norm = engine.step()
-    (global_loss,) = all_reduce_sum([loss_sum], rank)
-    return StepResult(global_loss, int(learned), int(tokens), grad_norm)
-
-
-class Throughput:
-    """Parameter counts and, on GPUs with a known peak, model FLOPs utilisation."""
-
-    def __init__(self, model: Any, device: torch.device):
-        self.params = sum(p.numel() for p in model.parameters())
-        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.peak = (
-            peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-        )
-        config = getattr(model, "config", None)
-        self.shape = (config.num_hidden_layers, config.hidden_size) if config is not None else None
-
-    def mfu(self, window: MetricsWindow, world: int) -> float | None:
-        if not (self.peak and self.shape):
-            return None
-        full = self.trainable == self.params
-        per_token = flops_per_token(self.params, *self.shape, window.mean_row_tokens, full=full)
-        value = mfu(window.tokens_per_s / world, per_token, self.peak)
-        return round(value, 4) if value is not None else None
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-class HeldOut:
-    """Greedy-generation exact match on held-out prompts, into OUT/eval.json."""
-
-    def __init__(
-        self,
-        config: WorkerConfig,
-        layout: RunLayout,
-        engine: Any,
-        tokenizer: Any,
-        prepared: Path,
-        resumed: bool,
-    ):
-        self.settings, self.layout = config.evaluate, layout
-        self.engine, self.tokenizer = engine, tokenizer
-        self.prompts = read_eval_prompts(prepared) if self.settings else []
-        existing = resumed and layout.eval_json.exists()
-        self.results = json.loads(layout.eval_json.read_text()) if existing else {}
-        # Under ZeRO-3 every forward is a collective: every rank generates.
-        self.scoring = engine.rank.main or engine.gathers_for_forward
-
-    def exact_match(self, when: str) -> None:
-        if not (self.prompts and self.settings and self.scoring):
-            return
-        if when == "before" and (not self.settings.before_training or "before" in self.results):
-            return
-        engine = self.engine
-        device = next(engine.inner.parameters()).device
-        self.results[when] = exact_match(
-            engine.inner,
-            self.tokenizer,
-            self.prompts,
-            self.settings.max_new_tokens,
-            device,
-            synced=engine.gathers_for_forward,
-        )
-        if engine.rank.main:
-            atomic_write_json(self.layout.eval_json, self.results)
-            engine.rank.say(f"exact match {when} training: {self.results[when]['exact_match']:.3f}")
-
-
-def open_metrics(config: WorkerConfig, layout: RunLayout, rank: Rank) -> MetricsLog:
-    """The metrics log, feeding TensorBoard too when the recipe asks for it."""
-    if rank.main and config.output.report_to == "tensorboard":
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(layout.tensorboard))
-        return MetricsLog(layout, scalars=writer.add_scalar, close=writer.close)
-    return MetricsLog(layout)
-
-
-def save_hf(engine: Any, tokenizer: Any, folder: Path) -> None:
-    """HF format (the full model or the PEFT adapter, plus the tokenizer) on rank 0.
-
-    A collective under ZeRO-3 (weights are gathered), so every rank calls it.
-    """
-    state = engine.export_state_dict()
-    if engine.rank.main:
-        kwargs = {"state_dict": state} if state is not None else {}
-        engine.inner.save_pretrained(str(folder), safe_serialization=True, **kwargs)
-        tokenizer.save_pretrained(str(folder))
-
-
-def write_checkpoint(folder: Path, engine: Any, tokenizer: Any, scheduler: Any) -> None:
-    """Weights (HF format), optimizer, schedule and RNG state into ``folder`` (every rank)."""
-    save_hf(engine, tokenizer, folder)
-    engine.save(folder)
-    if engine.rank.main:
-        torch.save(scheduler.state_dict(), folder / "scheduler.pt")
-        rng = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-        }
-        torch.save(rng, folder / "rng_state.pt")
-
-
-def load_checkpoint(folder: Path, engine: Any, scheduler: Any) -> TrainerState:
-    engine.load(folder)
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = torch.load(folder / "rng_state.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    return Checkpoints.state_of(folder)
-
-
-def write_hf_final(folder: Path, engine: Any, tokenizer: Any, config: WorkerConfig) -> None:
-    """OUT/final in HF format; final/merged too when asked (LoRA folded into the weights)."""
-    save_hf(engine, tokenizer, folder)
-    if engine.rank.main and config.output.merge_lora:
-        merged = engine.inner.merge_and_unload()
-        merged.save_pretrained(str(folder / "merged"), safe_serialization=True)
-        tokenizer.save_pretrained(str(folder / "merged"))
+def main(config: WorkerConfig, layout: RunLayout) -> int:
+    return train(make_framework(config, layout), config, layout)
 
 
 if __name__ == "__main__":

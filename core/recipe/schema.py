@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-RESERVED_STAGES = {"dpo", "kto"}
+from ftx.core.worker.objectives import OBJECTIVES
+
 DATA_FORMATS = ("alpaca", "sharegpt", "openai", "text", "src_tgt")
 
 
@@ -183,10 +184,10 @@ class MethodSection(Section):
     @field_validator("stage")
     @classmethod
     def _stage_supported(cls, value: str) -> str:
-        if value in RESERVED_STAGES:
+        if value not in OBJECTIVES:  # the stages ftx's loop has an objective for
             raise ValueError(
                 f"stage '{value}' is not yet supported by ftx (reserved for preference training);"
-                " use 'sft' or 'pt'"
+                f" use one of {', '.join(sorted(OBJECTIVES))}"
             )
         return value
 

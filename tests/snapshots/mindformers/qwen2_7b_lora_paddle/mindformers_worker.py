@@ -1,7 +1,7 @@
 # The ftx.backends.mindformers.worker module as a script, for msrun.
 import sys
 
-from ftx.core.workerkit import run_worker
+from ftx.core.worker.entry import run_worker
 from ftx.backends.mindformers.worker import main
 
 sys.exit(run_worker(main))

@@ -1,0 +1,147 @@
+"""The training loop, once for every backend.
+
+    train(framework, config, layout)
+
+runs a training run from the worker config and the run layout to the final outputs:
+join the job, seed, read the prepared split, build the model, optimizer and schedule,
+resume, score the held-out prompts, run the optimizer steps (metrics, evaluation,
+checkpoints, signals), score again and write OUT/final. The framework
+(:class:`ftx.core.worker.framework.Framework`) is reached only through its interface,
+and the stage only through its objective (:mod:`ftx.core.worker.objectives`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ftx.core.contract import ContractError, MetricsLog, RunLayout, WorkerConfig
+from ftx.core.prepared import PreparedSplit, load_split, read_manifest
+from ftx.core.worker.checkpoints import (
+    Checkpoints,
+    TrainerState,
+    load_host_rng,
+    save_host_rng,
+    seed_host,
+)
+from ftx.core.worker.exports import write_final
+from ftx.core.worker.framework import Framework, Rank
+from ftx.core.worker.heldout import HeldOut
+from ftx.core.worker.objectives import Objective, StepTotals, TokenBatch, objective_for
+from ftx.core.worker.schedule import Schedule
+from ftx.core.worker.throughput import Utilisation
+from ftx.core.worker.tracking import RunTracker, StepResult, StopSignal
+
+
+def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
+    """Run the training run of ``config``; the exit code (0, or 128 + a stop signal after
+    its checkpoint)."""
+    t = config.train
+    objective = objective_for(config.method.stage)
+    rank = framework.start(config, layout)
+    framework.seed(t.seed)
+    seed_host(t.seed)
+
+    prepared = layout.at(config.data.prepared)
+    pad_id = read_manifest(prepared)["pad_token_id"]
+    split, val = load_split(prepared, "train"), load_split(prepared, "val")
+    if split is None:
+        raise ContractError(f"{prepared}: the prepared data has no train split")
+    schedule = Schedule.plan(len(split), t, rank.world)
+    size = framework.build(config, layout, split, schedule, objective)
+    # After the framework's imports: PaddleFormers installs a SIGTERM handler that exits.
+    stop = StopSignal()
+
+    def evaluate() -> float:
+        assert val is not None
+        return evaluation_loss(framework, objective, val, t.micro_batch_size, pad_id, rank)
+
+    tracker = RunTracker(
+        config,
+        layout,
+        rank,
+        schedule,
+        len(split),
+        stop=stop,
+        metrics=open_metrics(config, layout, rank, framework),
+        save=lambda folder: save_checkpoint(framework, folder, rank),
+        learning_rate=framework.learning_rate,
+        evaluate=evaluate if val is not None else None,
+        utilisation=Utilisation.of(
+            config.model.path, size.params, size.trainable, framework.accelerator()
+        ),
+    )
+    resumed = tracker.resume(lambda folder: load_checkpoint(framework, folder))
+    held_out = HeldOut(config, layout, prepared, rank, framework, resumed)
+    held_out.score("before")
+
+    tracker.start(size.params, size.trainable)
+    while tracker.running:
+        indices = schedule.step(tracker.state.step, rank.rank)
+        batches = [objective.collate(split, b, pad_id) for b in indices]
+        tracker.step_done(optimizer_step(framework, batches, rank))
+    stopped = tracker.finish()  # after a signal: checkpoint saved, the exit code
+    if stopped is not None:
+        return stopped
+
+    held_out.score("after")
+    write_final(layout, rank, framework, config)
+    tracker.done()
+    return 0
+
+
+def optimizer_step(framework: Framework, batches: Sequence[TokenBatch], rank: Rank) -> StepResult:
+    """One optimizer step: the step's totals over every rank (the objective's normaliser),
+    the framework's step, and its loss summed over ranks."""
+    local = [float(sum(b.learned for b in batches)), float(sum(b.tokens for b in batches))]
+    learned, tokens = framework.all_reduce_sum(local)
+    totals = StepTotals(int(learned), int(tokens), rank.world)
+    out = framework.optimizer_step(batches, totals)
+    (loss_sum,) = framework.all_reduce_sum([out.loss_sum])
+    return StepResult(loss_sum, totals.learned, totals.tokens, out.grad_norm)
+
+
+def evaluation_loss(
+    framework: Framework,
+    objective: Objective,
+    split: PreparedSplit,
+    batch_size: int,
+    pad_id: int,
+    rank: Rank,
+) -> float:
+    """The token-weighted NLL of a split, its examples shared out over ranks; every rank
+    gets the same number of batches (the last ones uncounted where its share is shorter),
+    as a framework whose forward is a collective needs."""
+    mine = list(range(rank.rank, len(split), rank.world))
+    count = math.ceil(math.ceil(len(split) / rank.world) / batch_size)
+    batches = []
+    for b in range(count):
+        indices = mine[b * batch_size : (b + 1) * batch_size]
+        batches.append((objective.collate(split, indices or [0], pad_id), bool(indices)))
+    total, learned = framework.eval_nll(batches)
+    total, learned = framework.all_reduce_sum([total, float(learned)])
+    return total / max(learned, 1)
+
+
+def save_checkpoint(framework: Framework, folder: Path, rank: Rank) -> None:
+    """The framework's state and the host's RNG state into a checkpoint folder."""
+    framework.save_state(folder)
+    if rank.main:
+        save_host_rng(folder)
+
+
+def load_checkpoint(framework: Framework, folder: Path) -> TrainerState:
+    framework.load_state(folder)
+    load_host_rng(folder)
+    return Checkpoints.state_of(folder)
+
+
+def open_metrics(
+    config: WorkerConfig, layout: RunLayout, rank: Rank, framework: Framework
+) -> MetricsLog:
+    """The metrics log (rank 0 writes), feeding TensorBoard too when the recipe asks."""
+    if rank.main and config.output.report_to == "tensorboard":
+        writer = framework.summary_writer(layout.tensorboard)
+        return MetricsLog(layout, scalars=writer.add_scalar, close=writer.close)
+    return MetricsLog(layout)

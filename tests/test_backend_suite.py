@@ -1,0 +1,385 @@
+"""The tests every backend that trains must pass, written once and run for each backend in
+the registry (Ibis' ``backends/tests`` shape). A backend that lacks a capability its
+test needs is skipped with the capability named, from its own ``Capabilities``.
+
+The reference is the torch backend: the others must train it step for step. Exports are
+judged by Hugging Face's own loaders (transformers, peft), and the framework interface
+(:mod:`ftx.core.worker.framework`) is driven directly in each backend's environment.
+
+Backend-specific tests stay beside this suite (tests/test_<name>_backend.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_ftx, run_in_env
+from ftx.core.backend import Capabilities
+from ftx.core.compare import hf_environment
+from ftx.core.registry import backend_names, get_spec
+from training import (
+    Runs,
+    assert_one_plan_for_both_nodes,
+    capabilities,
+    free_port,
+    interrupted_run,
+    losses,
+    recipe,
+    rows,
+    train,
+    two_local_nodes,
+)
+
+pytestmark = pytest.mark.env
+
+REFERENCE = "torch"
+BACKENDS = backend_names()
+# Same weights, same batches, fp32: the frameworks differ only in summation order.
+TOLERANCE = 1e-4
+
+
+def needs(backend: str, *, parallel: str | None = None, finetuning: str | None = None,
+          packing: bool = False) -> None:  # fmt: skip
+    """Skip unless ``backend`` declares the capability."""
+    caps = capabilities(backend)
+    if parallel and parallel not in caps.parallel:
+        pytest.skip(f"the {backend} backend declares no '{parallel}' parallelism")
+    if finetuning and finetuning not in caps.finetuning:
+        pytest.skip(f"the {backend} backend declares no '{finetuning}' fine-tuning")
+    if packing and not caps.packing:
+        pytest.skip(f"the {backend} backend declares no packing")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def test_full_finetuning_matches_the_reference_step_for_step(backend: str, runs: Runs) -> None:
+    if backend == REFERENCE:
+        pytest.skip(f"{REFERENCE} is the reference")
+    reference, mine = rows(runs.get(REFERENCE)), rows(runs.get(backend))
+    assert abs(mine[0]["loss"] - reference[0]["loss"]) <= TOLERANCE * reference[0]["loss"]
+    assert len(mine) == len(reference)
+    for t, m in zip(reference, mine, strict=True):
+        assert m["step"] == t["step"] and m.get("tokens") == t.get("tokens")  # one token stream
+        for key in ("loss", "eval_loss"):
+            if key in t:
+                assert m[key] == pytest.approx(t[key], abs=TOLERANCE), (key, t["step"])
+        if "lr" in t:
+            assert m["lr"] == pytest.approx(t["lr"], rel=1e-6, abs=1e-9)
+            assert m["grad_norm"] == pytest.approx(t["grad_norm"], rel=1e-4)
+    record = json.loads((runs.get(backend) / "run.json").read_text())
+    assert record["status"] == "completed" and record["backend"] == backend
+
+
+# --------------------------------------------------------------------------- exports
+
+EVAL_LOSS = """
+import json, sys, torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+from ftx.core.prepared import IGNORE_INDEX, load_split
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+if sys.argv[3]:
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(model, sys.argv[3])
+model.eval()
+split = load_split(Path(sys.argv[2]), "val")
+total, count = 0.0, 0
+with torch.no_grad():
+    for i in range(len(split)):
+        ids, labels = split[i]
+        logits = model(torch.tensor([ids.astype("int64")])).logits[0, :-1].float()
+        targets = torch.tensor(labels[1:].astype("int64"))
+        total += float(torch.nn.functional.cross_entropy(
+            logits, targets, ignore_index=IGNORE_INDEX, reduction="sum"))
+        count += int((targets != IGNORE_INDEX).sum())
+print(json.dumps({"loss": total / count}))
+"""
+
+
+def hf_eval_loss(model: Path, out: Path, adapter: Path | None = None) -> float:
+    """The held-out loss of OUT's validation split under Hugging Face's loaders."""
+    found = run_in_env(
+        hf_environment(), EVAL_LOSS, str(model), str(out / "data"), str(adapter or "")
+    )
+    return found["loss"]
+
+
+def last_eval_loss(out: Path) -> float:
+    return [r["eval_loss"] for r in rows(out) if "eval_loss" in r][-1]
+
+
+def test_the_full_export_is_the_trained_model(backend: str, runs: Runs, tiny_llama: Path) -> None:
+    """transformers loads OUT/final with the loss the backend measured on its last step."""
+    out = runs.get(backend)
+    final = out / "final"
+    assert (final / "config.json").exists() and (final / "tokenizer.json").exists()
+    loss = hf_eval_loss(final, out)
+    assert loss == pytest.approx(last_eval_loss(out), abs=TOLERANCE)
+    assert abs(loss - hf_eval_loss(tiny_llama, out)) > 1e-3  # it is not the base model
+
+
+def test_lora_exports_a_peft_adapter_and_a_merged_model(
+    backend: str, runs: Runs, tiny_llama: Path
+) -> None:
+    """LoRA (packed where the backend packs): a PEFT adapter peft loads with the loss the
+    backend measured, final/merged with the same loss, and a start at the base model's loss
+    (B is zero) equal to the reference's."""
+    needs(backend, finetuning="lora")
+    out = runs.get(backend, "lora")
+    final = out / "final"
+    config = json.loads((final / "adapter_config.json").read_text())
+    assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    adapted = hf_eval_loss(tiny_llama, out, adapter=final)
+    assert adapted == pytest.approx(last_eval_loss(out), abs=TOLERANCE)
+    assert hf_eval_loss(final / "merged", out) == pytest.approx(adapted, abs=TOLERANCE)
+    assert abs(adapted - hf_eval_loss(tiny_llama, out)) > 1e-3  # the adapter learned
+    if backend != REFERENCE and capabilities(REFERENCE).packing == capabilities(backend).packing:
+        first = losses(runs.get(REFERENCE, "lora"))[0]
+        assert losses(out)[0] == pytest.approx(first, rel=TOLERANCE)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_identically(
+    backend: str, tmp_path: Path, tiny_llama: Path
+) -> None:
+    path = recipe(tmp_path, tiny_llama, steps=24)
+    reference = train(path, tmp_path / "reference", backend)
+    out = tmp_path / "interrupted"
+    stderr = interrupted_run(path, out, backend)
+    assert "interrupted" in stderr and "train.resume=auto" in stderr
+    (checkpoint,) = (out / "checkpoints").iterdir()  # save_steps unset: only the signal saved
+    assert 3 <= int(checkpoint.name.split("-")[1]) < 24
+    assert (checkpoint / "trainer_state.json").exists() and (checkpoint / "rng_state.json").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    train(path, out, backend, "train.resume=auto")
+    assert losses(out) == pytest.approx(losses(reference), abs=1e-5)
+    assert [r["step"] for r in rows(out)] == [r["step"] for r in rows(reference)]
+    assert (out / "final/config.json").exists()
+
+
+def one_process(tmp_path: Path, model: Path, backend: str) -> Path:
+    """One process with micro batch 4: the batches two processes of micro batch 2 share."""
+    return train(recipe(tmp_path, model), tmp_path / "one", backend)
+
+
+def test_two_processes_match_one(backend: str, tmp_path: Path, tiny_llama: Path) -> None:
+    needs(backend, parallel="dp")
+    one = one_process(tmp_path, tiny_llama, backend)
+    port = free_port()
+    path = recipe(tmp_path, tiny_llama, f"parallel: {{nproc_per_node: 2, master_port: {port}}}")
+    path.write_text(path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2"))
+    out = train(path, tmp_path / "dp", backend)
+    assert losses(out) == pytest.approx(losses(one), abs=TOLERANCE)
+    assert [r.get("tokens") for r in rows(out)] == [r.get("tokens") for r in rows(one)]
+    assert "on 2 processes" in (out / "logs/launch.log").read_text()
+    found = run_in_env(
+        hf_environment(),
+        "import json, sys; from safetensors.numpy import load_file;"
+        "a = load_file(sys.argv[1]); b = load_file(sys.argv[2]);"
+        "print(json.dumps({'keys': sorted(a) == sorted(b),"
+        " 'diff': max(float(abs(a[k] - b[k]).max()) for k in a)}))",
+        str(one / "final/model.safetensors"),
+        str(out / "final/model.safetensors"),
+    )
+    assert found["keys"] and found["diff"] < TOLERANCE
+
+
+def test_two_local_nodes_train_together(backend: str, tmp_path: Path, tiny_llama: Path) -> None:
+    needs(backend, parallel="multinode")
+    one = one_process(tmp_path, tiny_llama, backend)
+    _, port = two_local_nodes(tmp_path, tiny_llama, backend)
+    assert_one_plan_for_both_nodes(tmp_path, port)
+    assert losses(tmp_path / "n0") == pytest.approx(losses(one), abs=TOLERANCE)
+    assert (tmp_path / "n0/final/config.json").exists()
+
+
+# --------------------------------------------------------------------------- refusals
+
+# Each value a recipe can ask for, and the overrides that ask for it.
+ASKS = {
+    ("method.finetuning", "full"): ["method.finetuning=full"],
+    ("method.finetuning", "lora"): ["method.finetuning=lora"],
+    ("method.finetuning", "freeze"): ["method.finetuning=freeze"],
+    ("method.finetuning", "prefix"): ["method.finetuning=prefix"],
+    ("method.finetuning", "qlora"): ["method.finetuning=qlora"],
+    ("train.precision", "bf16"): ["train.precision=bf16"],
+    ("train.precision", "fp16"): ["train.precision=fp16"],
+    ("parallel", "tp"): ["parallel.tp=2", "parallel.nproc_per_node=2"],
+    ("parallel", "pp"): ["parallel.pp=2", "parallel.nproc_per_node=2"],
+    ("parallel", "zero1"): ["parallel.zero=1"],
+    ("parallel", "zero2"): ["parallel.zero=2"],
+    ("parallel", "zero3"): ["parallel.zero=3"],
+    ("parallel", "offload"): ["parallel.zero=2", "parallel.offload=optimizer"],
+    ("data.packing", "packing"): ["data.packing=true"],
+}
+
+
+def declared(caps: Capabilities, key: str, value: str) -> str:
+    """What the backend declares for one value: 'runs', 'plan only', 'needs a GPU' or 'no'."""
+    if value in caps.plan_only:
+        return "plan only"
+    if value in caps.accelerator_only:
+        return "needs a GPU"
+    held = {
+        "method.finetuning": caps.finetuning,
+        "train.precision": caps.precisions,
+        "parallel": caps.parallel,
+        "data.packing": {"packing"} if caps.packing else set(),
+    }[key]
+    return "runs" if value in held else "no"
+
+
+def test_what_the_backend_cannot_run_is_refused_naming_the_key(
+    backend: str, tmp_path: Path, tiny_llama: Path
+) -> None:
+    """Every value the backend's capabilities do not run is refused by `ftx validate` with
+    exit code 2 naming the key; a plan-only value is still written by `ftx plan`; every
+    value it runs validates."""
+    caps = capabilities(backend)
+    path = recipe(tmp_path, tiny_llama)
+    for (key, value), overrides in ASKS.items():
+        verdict = declared(caps, key, value)
+        result = run_ftx("validate", str(path), "--backend", backend, *overrides)
+        if verdict == "runs":
+            assert result.returncode == 0, (value, result.stderr[-1500:])
+            continue
+        assert result.returncode == 2, (value, verdict, result.stderr[-1500:])
+        assert key in result.stderr and "Traceback" not in result.stderr, (value, result.stderr)
+        if verdict == "plan only":
+            assert "native plan" in result.stderr, result.stderr
+            out = tmp_path / f"plan-{value}"
+            planned = run_ftx(
+                "plan", str(path), "--backend", backend, "--out", str(out), *overrides
+            )
+            assert planned.returncode == 0, (value, planned.stderr[-1500:])
+    assert not (tmp_path / "out").exists()  # validation writes nothing
+
+
+# --------------------------------------------------------------------------- the interface
+
+PROBE = """
+import json, sys
+from importlib import import_module
+from pathlib import Path
+import numpy as np
+from ftx.core.contract import RunLayout, WorkerConfig
+from ftx.core.prepared import load_split, read_manifest
+from ftx.core.worker.framework import Framework
+from ftx.core.worker.objectives import objective_for
+from ftx.core.worker.schedule import Schedule
+
+def host(tensor):
+    if hasattr(tensor, "asnumpy"):
+        return tensor.asnumpy()
+    return tensor.detach().cpu().numpy()
+
+worker, path = import_module(sys.argv[1]), Path(sys.argv[2])
+config, layout = WorkerConfig.read(path), RunLayout.of_worker_config(path)
+framework = worker.make_framework(config, layout)
+assert isinstance(framework, Framework)
+framework.start(config, layout)
+framework.seed(config.train.seed)
+prepared = layout.at(config.data.prepared)
+split, pad = load_split(prepared, "train"), read_manifest(prepared)["pad_token_id"]
+objective = objective_for(config.method.stage)
+size = framework.build(config, layout, split, Schedule.plan(len(split), config.train, 1), objective)
+found = {"params": size.params, "trainable": size.trainable}
+if sys.argv[3] == "packed":
+    alone = load_split(Path(sys.argv[4]), "train")
+    by_ids = {tuple(alone[i][0].tolist()): i for i in range(len(alone))}
+    worst, examples = 0.0, 0
+    for row in range(min(len(split), 4)):
+        packed = host(framework.token_logprobs(objective.collate(split, [row], pad)))[0]
+        ids, _ = split[row]
+        _, segments = split.positions(row)
+        for segment in range(1, int(segments.max()) + 1):
+            where = np.flatnonzero(segments == segment)
+            start, end = int(where[0]), int(where[-1]) + 1
+            single = objective.collate(alone, [by_ids[tuple(ids[start:end].tolist())]], pad)
+            own = host(framework.token_logprobs(single))[0]
+            learned = single.arrays["targets"][0] != -100
+            worst = max(worst, float(np.abs(packed[start:end - 1] - own)[learned].max()))
+            examples += 1
+    found.update(worst=worst, examples=examples)
+else:
+    batch = objective.collate(split, [0, 1, 2, 3], pad)
+    logps = host(framework.token_logprobs(batch))
+    nll, learned = framework.eval_nll([(batch, True)])
+    prompts = [split[i][0][:12].tolist() for i in range(3)]
+    found.update(
+        logps=logps.tolist(), nll=nll, learned=learned, batch_learned=batch.learned,
+        masked_zero=bool((logps[batch.arrays["targets"] == -100] == 0).all()),
+        greedy=framework.greedy(prompts, 6, frozenset({int(sys.argv[3])})),
+    )
+print(json.dumps(found))
+"""
+
+
+def probe(backend: str, out: Path, *args: str) -> dict:
+    """The PROBE script in the backend's environment over the plan in OUT."""
+    return run_in_env(backend, PROBE, get_spec(backend).worker, str(out / "plan/worker.json"),
+                      *args)  # fmt: skip
+
+
+def planned(path: Path, out: Path, backend: str, *overrides: str) -> Path:
+    result = run_ftx("plan", str(path), "--backend", backend, "--out", str(out), *overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_ftx("data", "prepare", str(path), "--out", str(out / "data"), *overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_probe(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> dict:
+    tmp = tmp_path_factory.mktemp("probe")
+    out = planned(recipe(tmp, tiny_llama), tmp / "out", REFERENCE)
+    return probe(REFERENCE, out, str(eos_id(tiny_llama)))
+
+
+def eos_id(model: Path) -> int:
+    return json.loads((model / "config.json").read_text())["eos_token_id"]
+
+
+def test_the_framework_interface_agrees_with_the_reference(
+    backend: str, tmp_path: Path, tiny_llama: Path, reference_probe: dict
+) -> None:
+    """Driven directly: the worker's framework implements the interface; its per-token
+    log-probabilities sum to its own NLL, hold 0 where nothing is learned and equal the
+    reference's; its greedy decoding gives the reference's tokens."""
+    out = planned(recipe(tmp_path, tiny_llama), tmp_path / "out", backend)
+    found = probe(backend, out, str(eos_id(tiny_llama)))
+    assert found["learned"] == found["batch_learned"] > 0 and found["masked_zero"]
+    assert -sum(map(sum, found["logps"])) == pytest.approx(found["nll"], rel=1e-5)
+    assert found["trainable"] == found["params"] == reference_probe["params"]
+    mine, theirs = found["logps"], reference_probe["logps"]
+    pairs = [(a, b) for r, s in zip(mine, theirs, strict=True) for a, b in zip(r, s, strict=True)]
+    assert max(abs(a - b) for a, b in pairs) <= TOLERANCE
+    assert found["greedy"] == reference_probe["greedy"]
+    assert all(len(answer) <= 6 for answer in found["greedy"])
+
+
+def test_packed_examples_see_only_themselves(
+    backend: str, tmp_path: Path, tiny_llama: Path
+) -> None:
+    """Each example of a packed row gets the log-probabilities it gets alone."""
+    needs(backend, packing=True)
+    path = recipe(tmp_path, tiny_llama)
+    path.write_text(path.read_text().replace("max_seq_len: 64", "max_seq_len: 256"))
+    out = planned(path, tmp_path / "out", backend, "data.packing=true")
+    alone = tmp_path / "alone"
+    result = run_ftx("data", "prepare", str(path), "--out", str(alone))
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = probe(backend, out, "packed", str(alone))
+    assert found["examples"] > 4  # several examples per packed row
+    assert found["worst"] <= 1e-5
