@@ -7,6 +7,12 @@ Labels are aligned with input_ids (not shifted), -100 where not learned.
 Packed splits add ``position_ids.npy`` (restarting at 0 for every packed example)
 and ``segment_ids.npy`` (1, 2, ... per example of the row).
 ``eval.jsonl`` holds generation prompts: ``{"input_ids": [...], "reference": "..."}``.
+
+Preference splits (stages dpo, rm) hold two aligned sub-splits, ``chosen/`` and
+``rejected/``: pair i is row i of each (the same prompt, then each answer), read as a
+:class:`PairedSplit`. Feedback splits (stage kto) are plain splits with ``kto_tag.npy``
+(1: a desirable answer). Both add ``prompt_lengths.npy``: the prompt tokens of each
+example, before its answer.
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ class PreparedSplit:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    def column(self, name: str) -> np.ndarray | None:
+        """A per-example array written beside the split (``kto_tag``, ``prompt_lengths``)."""
+        path = self.folder / f"{name}.npy"
+        return np.load(path) if path.exists() else None
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.offsets[index], self.offsets[index + 1]
@@ -109,6 +120,48 @@ def write_split(
     np.save(folder / "offsets.npy", offsets)
 
 
+class PairedSplit:
+    """A preference split: pair i is the chosen and the rejected row i (one prompt)."""
+
+    packed = False
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.chosen = PreparedSplit(folder / "chosen")
+        self.rejected = PreparedSplit(folder / "rejected")
+        if len(self.chosen) != len(self.rejected):
+            raise ValueError(
+                f"{folder}: {len(self.chosen)} chosen rows, {len(self.rejected)} rejected"
+            )
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def __getitem__(self, index: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        return self.chosen[index], self.rejected[index]
+
+    def lengths(self) -> np.ndarray:
+        """The longer answer's row length of each pair."""
+        return np.maximum(self.chosen.lengths(), self.rejected.lengths())
+
+    def column(self, name: str) -> np.ndarray | None:
+        path = self.folder / f"{name}.npy"
+        return np.load(path) if path.exists() else None
+
+
+def write_pairs(
+    folder: Path,
+    pairs: Sequence[
+        tuple[tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]]
+    ],
+    prompt_lengths: Sequence[int],
+) -> None:
+    """Write preference pairs ((chosen ids, labels), (rejected ids, labels)) as a split."""
+    write_split(folder / "chosen", [chosen for chosen, _ in pairs])
+    write_split(folder / "rejected", [rejected for _, rejected in pairs])
+    np.save(folder / "prompt_lengths.npy", np.asarray(prompt_lengths, dtype=np.int32))
+
+
 def _flat(rows: list[Sequence[int]]) -> np.ndarray:
     """All rows (int arrays or lists) end to end as one int32 array."""
     if not rows:
@@ -142,9 +195,12 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_split(root: Path, name: str) -> PreparedSplit | None:
-    """A split of a prepared folder, or None when it has no such split."""
+def load_split(root: Path, name: str) -> PreparedSplit | PairedSplit | None:
+    """A split of a prepared folder (a :class:`PairedSplit` for preference data), or None
+    when it has no such split."""
     folder = root / name
+    if (folder / "chosen" / "offsets.npy").exists():
+        return PairedSplit(folder)
     return PreparedSplit(folder) if (folder / "offsets.npy").exists() else None
 
 

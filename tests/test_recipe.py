@@ -67,7 +67,12 @@ BAD = [
     ("train:\n  learning_rate: -1\n", [], ["train.learning_rate", "greater than 0"]),
     ("train:\n  precision: fp8\n", [], ["train.precision", "'fp32', 'bf16' or 'fp16'"]),
     ("train:\n  scheduler: cosin\n", [], ["train.scheduler"]),
-    ("method:\n  stage: dpo\n", [], ["method.stage", "not yet supported"]),
+    ("method:\n  stage: ppo\n", [], ["method.stage", "'sft', 'pt', 'dpo', 'kto' or 'rm'"]),
+    (
+        "method:\n  stage: dpo\n  preference:\n    los: ipo\n",
+        [],
+        ["method.preference.los", "did you mean 'loss'"],
+    ),
     ("method:\n  finetuning: adapter\n", [], ["method.finetuning"]),
     ("method:\n  lora:\n    rnk: 8\n", [], ["method.lora.rnk", "did you mean 'rank'"]),
     ("parallel:\n  nproc_per_node: 3\n  tp: 2\n", [], ["parallel", "must divide the world size"]),

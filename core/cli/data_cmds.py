@@ -15,7 +15,7 @@ from ftx.core.cli import cli
 from ftx.core.console import info, results
 from ftx.core.data.sources import input_paths
 from ftx.core.fsutil import claim_destination
-from ftx.core.prepared import IGNORE_INDEX
+from ftx.core.prepared import IGNORE_INDEX, PairedSplit
 from ftx.core.recipe import load_recipe
 from ftx.core.registry import exporters
 
@@ -86,7 +86,9 @@ def show(source: Path, overrides: tuple[str, ...], count: int, split: str, as_js
 
     \b
     --json prints {"input_ids": [...], "labels": [...]} per example (labels aligned
-    with input_ids, not shifted, -100 where masked) plus position_ids when packed.
+    with input_ids, not shifted, -100 where masked) plus position_ids when packed and
+    kto_tag for KTO rows; a preference pair prints chosen_input_ids, chosen_labels,
+    rejected_input_ids and rejected_labels (LLaMA-Factory's names).
     Example:
       ftx data show recipes/quickstart.yaml -n 1 --json
     """
@@ -99,11 +101,7 @@ def show(source: Path, overrides: tuple[str, ...], count: int, split: str, as_js
         raise click.BadParameter(f"{folder} has no '{split}' split", param_hint="--split")
     if as_json:
         for i in range(min(count, len(rows))):
-            ids, labels = rows[i]
-            row = {"input_ids": ids.tolist(), "labels": labels.tolist()}
-            if rows.packed:
-                row["position_ids"] = rows.positions(i)[0].tolist()
-            click.echo(json.dumps(row))
+            click.echo(json.dumps(_as_json(rows, i)))
         return
     from transformers import AutoTokenizer
 
@@ -122,14 +120,53 @@ def show(source: Path, overrides: tuple[str, ...], count: int, split: str, as_js
             fix="show the data through its recipe instead (ftx data show RECIPE), or use --json",
         )
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tags = rows.column("kto_tag")
     for i in range(min(count, len(rows))):
+        if isinstance(rows, PairedSplit):
+            (chosen, chosen_labels), (rejected, rejected_labels) = rows[i]
+            prompt = int(rows.column("prompt_lengths")[i])
+            results.print(f"[bold]--- pair {i} (prompt {prompt} tokens, learned in green)[/]")
+            results.print(_highlighted(tokenizer, chosen[:prompt], chosen_labels[:prompt]))
+            for name, ids, labels in (("chosen", chosen, chosen_labels),
+                                      ("rejected", rejected, rejected_labels)):  # fmt: skip
+                results.print(f"[bold]{name}[/] ({len(ids) - prompt} tokens):")
+                results.print(_highlighted(tokenizer, ids[prompt:], labels[prompt:]))
+            continue
         ids, labels = rows[i]
-        text = Text()
-        for token, label in zip(ids.tolist(), labels.tolist(), strict=True):
-            piece = tokenizer.decode([token])
-            text.append(piece, style="bold green" if label != IGNORE_INDEX else "dim")
-        results.print(f"[bold]--- example {i} ({len(ids)} tokens, learned in green)[/]")
-        results.print(text)
+        judged = "" if tags is None else f", kto_tag {str(bool(tags[i])).lower()}"
+        results.print(f"[bold]--- example {i} ({len(ids)} tokens{judged}, learned in green)[/]")
+        results.print(_highlighted(tokenizer, ids, labels))
+
+
+def _highlighted(tokenizer: Any, ids: np.ndarray, labels: np.ndarray) -> Text:
+    """Tokens as text, the learned ones in green."""
+    text = Text()
+    for token, label in zip(ids.tolist(), labels.tolist(), strict=True):
+        text.append(
+            tokenizer.decode([token]), style="bold green" if label != IGNORE_INDEX else "dim"
+        )
+    return text
+
+
+def _as_json(rows: Any, i: int) -> dict[str, Any]:
+    """Example ``i`` with LLaMA-Factory's column names: input_ids/labels (+ position_ids when
+    packed, kto_tag for KTO rows), or chosen_/rejected_input_ids and _labels for a pair."""
+    if isinstance(rows, PairedSplit):
+        (chosen, chosen_labels), (rejected, rejected_labels) = rows[i]
+        return {
+            "chosen_input_ids": chosen.tolist(),
+            "chosen_labels": chosen_labels.tolist(),
+            "rejected_input_ids": rejected.tolist(),
+            "rejected_labels": rejected_labels.tolist(),
+        }
+    ids, labels = rows[i]
+    row: dict[str, Any] = {"input_ids": ids.tolist(), "labels": labels.tolist()}
+    if rows.packed:
+        row["position_ids"] = rows.positions(i)[0].tolist()
+    tags = rows.column("kto_tag")
+    if tags is not None:
+        row["kto_tag"] = bool(tags[i])
+    return row
 
 
 @data.command()
@@ -159,7 +196,16 @@ def stats(recipe: Path, overrides: tuple[str, ...]) -> None:
             table.add_row(f"{name} examples", str(split["examples"]))
             continue
         share = split["learnable_tokens"] / max(1, split["tokens"])
-        table.add_row(f"{name} examples", f"{split['examples']} in {split['rows']} rows")
+        if "pairs" in split:
+            table.add_row(f"{name} pairs", f"{split['pairs']} (chosen and rejected rows)")
+        elif "desirable" in split:
+            table.add_row(
+                f"{name} examples",
+                f"{split['examples']}: {split['desirable']} desirable,"
+                f" {split['undesirable']} undesirable",
+            )
+        else:
+            table.add_row(f"{name} examples", f"{split['examples']} in {split['rows']} rows")
         table.add_row(f"{name} tokens", f"{split['tokens']:,} ({share:.1%} learned)")
         if "packing_efficiency" in split:
             table.add_row(f"{name} packing efficiency", f"{split['packing_efficiency']:.2%}")
@@ -205,10 +251,20 @@ Example:
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True)
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
 def export(recipe: Path, overrides: tuple[str, ...], target: str, out: Path, force: bool) -> None:
+    from ftx.core.errors import FtxError
     from ftx.core.fsutil import staged_dir
+    from ftx.core.recipe.schema import PREFERENCE_STAGES
     from ftx.core.registry import load
 
     loaded = load_recipe(recipe, overrides)
+    stage = loaded.recipe.method.stage
+    if stage in PREFERENCE_STAGES:
+        raise FtxError(
+            f"the {target} export writes instruction data; method.stage '{stage}' trains on"
+            " preference data, which no native export writes yet",
+            where=f"{loaded.source}: method.stage",
+            fix="inspect the prepared pairs with `ftx data show RECIPE --json` instead",
+        )
     claim_destination(out, force=force, inputs=input_paths(loaded.recipe, loaded.source))
     write = load(exporters()[target].function)
     with staged_dir(out, replace=True) as tmp:

@@ -246,6 +246,11 @@ def preference(
         if not isinstance(value, str) or not value.strip():
             raise RowError(f"preference field '{cols[key]}' must be a non-empty string")
         answers.append(Message("assistant", value))
+    if answers[0].content.strip() == answers[1].content.strip():
+        raise RowError(
+            f"the '{cols['chosen']}' and '{cols['rejected']}' answers are the same: the pair"
+            " prefers nothing"
+        )
     if fmt == "alpaca":
         response = {**ALPACA_COLUMNS, **columns}["response"]
         base = alpaca({**row, response: answers[0].content}, columns, tags)

@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from ftx.core.data.conversation import Conversation
+from ftx.core.data.conversation import Conversation, Message
 from ftx.core.data.formats import RowError, to_conversation, to_document
 from ftx.core.data.packing import first_fit_decreasing
-from ftx.core.data.render import ChatEncoder
+from ftx.core.data.render import ChatEncoder, Choices
 from ftx.core.data.sources import Source, resolve
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, staged_dir
 from ftx.core.home import ftx_home
-from ftx.core.prepared import FORMAT_VERSION, IGNORE_INDEX, write_split
+from ftx.core.prepared import FORMAT_VERSION, IGNORE_INDEX, write_pairs, write_split
 from ftx.core.recipe.schema import DatasetSpec, Recipe
 
 BATCH = 1000  # conversations tokenised per call of the fast tokenizer
@@ -155,8 +155,8 @@ def _refuse_untrainable(
             f"the dataset '{source.label}' holds KTO rows (column '{kto}'): under sft every"
             " answer would be learned, the undesirable ones too",
             where=where,
-            fix="remove the kto_tag column to learn every answer, or keep only the desirable"
-            " rows; KTO training itself is not in ftx yet",
+            fix="train them with method.stage: kto, or remove the kto_tag column to learn every"
+            " answer",
         )
 
 
@@ -224,14 +224,7 @@ def split_conversations(
         raise FtxError(
             "the datasets hold no usable rows", where="data.datasets", fix="check the files"
         )
-    ranked = next((c for c in conversations if c.is_preference), None)
-    if ranked is not None:
-        raise FtxError(
-            "this dataset holds preference rows (ranking: true), which need a preference"
-            " stage (dpo, kto); ftx does not train those stages yet",
-            where=ranked.source,
-            fix="train on instruction data, or remove the ranked dataset from data.datasets",
-        )
+    check_rows_fit_stage(conversations, recipe.method.stage)
     order = list(range(len(conversations)))
     random.Random(data.seed).shuffle(order)
     n_val = int(data.val_size) if data.val_size >= 1 else round(len(order) * data.val_size)
@@ -246,6 +239,37 @@ def split_conversations(
     return train, val
 
 
+def check_rows_fit_stage(conversations: list[Conversation], stage: str) -> None:
+    """Preference rows (``ranking: true``) for dpo and rm, feedback rows (``kto_tag``) for
+    kto, neither for sft and pt: an error naming the first row that does not fit."""
+    wanted = {"dpo": "pairs", "rm": "pairs", "kto": "feedback"}.get(stage, "plain")
+    fixes = {
+        "pairs": "use a dataset with chosen/rejected answers (ranking: true in"
+        " dataset_info.json), or another method.stage",
+        "feedback": "use rows with a kto_tag column (true: a desirable answer), or another"
+        " method.stage",
+        "plain": "set method.stage to dpo or rm for ranked data, kto for kto_tag data, or"
+        " remove the dataset",
+    }
+    for conv in conversations:
+        kind = (
+            "pairs" if conv.is_preference else "feedback" if conv.kto_tag is not None else "plain"
+        )
+        if kind == wanted:
+            continue
+        what = {
+            "pairs": "a preference row (chosen/rejected answers)",
+            "feedback": "a KTO row (kto_tag)",
+            "plain": "a row with one answer and no kto_tag",
+        }[kind]
+        raise FtxError(
+            f"{what}, and method.stage '{stage}' trains on"
+            f" {dict(pairs='preference pairs', feedback='KTO rows', plain='plain rows')[wanted]}",
+            where=conv.source,
+            fix=fixes[wanted],
+        )
+
+
 def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any]:
     """Prepare the recipe's data into ``dest`` (written atomically); return the manifest.
 
@@ -256,16 +280,22 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
     report = RowReport()
     train_convs, val_convs = split_conversations(recipe, report)
 
-    if recipe.method.stage == "pt":
+    stage = recipe.method.stage
+    if stage == "pt":
         encoder = None
         encode = lambda convs: _pack_text(convs, tokenizer, data.max_seq_len)  # noqa: E731
     else:
         encoder = ChatEncoder(tokenizer, recipe.model.template, where="model.template")
-        encode = lambda convs: _encode_chats(convs, encoder, recipe, report)  # noqa: E731
+        if stage in ("dpo", "rm"):
+            encode = lambda convs: _encode_pairs(convs, encoder, recipe, report)  # noqa: E731
+        elif stage == "kto":
+            encode = lambda convs: _encode_feedback(convs, encoder, recipe, report)  # noqa: E731
+        else:
+            encode = lambda convs: _encode_chats(convs, encoder, recipe, report)  # noqa: E731
     splits = {"train": encode(train_convs)}
     if val_convs:
         splits["val"] = encode(val_convs)
-    if not splits["train"]:
+    if not len(splits["train"]):
         raise FtxError(
             "no training example has a learnable token after truncation",
             where="data.max_seq_len",
@@ -301,20 +331,16 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
     }
     with staged_dir(dest, replace=True) as tmp:
         for name, examples in splits.items():
-            tokens = sum(len(ids) for ids, _ in examples)
-            learned = tokens - sum(int((labels == IGNORE_INDEX).sum()) for _, labels in examples)
+            if isinstance(examples, (PairRows, FeedbackRows)):
+                manifest["splits"][name] = examples.write(tmp / name)
+                continue
+            info = _token_stats([ids for ids, _ in examples], [lab for _, lab in examples])
             lengths = [len(ids) for ids, _ in examples]
-            info: dict[str, Any] = {
-                "examples": len(examples),
-                "tokens": tokens,
-                "learnable_tokens": learned,
-                "max_length": max(lengths),
-            }
             if data.packing and name == "train" and recipe.method.stage != "pt":
                 groups = first_fit_decreasing(lengths, data.max_seq_len)
                 write_split(tmp / name, examples, groups)
                 info["rows"] = len(groups)
-                efficiency = tokens / max(1, len(groups) * data.max_seq_len)
+                efficiency = info["tokens"] / max(1, len(groups) * data.max_seq_len)
                 info["packing_efficiency"] = round(efficiency, 6)
                 np.save(tmp / name / "example_lengths.npy", np.asarray(lengths, dtype=np.int32))
             else:
@@ -326,6 +352,106 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
             manifest["splits"]["eval"] = {"examples": len(eval_rows)}
         atomic_write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _token_stats(ids: list[Any], labels: list[Any]) -> dict[str, Any]:
+    """A split's counts for the manifest: examples, tokens, learned tokens, longest row."""
+    tokens = sum(len(row) for row in ids)
+    learned = sum(int((np.asarray(row) != IGNORE_INDEX).sum()) for row in labels)
+    longest = max((len(row) for row in ids), default=0)
+    return {"examples": len(ids), "tokens": tokens, "learnable_tokens": learned,
+            "max_length": longest}  # fmt: skip
+
+
+@dataclass
+class PairRows:
+    """Encoded preference pairs: per pair the chosen and the rejected row, one prompt."""
+
+    pairs: list[tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]]
+    prompt_lengths: list[int]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def write(self, folder: Path) -> dict[str, Any]:
+        write_pairs(folder, self.pairs, self.prompt_lengths)
+        rows = [row for pair in self.pairs for row in pair]
+        info = _token_stats([ids for ids, _ in rows], [labels for _, labels in rows])
+        return {**info, "examples": len(self.pairs), "pairs": len(self.pairs), "rows": len(rows)}
+
+
+@dataclass
+class FeedbackRows:
+    """Encoded KTO rows: prompt then answer, each tagged desirable or not."""
+
+    examples: list[tuple[np.ndarray, np.ndarray]]
+    tags: list[bool]
+    prompt_lengths: list[int]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def write(self, folder: Path) -> dict[str, Any]:
+        write_split(folder, self.examples)
+        np.save(folder / "kto_tag.npy", np.asarray(self.tags, dtype=np.bool_))
+        np.save(folder / "prompt_lengths.npy", np.asarray(self.prompt_lengths, dtype=np.int32))
+        info = _token_stats([ids for ids, _ in self.examples], [lab for _, lab in self.examples])
+        desirable = sum(self.tags)
+        return {**info, "rows": len(self.examples), "desirable": desirable,
+                "undesirable": len(self.tags) - desirable}  # fmt: skip
+
+
+def _choices(
+    items: list[tuple[Conversation, list[Message]]],
+    encoder: ChatEncoder,
+    recipe: Recipe,
+    report: RowReport,
+) -> list[tuple[int, Choices]]:
+    """Each (prompt conversation, answers) encoded (ChatEncoder.encode_answers), with its
+    index; those left with nothing to learn in some answer are dropped and counted."""
+    data, kept = recipe.data, []
+    for index, (prompt, answers) in enumerate(items):
+        found = encoder.encode_answers(
+            prompt, answers, max_len=data.max_seq_len, truncation=data.truncation
+        )
+        report.truncated += found.truncated
+        if any(all(label == IGNORE_INDEX for label in labels) for _, labels in found.answers):
+            report.no_learnable += 1
+            continue
+        kept.append((index, found))
+    return kept
+
+
+def _as_arrays(row: tuple[list[int], list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(row[0], dtype=np.int32), np.asarray(row[1], dtype=np.int32)
+
+
+def _encode_pairs(
+    convs: list[Conversation], encoder: ChatEncoder, recipe: Recipe, report: RowReport
+) -> PairRows:
+    """Preference pairs: the conversation is the prompt, chosen and rejected its answers."""
+    items = [(c, [c.chosen, c.rejected]) for c in convs if c.chosen and c.rejected]
+    rows = PairRows([], [])
+    for _, found in _choices(items, encoder, recipe, report):
+        chosen, rejected = found.rows()
+        rows.pairs.append((_as_arrays(chosen), _as_arrays(rejected)))
+        rows.prompt_lengths.append(len(found.prompt))
+    return rows
+
+
+def _encode_feedback(
+    convs: list[Conversation], encoder: ChatEncoder, recipe: Recipe, report: RowReport
+) -> FeedbackRows:
+    """KTO rows: the conversation before its last answer is the prompt, the last answer is
+    the one its kto_tag judges."""
+    items = [(replace(c, messages=c.messages[:-1]), [c.messages[-1]]) for c in convs]
+    rows = FeedbackRows([], [], [])
+    for index, found in _choices(items, encoder, recipe, report):
+        (row,) = found.rows()
+        rows.examples.append(_as_arrays(row))
+        rows.tags.append(bool(convs[index].kto_tag))
+        rows.prompt_lengths.append(len(found.prompt))
+    return rows
 
 
 def _encode_chats(

@@ -18,13 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from ftx.core.data.conversation import Conversation
+from ftx.core.data.conversation import Conversation, Message
 from ftx.core.errors import FtxError
 from ftx.core.prepared import IGNORE_INDEX
 
 Chat = list[dict[str, Any]]
 Tools = Sequence[Any]
 Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Choices:
+    """A prompt's ids and, per answer, its (ids, labels), cut to fit one row each."""
+
+    prompt: list[int]
+    answers: list[tuple[list[int], list[int]]]
+    truncated: bool
+
+    def rows(self) -> list[tuple[list[int], list[int]]]:
+        """Each answer's row: the prompt (never learned) then the answer."""
+        masked = [IGNORE_INDEX] * len(self.prompt)
+        return [(self.prompt + ids, masked + labels) for ids, labels in self.answers]
 
 
 @dataclass(frozen=True)
@@ -253,6 +267,69 @@ class ChatEncoder:
             return [e.ids for e in encodings], [e.offsets for e in encodings]
         enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         return [list(x) for x in enc["input_ids"]], list(enc["offset_mapping"])
+
+    def encode_answers(
+        self, conv: Conversation, answers: Sequence[Message], *, max_len: int, truncation: str
+    ) -> Choices:
+        """The prompt (the conversation, ending with the assistant header) and each answer
+        to it, tokenised apart so that every answer follows the very same prompt ids, as
+        LLaMA-Factory's pairwise and feedback processors do; each answer is learned with the
+        end of its turn, the prompt never.
+
+        Over ``max_len`` (the prompt plus the longest answer): ``lf_split`` cuts as
+        LLaMA-Factory cuts pairs (``infer_seqlen`` over the prompt and the longest answer;
+        everything keeps its start); ``oldest_rounds`` drops whole rounds from the prompt's
+        start first (keeping the system prompt), and then shares what is left by the same
+        split, the prompt keeping its end (the question and the assistant header)."""
+        chat, tools = conv.as_chat(), conv.tools
+        head = chat[:1] if chat and chat[0]["role"] == "system" else []
+        body = chat[len(head) :]
+        truncated = False
+        while True:
+            prompt, pieces = self._answer_pieces(head + body, answers, tools, conv.source)
+            longest = max(len(ids) for ids, _ in pieces)
+            starts = [i for i, m in enumerate(body) if m["role"] == "user" and i > 0]
+            if len(prompt) + longest <= max_len:
+                return Choices(prompt, pieces, truncated)
+            if truncation == "lf_split" or not starts:
+                break
+            body, truncated = body[starts[0] :], True
+        keep_prompt, keep_answer = infer_seqlen(len(prompt), longest, max_len)
+        if truncation == "lf_split":
+            prompt = prompt[:keep_prompt]
+        else:
+            prompt = prompt[len(prompt) - keep_prompt :] if keep_prompt else []
+        pieces = [(ids[:keep_answer], labels[:keep_answer]) for ids, labels in pieces]
+        return Choices(prompt, pieces, True)
+
+    def _answer_pieces(
+        self, chat: Chat, answers: Sequence[Message], tools: Tools, source: str
+    ) -> tuple[list[int], list[tuple[list[int], list[int]]]]:
+        prompt_text, pieces = None, []
+        for answer in answers:
+            text, spans = self._spans([*chat, {"role": "assistant", "content": answer.content}],
+                                      tools)  # fmt: skip
+            start, end = spans[-1]
+            if prompt_text is None:
+                prompt_text = text[:start]
+            elif text[:start] != prompt_text:
+                raise FtxError(
+                    "the chat template renders the prompt differently for the two answers",
+                    where=source,
+                    fix="name a registered template in model.template",
+                )
+            enc = self.tokenizer(
+                text[start:], add_special_tokens=False, return_offsets_mapping=True
+            )
+            ids = list(enc["input_ids"])
+            labels = [
+                token if offset[0] < end - start else IGNORE_INDEX
+                for token, offset in zip(ids, enc["offset_mapping"], strict=True)
+            ]
+            pieces.append((ids, labels))
+        assert prompt_text is not None
+        prompt = list(self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+        return prompt, pieces
 
     def encode_prompt(self, conv: Conversation) -> tuple[list[int], str]:
         """Ids of everything before the last assistant turn (plus the generation prompt)

@@ -12,8 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ftx.core.worker.objectives import OBJECTIVES
-
 DATA_FORMATS = ("alpaca", "sharegpt", "openai", "text", "src_tgt")
 
 
@@ -173,23 +171,106 @@ class FreezeSection(Section):
         return value
 
 
+PREFERENCE_STAGES = ("dpo", "kto", "rm")  # trained on preference (or feedback) data
+REFERENCE_FREE = ("simpo", "orpo")  # preference losses without a reference model
+
+
+class PreferenceSection(Section):
+    """Preference training (stages dpo, kto, rm); defaults as TRL's and LLaMA-Factory's."""
+
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = Field(
+        "sigmoid", description="dpo's loss: sigmoid (DPO), ipo, hinge, simpo, orpo."
+    )
+    beta: float = Field(0.1, gt=0, le=1000, description="The temperature of the rewards.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Conservative DPO: the chance a label is flipped."
+    )
+    simpo_gamma: float = Field(0.5, ge=0, le=100, description="SimPO's target reward margin.")
+    sft_weight: float = Field(
+        0.0, ge=0, le=100, description="Weight of an NLL term on the chosen answer (pref_ftx)."
+    )
+    reference: Literal["auto", "precomputed", "none"] | None = Field(
+        None,
+        description="auto: the base (adapter off under LoRA, a frozen copy otherwise);"
+        " precomputed: reference log-probs written before training; none: reference-free."
+        " Unset: auto, or none for simpo/orpo.",
+    )
+    desirable_weight: float = Field(1.0, gt=0, le=100, description="KTO: desirable rows' weight.")
+    undesirable_weight: float = Field(
+        1.0, gt=0, le=100, description="KTO: undesirable rows' weight."
+    )
+
+    def reference_for(self, stage: str) -> str:
+        """The reference this stage and loss train against."""
+        if stage == "rm":
+            return "none"
+        if self.reference is not None:
+            return self.reference
+        return "none" if stage == "dpo" and self.loss in REFERENCE_FREE else "auto"
+
+
 class MethodSection(Section):
-    stage: Literal["sft", "pt", "dpo", "kto"] = "sft"
+    stage: Literal["sft", "pt", "dpo", "kto", "rm"] = "sft"
     finetuning: Literal["full", "lora", "qlora", "freeze", "prefix"] = "lora"
     lora: LoraSection = LoraSection()
     quantization: QuantizationSection = QuantizationSection()
     prefix: PrefixSection = PrefixSection()
     freeze: FreezeSection = FreezeSection()
+    preference: PreferenceSection = PreferenceSection()
 
-    @field_validator("stage")
-    @classmethod
-    def _stage_supported(cls, value: str) -> str:
-        if value not in OBJECTIVES:  # the stages ftx's loop has an objective for
+    @model_validator(mode="after")
+    def _preference_keys(self) -> MethodSection:
+        # What differs from the defaults (a recipe's fields survive a dump and a reload, which
+        # makes every field "set")
+        pref = self.preference
+        given = {
+            name
+            for name, field in PreferenceSection.model_fields.items()
+            if getattr(pref, name) != field.default
+        }
+        if self.stage not in PREFERENCE_STAGES:
+            if given:
+                key = sorted(given)[0]
+                stages = ", ".join(PREFERENCE_STAGES)
+                raise ValueError(
+                    f"preference.{key} is for the preference stages ({stages});"
+                    f" stage '{self.stage}' does not read it"
+                )
+            return self
+        only = {
+            "dpo": {"loss", "beta", "label_smoothing", "simpo_gamma", "sft_weight", "reference"},
+            "kto": {"beta", "reference", "desirable_weight", "undesirable_weight"},
+            "rm": set(),
+        }[self.stage]
+        stray = sorted(given - only)
+        if stray:
             raise ValueError(
-                f"stage '{value}' is not yet supported by ftx (reserved for preference training);"
-                f" use one of {', '.join(sorted(OBJECTIVES))}"
+                f"preference.{stray[0]} has no meaning for stage '{self.stage}'"
+                f" (it reads: {', '.join(sorted(only)) or 'nothing from this section'})"
             )
-        return value
+        if (
+            self.stage == "dpo"
+            and pref.loss in REFERENCE_FREE
+            and pref.reference
+            not in (
+                None,
+                "none",
+            )
+        ):
+            raise ValueError(
+                f"preference.reference: the {pref.loss} loss uses no reference model;"
+                " set reference: none (or leave it unset)"
+            )
+        if "simpo_gamma" in given and pref.loss != "simpo":
+            raise ValueError("preference.simpo_gamma is read by loss: simpo only")
+        if "label_smoothing" in given and pref.loss not in ("sigmoid",):
+            raise ValueError("preference.label_smoothing is read by loss: sigmoid only")
+        if self.stage == "rm" and self.finetuning == "prefix":
+            raise ValueError(
+                "finetuning 'prefix' leaves a reward model's score head untrained; use full,"
+                " lora or freeze for stage 'rm'"
+            )
+        return self
 
 
 class TrainSection(Section):
@@ -359,8 +440,20 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Recipe:
-        if self.method.stage == "pt" and self.data.train_on_prompt:
+        stage = self.method.stage
+        if stage == "pt" and self.data.train_on_prompt:
             raise ValueError("data.train_on_prompt has no meaning for stage 'pt' (all is learned)")
+        if stage in PREFERENCE_STAGES:
+            if self.data.train_on_prompt:
+                raise ValueError(
+                    f"data.train_on_prompt: stage '{stage}' compares answers; the prompt is"
+                    " never learned (set it false)"
+                )
+            if self.data.packing:
+                raise ValueError(
+                    f"data.packing: stage '{stage}' scores whole answers, one per row; packed"
+                    " rows would let one example's answer see another's (set it false)"
+                )
         if self.method.finetuning not in ("lora", "qlora") and self.output.merge_lora:
             raise ValueError("output.merge_lora needs method.finetuning 'lora' or 'qlora'")
         return self

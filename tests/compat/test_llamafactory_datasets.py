@@ -56,7 +56,15 @@ ENTRIES = {
     "alpaca_preference": ({"file_name": "pref.json", "ranking": True, "columns": {
         "prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}},
         "pref.json", [{"instruction": "Q", "input": "", "chosen": "good", "rejected": "bad"}],
-        "sft", "preference rows"),
+        "sft", "a preference row (chosen/rejected answers), and method.stage 'sft'"),
+    "alpaca_preference_dpo": ({"file_name": "pref_dpo.json", "ranking": True, "columns": {
+        "prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}},
+        "pref_dpo.json", [{"instruction": "Q", "input": "", "chosen": "good", "rejected": "bad"}],
+        "dpo", "ok"),
+    "alpaca_kto_kto": ({"file_name": "kto_kto.json", "columns": {
+        "prompt": "instruction", "query": "input", "response": "output", "kto_tag": "kto_tag"}},
+        "kto_kto.json", [{"instruction": "Q", "input": "", "output": "A", "kto_tag": False}],
+        "kto", "ok"),
     "alpaca_kto": ({"file_name": "kto.json", "columns": {
         "prompt": "instruction", "query": "input", "response": "output", "kto_tag": "kto_tag"}},
         "kto.json", [{"instruction": "Q", "input": "", "output": "A", "kto_tag": False}],
@@ -73,7 +81,17 @@ ENTRIES = {
                                      "rejected": "rejected"}}, "spref.json",
         [{"conversations": [{"from": "human", "value": "Q"}],
           "chosen": {"from": "gpt", "value": "good"},
-          "rejected": {"from": "gpt", "value": "bad"}}], "sft", "preference rows"),
+          "rejected": {"from": "gpt", "value": "bad"}}], "sft", "a preference row"),
+    "sharegpt_preference_rm": ({"file_name": "spref_rm.json", "formatting": "sharegpt",
+        "ranking": True, "columns": {"messages": "conversations", "chosen": "chosen",
+                                     "rejected": "rejected"}}, "spref_rm.json",
+        [{"conversations": [{"from": "human", "value": "Q"}],
+          "chosen": {"from": "gpt", "value": "good"},
+          "rejected": {"from": "gpt", "value": "bad"}}], "rm", "ok"),
+    "sharegpt_kto_kto": ({"file_name": "skto_kto.json", "formatting": "sharegpt", "columns": {
+        "messages": "conversations", "kto_tag": "label"}}, "skto_kto.json",
+        [{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}],
+          "label": True}], "kto", "ok"),
     "sharegpt_kto": ({"file_name": "skto.json", "formatting": "sharegpt", "columns": {
         "messages": "conversations", "kto_tag": "label"}}, "skto.json",
         [{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}],
@@ -144,7 +162,9 @@ def test_every_documented_combination(
     if expected == "ok":
         assert stats.returncode == 0, stats.stderr[-2000:]
         assert show.returncode == 0, show.stderr[-2000:]
-        assert "train examples" in stats.stdout and "example 0" in show.stdout
+        train = "train pairs" if stage in ("dpo", "rm") else "train examples"
+        first = "pair 0" if stage in ("dpo", "rm") else "example 0"
+        assert train in stats.stdout and first in show.stdout
         return
     for result in (stats, show):
         assert result.returncode == 2, (name, result.stderr[-2000:])
