@@ -120,6 +120,20 @@ class QuantizationArgs:
 
 
 @dataclass(frozen=True)
+class PreferenceArgs:
+    """The preference stages' settings (the recipe's method.preference, reference resolved)."""
+
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"]
+    beta: float
+    label_smoothing: float
+    simpo_gamma: float
+    sft_weight: float
+    reference: Literal["auto", "precomputed", "none"]
+    desirable_weight: float
+    undesirable_weight: float
+
+
+@dataclass(frozen=True)
 class MethodArgs:
     stage: str  # a stage an objective trains (ftx.core.worker.objectives.OBJECTIVES)
     finetuning: Literal["full", "lora", "qlora", "freeze", "prefix"]
@@ -127,6 +141,7 @@ class MethodArgs:
     quantization: QuantizationArgs | None
     freeze_trainable_layers: int | None
     prefix_tokens: int | None
+    preference: PreferenceArgs | None = None  # stages dpo, kto, rm
 
 
 @dataclass(frozen=True)
@@ -228,9 +243,32 @@ class MetricsRow:
     tokens_per_s: float | None = None
     mfu: float | None = None  # on GPUs with a known peak
     eval_loss: float | None = None
+    # the preference stages (TRL's and LLaMA-Factory's names, "/" for "_": PREFERENCE_KEYS)
+    rewards_chosen: float | None = None  # beta * (policy - reference) log-prob of the chosen
+    rewards_rejected: float | None = None
+    rewards_accuracies: float | None = None  # share of pairs whose chosen reward is higher
+    rewards_margins: float | None = None
+    logps_chosen: float | None = None  # the policy's log-probability of the chosen answer
+    logps_rejected: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        row = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {PREFERENCE_KEYS.get(k, k): v for k, v in row.items()}
+
+
+# MetricsRow fields written under the names TRL and LLaMA-Factory log them with.
+PREFERENCE_KEYS = {
+    name: name.replace("_", "/", 1)
+    for name in (
+        "rewards_chosen",
+        "rewards_rejected",
+        "rewards_accuracies",
+        "rewards_margins",
+        "logps_chosen",
+        "logps_rejected",
+    )
+}
+_FIELDS_OF_KEYS = {key: name for name, key in PREFERENCE_KEYS.items()}
 
 
 def read_metrics(layout: RunLayout) -> list[MetricsRow]:
@@ -240,7 +278,10 @@ def read_metrics(layout: RunLayout) -> list[MetricsRow]:
     rows = []
     for line in layout.metrics.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rows.append(decode(MetricsRow, json.loads(line), str(layout.metrics)))
+            raw = json.loads(line)
+            if isinstance(raw, dict):
+                raw = {_FIELDS_OF_KEYS.get(k, k): v for k, v in raw.items()}
+            rows.append(decode(MetricsRow, raw, str(layout.metrics)))
         except (json.JSONDecodeError, ContractError):
             continue
     return rows

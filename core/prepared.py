@@ -71,25 +71,33 @@ class PreparedSplit:
         """A micro-batch as int64 arrays right-padded to its longest row: input_ids (pad_id on
         padding), labels (-100 there), token_mask (1 on real tokens) and, for packed splits,
         position_ids and segment_ids (0 on padding). Every worker's collate starts here."""
-        rows = [self[i] for i in indices]
-        width = max(len(ids) for ids, _ in rows)
-        names = ("input_ids", "labels", "token_mask")
-        fills = (pad_id, IGNORE_INDEX, 0)
+        batch = padded_rows([self[i] for i in indices], pad_id)
         if self.packed:
-            names, fills = (*names, "position_ids", "segment_ids"), (*fills, 0, 0)
-        batch = {
-            n: np.full((len(rows), width), f, dtype=np.int64)
-            for n, f in zip(names, fills, strict=True)
-        }
-        for r, (index, (ids, labels)) in enumerate(zip(indices, rows, strict=True)):
-            batch["input_ids"][r, : len(ids)] = ids
-            batch["labels"][r, : len(labels)] = labels
-            batch["token_mask"][r, : len(ids)] = 1
-            if self.packed:
+            for name in ("position_ids", "segment_ids"):
+                batch[name] = np.zeros_like(batch["input_ids"])
+            for r, index in enumerate(indices):
                 positions, segments = self.positions(index)
                 batch["position_ids"][r, : len(positions)] = positions
                 batch["segment_ids"][r, : len(segments)] = segments
         return batch
+
+
+def padded_rows(
+    rows: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int
+) -> dict[str, np.ndarray]:
+    """(ids, labels) rows as int64 arrays right-padded to the longest: input_ids (pad_id on
+    padding), labels (-100 there) and token_mask (1 on real tokens)."""
+    width = max(len(ids) for ids, _ in rows)
+    batch = {
+        "input_ids": np.full((len(rows), width), pad_id, dtype=np.int64),
+        "labels": np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64),
+        "token_mask": np.zeros((len(rows), width), dtype=np.int64),
+    }
+    for r, (ids, labels) in enumerate(rows):
+        batch["input_ids"][r, : len(ids)] = ids
+        batch["labels"][r, : len(labels)] = labels
+        batch["token_mask"][r, : len(ids)] = 1
+    return batch
 
 
 def write_split(
@@ -127,6 +135,7 @@ class PairedSplit:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self._columns: dict[str, np.ndarray] = {}
         self.chosen = PreparedSplit(folder / "chosen")
         self.rejected = PreparedSplit(folder / "rejected")
         if len(self.chosen) != len(self.rejected):
@@ -145,8 +154,14 @@ class PairedSplit:
         return np.maximum(self.chosen.lengths(), self.rejected.lengths())
 
     def column(self, name: str) -> np.ndarray | None:
-        path = self.folder / f"{name}.npy"
-        return np.load(path) if path.exists() else None
+        """A per-pair array beside the split (``prompt_lengths``, ``reference_logps``), read
+        once."""
+        if name not in self._columns:
+            path = self.folder / f"{name}.npy"
+            if not path.exists():
+                return None
+            self._columns[name] = np.load(path)
+        return self._columns[name]
 
 
 def write_pairs(

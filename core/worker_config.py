@@ -15,11 +15,30 @@ from ftx.core.contract import (
     MethodArgs,
     ModelArgs,
     OutputArgs,
+    PreferenceArgs,
     QuantizationArgs,
     TrainArgs,
     WorkerConfig,
 )
-from ftx.core.recipe.schema import Recipe
+from ftx.core.recipe.schema import PREFERENCE_STAGES, Recipe
+
+
+def preference_args(recipe: Recipe) -> PreferenceArgs | None:
+    """method.preference for the preference stages (None for sft and pt)."""
+    m = recipe.method
+    if m.stage not in PREFERENCE_STAGES:
+        return None
+    p = m.preference
+    return PreferenceArgs(
+        loss=p.loss,
+        beta=p.beta,
+        label_smoothing=p.label_smoothing,
+        simpo_gamma=p.simpo_gamma,
+        sft_weight=p.sft_weight,
+        reference=p.reference_for(m.stage),
+        desirable_weight=p.desirable_weight,
+        undesirable_weight=p.undesirable_weight,
+    )
 
 
 def worker_config(recipe: Recipe, backend: str) -> WorkerConfig:
@@ -59,6 +78,7 @@ def worker_config(recipe: Recipe, backend: str) -> WorkerConfig:
             ),
             freeze_trainable_layers=m.freeze.trainable_layers if m.finetuning == "freeze" else None,
             prefix_tokens=m.prefix.num_tokens if m.finetuning == "prefix" else None,
+            preference=preference_args(recipe),
         ),
         train=TrainArgs(
             epochs=t.num_epochs,

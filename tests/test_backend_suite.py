@@ -292,7 +292,7 @@ framework.start(config, layout)
 framework.seed(config.train.seed)
 prepared = layout.at(config.data.prepared)
 split, pad = load_split(prepared, "train"), read_manifest(prepared)["pad_token_id"]
-objective = objective_for(config.method.stage)
+objective = objective_for(config.method)
 size = framework.build(config, layout, split, Schedule.plan(len(split), config.train, 1), objective)
 found = {"params": size.params, "trainable": size.trainable}
 if sys.argv[3] == "packed":
@@ -315,7 +315,7 @@ if sys.argv[3] == "packed":
 else:
     batch = objective.collate(split, [0, 1, 2, 3], pad)
     logps = host(framework.token_logprobs(batch))
-    nll, learned = framework.eval_nll([(batch, True)])
+    nll, learned = framework.eval_loss([(batch, True)])
     prompts = [split[i][0][:12].tolist() for i in range(3)]
     found.update(
         logps=logps.tolist(), nll=nll, learned=learned, batch_learned=batch.learned,

@@ -127,7 +127,7 @@ class MindFormers:
         loss_sum: Tensor | None = None
         # MindFormers' mean times the weight, times the step's learned tokens per rank, is
         # the micro-batch's NLL sum (what the loop logs), still on the device.
-        per_rank = max(totals.learned, 1.0) / totals.world
+        per_rank = max(totals.units, 1.0) / totals.world
         for host in batches:
             rows = fixed_rows(host, self.pad_id, self.width)
             weight = Tensor(self.objective.weight(host, totals, "mean"), ms.float32)
@@ -154,7 +154,7 @@ class MindFormers:
 
     # ---------------------------------------------------------------- evaluation
 
-    def eval_nll(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
+    def eval_loss(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
         """MindFormers' mean loss of each counted batch with learned tokens, times their
         number (its loss is computed in training mode, where the network returns it)."""
         total, count = 0.0, 0
@@ -179,6 +179,15 @@ class MindFormers:
         index = Tensor(np.where(targets == IGNORE_INDEX, 0, targets)[..., None].astype(np.int32))
         picked = ops.gather_elements(logp, 2, index).squeeze(-1)
         return picked * Tensor((targets != IGNORE_INDEX).astype(np.float32))
+
+    def row_logps(self, batch: TokenBatch, reference: bool) -> np.ndarray:
+        if reference:
+            raise FtxError(
+                "the mindformers worker keeps no reference model: it trains sft and pt",
+                where="method.stage",
+                fix="train the preference stages with --backend torch",
+            )
+        return self.token_logprobs(batch).sum(-1).asnumpy()
 
     def greedy(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: frozenset[int]

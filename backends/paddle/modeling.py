@@ -145,7 +145,8 @@ def device_batch(host: TokenBatch) -> dict[str, paddle.Tensor]:
     return {k: paddle.to_tensor(v) for k, v in batch.items()}
 
 
-MODEL_INPUTS_EXCLUDED = ("labels", "targets")
+# host-side arrays of a batch that are no model input
+MODEL_INPUTS_EXCLUDED = ("labels", "targets", "row_units", "reference_logps")
 
 
 def _next_token_logits(model: Any, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:

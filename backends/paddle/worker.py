@@ -115,7 +115,7 @@ class Paddle:
     # ---------------------------------------------------------------- evaluation
 
     @paddle.no_grad()
-    def eval_nll(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
+    def eval_loss(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
         self.model.eval()
         total, count = 0.0, 0
         for host, counted in batches:
@@ -127,6 +127,15 @@ class Paddle:
 
     def token_logprobs(self, batch: TokenBatch) -> paddle.Tensor:
         return token_logprobs(self.model, device_batch(batch))
+
+    @paddle.no_grad()
+    def row_logps(self, batch: TokenBatch, reference: bool) -> np.ndarray:
+        if reference:
+            raise no_reference("paddle")
+        self.model.eval()
+        found = token_logprobs(self.model, device_batch(batch)).sum(-1).numpy()
+        self.model.train()
+        return found
 
     def greedy(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: frozenset[int]
@@ -192,6 +201,15 @@ class Paddle:
             where="output.report_to",
             fix="set output.report_to: none (metrics.jsonl has every logged value)",
         )
+
+
+def no_reference(backend: str) -> FtxError:
+    """The reference models of the preference stages are torch's alone so far."""
+    return FtxError(
+        f"the {backend} worker keeps no reference model: it trains sft and pt",
+        where="method.stage",
+        fix="train the preference stages with --backend torch",
+    )
 
 
 class _nothing:

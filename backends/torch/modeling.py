@@ -239,7 +239,8 @@ def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
     return ((causal & same) | eye)[:, None]
 
 
-MODEL_INPUTS_EXCLUDED = ("labels", "targets")
+# host-side arrays of a batch that are no model input
+MODEL_INPUTS_EXCLUDED = ("labels", "targets", "row_units", "reference_logps")
 
 
 def _next_token_logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:

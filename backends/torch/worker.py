@@ -12,12 +12,14 @@ checkpoints and a checkpoint on SIGTERM; each would need a Trainer subclass or c
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from ftx.backends.torch.engines import DeepSpeedEngine, PlainEngine, read_ds_config
@@ -28,7 +30,7 @@ from ftx.core.prepared import PreparedSplit
 from ftx.core.worker.entry import run_worker
 from ftx.core.worker.framework import ModelSize, Rank, StepOutput
 from ftx.core.worker.loop import train
-from ftx.core.worker.objectives import Objective, StepTotals, TokenBatch
+from ftx.core.worker.objectives import Objective, PairLogps, StepTotals, TokenBatch
 from ftx.core.worker.rules import decays
 from ftx.core.worker.schedule import Schedule
 
@@ -76,6 +78,7 @@ class Torch:
         self.tokenizer, model = load_model(
             config, layout.plan, self.device, self.ds_config, packed=split.packed
         )
+        self.reference = reference_of(model, config)
         self.engine = build_engine(model, config.train, self.rank, self.ds_config)
         self.scheduler = build_scheduler(self.engine.torch_optimizer, config.train, schedule)
         self.engine.model.train()
@@ -85,6 +88,8 @@ class Torch:
     # ---------------------------------------------------------------- one step
 
     def optimizer_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
+        if self.objective.needs == "pair_logps":
+            return self._preference_step(batches, totals)
         engine, loss_sum = self.engine, 0.0
         for i, host in enumerate(batches):
             last = i == len(batches) - 1
@@ -97,22 +102,73 @@ class Torch:
         self.scheduler.step()
         return StepOutput(loss_sum, grad_norm)
 
+    def _preference_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
+        """dpo's step: each micro-batch's pairs in one forward, the objective's per-pair
+        losses summed and weighted; the rewards and log-probabilities logged."""
+        engine, objective, loss_sum = self.engine, self.objective, 0.0
+        extras: dict[str, float] = {}
+        for i, host in enumerate(batches):
+            last = i == len(batches) - 1
+            batch = device_batch(host, self.device)
+            with engine.forward_context(last_micro_batch=last):
+                stat = self._pair_logps(engine.model, batch)
+                total = TORCH_OPS.total(objective.losses(stat, TORCH_OPS))
+            engine.backward(objective.loss(total, objective.weight(host, totals, "sum")), last)
+            loss_sum += float(total.detach())
+            for name, value in objective.metrics(on_host(stat)).items():
+                extras[name] = extras.get(name, 0.0) + value
+        grad_norm = engine.step()
+        self.scheduler.step()
+        return StepOutput(loss_sum, grad_norm, extras)
+
+    def _pair_logps(self, model: Any, batch: dict[str, Any]) -> PairLogps:
+        """The policy's summed log-probabilities per row and the reference's: precomputed in
+        the batch, the base with the adapter switched off (LoRA), a frozen copy (full), or
+        none for the reference-free losses."""
+        policy = token_logprobs(model, batch).sum(-1)
+        reference = batch.get("reference_logps")
+        if reference is None and self.reference != "none":
+            with torch.no_grad():
+                reference = self.row_logps_on_device(batch, reference=True)
+        return PairLogps(policy, reference, batch["row_units"])
+
+    @torch.no_grad()
+    def row_logps_on_device(self, batch: dict[str, Any], reference: bool) -> torch.Tensor:
+        if not reference:
+            return token_logprobs(self.engine.inner, batch).sum(-1)
+        if self.reference == "adapter_off":
+            with self.engine.inner.disable_adapter():
+                return token_logprobs(self.engine.inner, batch).sum(-1)
+        return token_logprobs(self.reference, batch).sum(-1)
+
+    def row_logps(self, batch: TokenBatch, reference: bool) -> np.ndarray:
+        was_training = self.engine.inner.training
+        self.engine.inner.eval()
+        found = self.row_logps_on_device(device_batch(batch, self.device), reference)
+        self.engine.inner.train(was_training)
+        return found.float().cpu().numpy()
+
     def learning_rate(self, step: int) -> float:
         return self.scheduler.get_last_lr()[0]
 
     # ---------------------------------------------------------------- evaluation
 
     @torch.no_grad()
-    def eval_nll(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
+    def eval_loss(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
         # The bare model (no DDP collectives); under ZeRO-3 every forward is a collective.
         model = self.engine.inner
         model.eval()
         total, count = 0.0, 0
         for host, counted in batches:
             if counted or self.collective_forward:
-                loss = nll_sum(model, device_batch(host, self.device))
+                batch = device_batch(host, self.device)
+                if self.objective.needs == "pair_logps":
+                    stat = self._pair_logps(model, batch)
+                    loss = TORCH_OPS.total(self.objective.losses(stat, TORCH_OPS))
+                else:
+                    loss = nll_sum(model, batch)
                 if counted:
-                    total, count = total + float(loss), count + host.learned
+                    total, count = total + float(loss), count + host.units
         model.train()
         return total, count
 
@@ -175,6 +231,41 @@ class Torch:
         if self.rank.main:
             kwargs = {"state_dict": state} if state is not None else {}
             self.engine.inner.save_pretrained(str(folder), safe_serialization=True, **kwargs)
+
+
+class TorchOps:
+    """The tensor functions the preference formulas use (ftx.core.worker.objectives)."""
+
+    log_sigmoid = staticmethod(torch.nn.functional.logsigmoid)
+    relu = staticmethod(torch.relu)
+    exp = staticmethod(torch.exp)
+    log1p = staticmethod(torch.log1p)
+    total = staticmethod(torch.sum)
+
+
+TORCH_OPS = TorchOps()
+
+
+def on_host(stat: PairLogps) -> PairLogps:
+    def host(t: Any) -> Any:
+        return None if t is None else t.detach().float().cpu().numpy()
+
+    return PairLogps(host(stat.policy), host(stat.reference), host(stat.units))
+
+
+def reference_of(model: Any, config: WorkerConfig) -> Any:
+    """What the preference stages compare the policy with: "none" (reference-free or
+    precomputed), "adapter_off" (LoRA: the base is the adapter switched off), or a frozen
+    copy of the starting model (full fine-tuning)."""
+    settings = config.method.preference
+    if settings is None or settings.reference in ("none", "precomputed"):
+        return "none"
+    if config.method.finetuning in ("lora", "qlora"):
+        return "adapter_off"
+    frozen = copy.deepcopy(model).eval()
+    for param in frozen.parameters():
+        param.requires_grad_(False)
+    return frozen
 
 
 def start_processes(deepspeed: bool) -> tuple[Rank, torch.device]:

@@ -70,8 +70,10 @@ class ModelSize:
 class StepOutput:
     """What one optimizer step gave on this rank."""
 
-    loss_sum: float  # the step's NLL summed over this rank's learned tokens
+    loss_sum: float  # the objective's loss summed over this rank's units (SFT: NLL of tokens)
     grad_norm: float  # the global gradient norm before clipping
+    # the objective's other logged values, summed over this rank's units (MetricsRow fields)
+    extras: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -144,9 +146,10 @@ class Framework(Protocol):
 
     # ---------------------------------------------------------------- evaluation
 
-    def eval_nll(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
-        """The NLL summed over the learned tokens of the counted batches (``(batch,
-        True)``), and their number, with no gradient and the model left training. Uncounted
+    def eval_loss(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
+        """The objective's loss summed over the units of the counted batches (``(batch,
+        True)``; SFT: the NLL of the learned tokens), and their number, with no gradient and
+        the model left training. Uncounted
         batches pad every rank to the same number of forwards: a framework whose forward
         is a collective runs them, others may skip them."""
         ...
@@ -155,6 +158,12 @@ class Framework(Protocol):
         """Per-token log-probabilities of ``batch``'s targets under the model, a framework
         tensor [rows, length - 1] holding 0 where the target is -100 (with gradients when
         the model trains)."""
+        ...
+
+    def row_logps(self, batch: TokenBatch, reference: bool) -> Any:
+        """Each row's summed log-probabilities of its learned targets, with no gradient, as a
+        host (numpy) array: under the model as it is, or (``reference``) under the preference
+        stages' reference (the adapter switched off, or the frozen starting model)."""
         ...
 
     def greedy(

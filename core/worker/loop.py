@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ftx.core.contract import ContractError, MetricsLog, RunLayout, WorkerConfig
-from ftx.core.prepared import PreparedSplit, load_split, read_manifest
+from ftx.core.prepared import PairedSplit, PreparedSplit, load_split, read_manifest
 from ftx.core.worker.checkpoints import (
     Checkpoints,
     TrainerState,
@@ -29,6 +29,7 @@ from ftx.core.worker.exports import write_final
 from ftx.core.worker.framework import Framework, Rank
 from ftx.core.worker.heldout import HeldOut
 from ftx.core.worker.objectives import Objective, StepTotals, TokenBatch, objective_for
+from ftx.core.worker.reference import precompute_reference
 from ftx.core.worker.schedule import Schedule
 from ftx.core.worker.throughput import Utilisation
 from ftx.core.worker.tracking import RunTracker, StepResult, StopSignal
@@ -38,7 +39,7 @@ def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
     """Run the training run of ``config``; the exit code (0, or 128 + a stop signal after
     its checkpoint)."""
     t = config.train
-    objective = objective_for(config.method.stage)
+    objective = objective_for(config.method)
     rank = framework.start(config, layout)
     framework.seed(t.seed)
     seed_host(t.seed)
@@ -50,6 +51,11 @@ def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
         raise ContractError(f"{prepared}: the prepared data has no train split")
     schedule = Schedule.plan(len(split), t, rank.world)
     size = framework.build(config, layout, split, schedule, objective)
+    settings = config.method.preference
+    if settings is not None and settings.reference == "precomputed":
+        for part in (split, val):
+            if isinstance(part, PairedSplit):
+                precompute_reference(framework, objective, part, pad_id, t.micro_batch_size, rank)
     # After the framework's imports: PaddleFormers installs a SIGTERM handler that exits.
     stop = StopSignal()
 
@@ -94,12 +100,14 @@ def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
 def optimizer_step(framework: Framework, batches: Sequence[TokenBatch], rank: Rank) -> StepResult:
     """One optimizer step: the step's totals over every rank (the objective's normaliser),
     the framework's step, and its loss summed over ranks."""
-    local = [float(sum(b.learned for b in batches)), float(sum(b.tokens for b in batches))]
-    learned, tokens = framework.all_reduce_sum(local)
-    totals = StepTotals(int(learned), int(tokens), rank.world)
+    local = [float(sum(b.units for b in batches)), float(sum(b.tokens for b in batches))]
+    units, tokens = framework.all_reduce_sum(local)
+    totals = StepTotals(int(units), int(tokens), rank.world)
     out = framework.optimizer_step(batches, totals)
-    (loss_sum,) = framework.all_reduce_sum([out.loss_sum])
-    return StepResult(loss_sum, totals.learned, totals.tokens, out.grad_norm)
+    names = sorted(out.extras)
+    summed = framework.all_reduce_sum([out.loss_sum, *(out.extras[n] for n in names)])
+    extras = dict(zip(names, summed[1:], strict=True))
+    return StepResult(summed[0], totals.units, totals.tokens, out.grad_norm, extras)
 
 
 def evaluation_loss(
@@ -110,7 +118,8 @@ def evaluation_loss(
     pad_id: int,
     rank: Rank,
 ) -> float:
-    """The token-weighted NLL of a split, its examples shared out over ranks; every rank
+    """The objective's loss over a split (SFT: the token-weighted NLL), its examples shared
+    out over ranks; every rank
     gets the same number of batches (the last ones uncounted where its share is shorter),
     as a framework whose forward is a collective needs."""
     mine = list(range(rank.rank, len(split), rank.world))
@@ -119,9 +128,9 @@ def evaluation_loss(
     for b in range(count):
         indices = mine[b * batch_size : (b + 1) * batch_size]
         batches.append((objective.collate(split, indices or [0], pad_id), bool(indices)))
-    total, learned = framework.eval_nll(batches)
-    total, learned = framework.all_reduce_sum([total, float(learned)])
-    return total / max(learned, 1)
+    total, units = framework.eval_loss(batches)
+    total, units = framework.all_reduce_sum([total, float(units)])
+    return total / max(units, 1)
 
 
 def save_checkpoint(framework: Framework, folder: Path, rank: Rank) -> None:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from ftx.core.contract import (
     MetricsLog,
@@ -51,20 +51,30 @@ class MetricsWindow:
     """Running sums between two logged steps."""
 
     loss_sum: float = 0.0  # summed token losses
-    learned: int = 0  # tokens with a label
+    units: int = 0  # what the loss is averaged over (SFT: tokens with a label)
     tokens: int = 0  # real (non-pad) tokens
     rows: int = 0
     start: float = field(default_factory=time.time)
 
-    def add(self, loss_sum: float, learned: int, tokens: int, rows: int) -> None:
+    extras: dict[str, float] = field(default_factory=dict)  # sums over the units
+
+    def add(
+        self, loss_sum: float, units: int, tokens: int, rows: int, extras: dict[str, float]
+    ) -> None:
         self.loss_sum += loss_sum
-        self.learned += learned
+        self.units += units
+        for name, value in extras.items():
+            self.extras[name] = self.extras.get(name, 0.0) + value
         self.tokens += tokens
         self.rows += rows
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / max(self.learned, 1)
+        return self.loss_sum / max(self.units, 1)
+
+    def means(self) -> dict[str, float]:
+        """The extras per unit, rounded as metrics rows are."""
+        return {k: round(v / max(self.units, 1), 6) for k, v in self.extras.items()}
 
     @property
     def tokens_per_s(self) -> float:
@@ -75,13 +85,15 @@ class MetricsWindow:
         return self.tokens / max(1, self.rows)
 
 
-class StepResult(NamedTuple):
+@dataclass(frozen=True)
+class StepResult:
     """One optimizer step, summed over all ranks."""
 
-    loss_sum: float  # token losses
-    learned: int  # tokens with a label
+    loss_sum: float  # the objective's loss summed over the units (SFT: token losses)
+    units: int  # what the loss is averaged over (SFT: tokens with a label)
     tokens: int  # real (non-pad) tokens
     grad_norm: float  # before clipping
+    extras: dict[str, float] = field(default_factory=dict)  # MetricsRow fields, summed
 
 
 class RunTracker:
@@ -152,7 +164,11 @@ class RunTracker:
         t, total = self.train, self.schedule.total_steps
         self.state = TrainerState(self.state.step + 1, self.state.tokens + result.tokens)
         self.window.add(
-            result.loss_sum, result.learned, result.tokens, self.schedule.rows_per_step()
+            result.loss_sum,
+            result.units,
+            result.tokens,
+            self.schedule.rows_per_step(),
+            result.extras,
         )
         step = self.state.step
         logged = step % t.logging_steps == 0 or step == total
@@ -168,6 +184,7 @@ class RunTracker:
                 tokens=self.state.tokens,
                 tokens_per_s=round(self.window.tokens_per_s, 1),
                 mfu=self._mfu(),
+                **self.window.means(),
             )
         if self._evaluates(step):
             row = dataclasses.replace(row, eval_loss=round(self.evaluate(), 6))  # type: ignore[misc]
@@ -177,7 +194,7 @@ class RunTracker:
             self.window = MetricsWindow()
         now = time.time()
         per_s = round(result.tokens / max(now - self._step_started, 1e-9), 1)
-        loss = round(result.loss_sum / max(result.learned, 1), 6)
+        loss = round(result.loss_sum / max(result.units, 1), 6)
         self.rank.emit(ProgressEvent("step", step, total, loss, per_s, logged))
         if self._saves(step):
             self.save()
