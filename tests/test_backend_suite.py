@@ -27,6 +27,7 @@ from training import (
     free_port,
     interrupted_run,
     losses,
+    pairs_recipe,
     recipe,
     rows,
     train,
@@ -42,9 +43,11 @@ TOLERANCE = 1e-4
 
 
 def needs(backend: str, *, parallel: str | None = None, finetuning: str | None = None,
-          packing: bool = False) -> None:  # fmt: skip
+          packing: bool = False, stage: str | None = None) -> None:  # fmt: skip
     """Skip unless ``backend`` declares the capability."""
     caps = capabilities(backend)
+    if stage and stage not in caps.stages:
+        pytest.skip(f"the {backend} backend declares no '{stage}' stage")
     if parallel and parallel not in caps.parallel:
         pytest.skip(f"the {backend} backend declares no '{parallel}' parallelism")
     if finetuning and finetuning not in caps.finetuning:
@@ -77,6 +80,29 @@ def test_full_finetuning_matches_the_reference_step_for_step(backend: str, runs:
             assert m["grad_norm"] == pytest.approx(t["grad_norm"], rel=1e-4)
     record = json.loads((runs.get(backend) / "run.json").read_text())
     assert record["status"] == "completed" and record["backend"] == backend
+
+
+PREFERENCE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                   "rewards/margins", "logps/chosen", "logps/rejected")  # fmt: skip
+
+
+@pytest.mark.parametrize("finetuning", ["lora", "full"])
+def test_dpo_matches_the_reference_step_for_step(backend: str, runs: Runs, finetuning: str) -> None:
+    """dpo: the same losses, rewards, log-probabilities and grad norms as torch's, from the
+    same reference (the adapter off under LoRA, a frozen copy under full fine-tuning)."""
+    needs(backend, stage="dpo")
+    if backend == REFERENCE:
+        pytest.skip(f"{REFERENCE} is the reference")
+    reference = rows(runs.get(REFERENCE, f"dpo-{finetuning}"))
+    mine = rows(runs.get(backend, f"dpo-{finetuning}"))
+    assert mine[0]["loss"] == pytest.approx(0.693147, abs=1e-6)  # ln 2: policy = reference
+    assert len(mine) == len(reference)
+    for t, m in zip(reference, mine, strict=True):
+        for key in ("loss", "eval_loss", *PREFERENCE_KEYS):
+            if key in t:
+                assert m[key] == pytest.approx(t[key], abs=TOLERANCE), (key, t["step"])
+        if "grad_norm" in t:
+            assert m["grad_norm"] == pytest.approx(t["grad_norm"], rel=1e-4)
 
 
 # --------------------------------------------------------------------------- exports
@@ -193,6 +219,22 @@ def test_two_processes_match_one(backend: str, tmp_path: Path, tiny_llama: Path)
         str(out / "final/model.safetensors"),
     )
     assert found["keys"] and found["diff"] < TOLERANCE
+
+
+def test_dpo_in_two_processes_matches_one(backend: str, tmp_path: Path, tiny_llama: Path) -> None:
+    needs(backend, stage="dpo", parallel="dp")
+    path = pairs_recipe(tmp_path, tiny_llama)
+    one = train(path, tmp_path / "one", backend)
+    port = free_port()
+    path.write_text(
+        path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2")
+        + f"parallel: {{nproc_per_node: 2, master_port: {port}}}\n"
+    )
+    two = train(path, tmp_path / "two", backend)
+    assert losses(two) == pytest.approx(losses(one), abs=TOLERANCE)
+    margins = [r["rewards/margins"] for r in rows(two) if "loss" in r]
+    assert margins == pytest.approx([r["rewards/margins"] for r in rows(one) if "loss" in r],
+                                    abs=TOLERANCE)  # fmt: skip
 
 
 def test_two_local_nodes_train_together(backend: str, tmp_path: Path, tiny_llama: Path) -> None:

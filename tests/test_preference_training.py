@@ -11,38 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_ftx, run_in_env
-from training import interrupted_run, losses, rows, train
+from training import PAIRS, interrupted_run, losses, pairs_recipe, rows, train
 
 pytestmark = pytest.mark.env
-
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-PAIRS = 24  # 16 train pairs after 8 held out
-
-
-def pairs_recipe(tmp_path: Path, model: Path, extra: str = "", steps: int = 4) -> Path:
-    """A toy preference set (reverse four letters: chosen right, rejected as given)."""
-    import random
-
-    rng = random.Random(0)
-    rows_ = []
-    for _ in range(PAIRS):
-        word = rng.sample(LETTERS, 4)
-        rows_.append({"instruction": "Reverse: " + " ".join(word),
-                      "chosen": " ".join(reversed(word)), "rejected": " ".join(word)})  # fmt: skip
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows_))
-    info = {"pairs": {"file_name": data.name, "ranking": True}}
-    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
-    path = tmp_path / "dpo.yaml"
-    path.write_text(
-        f"model: {{path: {model}}}\n"
-        f"data: {{dataset_dir: {tmp_path}, datasets: [pairs], max_seq_len: 64, val_size: 8}}\n"
-        "method: {stage: dpo, finetuning: lora}\n"
-        f"train: {{max_steps: {steps}, learning_rate: 5.0e-3, micro_batch_size: 4,"
-        " grad_accum: 2, logging_steps: 1, eval_steps: 2}\n" + extra
-    )
-    return path
-
 
 KEYS = {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
         "logps/chosen", "logps/rejected"}  # fmt: skip
@@ -163,7 +134,6 @@ def test_sigterm_and_resume_continue_a_dpo_run_identically(
 
 def test_backends_without_a_preference_stage_refuse_it(tmp_path: Path, tiny_llama: Path) -> None:
     path = pairs_recipe(tmp_path, tiny_llama)
-    for backend in ("paddle", "mindformers"):
-        refused = run_ftx("validate", str(path), "--backend", backend)
-        assert refused.returncode == 2 and "method.stage: 'dpo'" in refused.stderr
-        assert "backends that have it: torch" in refused.stderr
+    refused = run_ftx("validate", str(path), "--backend", "mindformers")
+    assert refused.returncode == 2 and "method.stage: 'dpo'" in refused.stderr
+    assert "backends that have it: paddle, torch" in refused.stderr

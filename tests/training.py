@@ -134,7 +134,8 @@ def capabilities(backend: str) -> Capabilities:
 class Runs:
     """Runs made once per test session and shared by the backend suite and the
     backend-specific tests: ``full`` (the recipe above, keeping the framework's own files
-    too) and ``lora`` (rank 4 on q/v, packed where the backend packs, merged)."""
+    too), ``lora`` (rank 4 on q/v, packed where the backend packs, merged), and
+    ``dpo-lora`` / ``dpo-full`` (:func:`pairs_recipe`, 6 steps)."""
 
     def __init__(self, folder: Path, model: Path):
         self.folder, self.model, self.made = folder, model, {}
@@ -149,6 +150,13 @@ class Runs:
         return self.made[key]
 
     def recipe(self, folder: Path, backend: str, kind: str) -> Path:
+        if kind.startswith("dpo-"):  # dpo-lora, dpo-full
+            path = pairs_recipe(folder, self.model, steps=6)
+            finetuning = kind.removeprefix("dpo-")
+            path.write_text(
+                path.read_text().replace("finetuning: lora", f"finetuning: {finetuning}")
+            )
+            return path
         if kind == "full":
             return recipe(folder, self.model, "output: {save_format: both}\n")
         path = recipe(
@@ -163,3 +171,32 @@ class Runs:
             text = text.replace("max_seq_len: 64", "max_seq_len: 64\n  packing: true")
         path.write_text(text.replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-2"))
         return path
+
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+PAIRS = 24  # 16 train pairs after 8 held out
+
+
+def pairs_recipe(tmp_path: Path, model: Path, extra: str = "", steps: int = 4) -> Path:
+    """A toy preference set (reverse four letters: chosen right, rejected as given)."""
+    import random
+
+    rng = random.Random(0)
+    rows_ = []
+    for _ in range(PAIRS):
+        word = rng.sample(LETTERS, 4)
+        rows_.append({"instruction": "Reverse: " + " ".join(word),
+                      "chosen": " ".join(reversed(word)), "rejected": " ".join(word)})  # fmt: skip
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows_))
+    info = {"pairs": {"file_name": data.name, "ranking": True}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    path = tmp_path / "dpo.yaml"
+    path.write_text(
+        f"model: {{path: {model}}}\n"
+        f"data: {{dataset_dir: {tmp_path}, datasets: [pairs], max_seq_len: 64, val_size: 8}}\n"
+        "method: {stage: dpo, finetuning: lora}\n"
+        f"train: {{max_steps: {steps}, learning_rate: 5.0e-3, micro_batch_size: 4,"
+        " grad_accum: 2, logging_steps: 1, eval_steps: 2}\n" + extra
+    )
+    return path

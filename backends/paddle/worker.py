@@ -14,6 +14,7 @@ PaddleFormers' Trainer runs the same recipe natively from
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -39,7 +40,14 @@ from ftx.core.worker.entry import run_worker
 from ftx.core.worker.framework import ModelSize, Rank, StepOutput
 from ftx.core.worker.heldout import greedy_by_next_token
 from ftx.core.worker.loop import train
-from ftx.core.worker.objectives import Objective, StepTotals, TokenBatch
+from ftx.core.worker.objectives import (
+    Objective,
+    PairLogps,
+    StepTotals,
+    TokenBatch,
+    reference_kind,
+    summed,
+)
 from ftx.core.worker.rules import clip_coefficient, decays
 from ftx.core.worker.schedule import Schedule
 
@@ -84,6 +92,7 @@ class Paddle:
     ) -> ModelSize:
         self.objective, self.max_grad_norm = objective, config.train.max_grad_norm
         self.model = load_model(config, layout, self.rank.rank, packed=split.packed)
+        self.reference = reference_of(self.model, config)
         self.scheduler = build_scheduler(config.train, schedule)
         self.optimizer = build_optimizer(self.model, config.train, self.scheduler)
         self.wrapped = paddle.DataParallel(self.model) if self.rank.world > 1 else self.model
@@ -94,6 +103,8 @@ class Paddle:
     # ---------------------------------------------------------------- one step
 
     def optimizer_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
+        if self.objective.needs == "pair_logps":
+            return self._preference_step(batches, totals)
         loss_sum = 0.0
         for i, host in enumerate(batches):
             # gradients are all-reduced once, by the last micro-batch's backward
@@ -109,6 +120,46 @@ class Paddle:
         self.scheduler.step()
         return StepOutput(loss_sum, grad_norm)
 
+    def _preference_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
+        """dpo's step: each micro-batch's pairs in one forward, the objective's per-pair
+        losses summed and weighted; the rewards and log-probabilities logged."""
+        objective, loss_sum, extras = self.objective, 0.0, {}
+        for i, host in enumerate(batches):
+            sync = self.rank.world == 1 or i == len(batches) - 1
+            batch = device_batch(host)
+            with self.wrapped.no_sync() if not sync else _nothing():
+                stat = self._pair_logps(self.wrapped, batch)
+                total = PADDLE_OPS.total(objective.losses(stat, PADDLE_OPS))
+                objective.loss(total, objective.weight(host, totals, "sum")).backward()
+            loss_sum += float(total)
+            extras = summed(extras, objective.metrics(on_host(stat)))
+        grad_norm = clip_gradients(self.model, self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.clear_grad()
+        self.scheduler.step()
+        return StepOutput(loss_sum, grad_norm, extras)
+
+    def _pair_logps(self, model: Any, batch: dict[str, Any]) -> PairLogps:
+        """The policy's summed log-probabilities per row and the reference's (precomputed in
+        the batch, LoRA switched off, a frozen copy, or none)."""
+        policy = token_logprobs(model, batch).sum(-1)
+        reference = batch.get("reference_logps")
+        if reference is None and self.reference != "none":
+            reference = self._row_logps_on_device(batch, reference=True)
+        return PairLogps(policy, reference, batch["row_units"])
+
+    @paddle.no_grad()
+    def _row_logps_on_device(self, batch: dict[str, Any], reference: bool) -> paddle.Tensor:
+        if not reference:
+            return token_logprobs(self.model, batch).sum(-1)
+        if self.reference == "adapter_off":
+            self.model.disable_lora()
+            try:
+                return token_logprobs(self.model, batch).sum(-1)
+            finally:
+                self.model.enable_lora()
+        return token_logprobs(self.reference, batch).sum(-1)
+
     def learning_rate(self, step: int) -> float:
         return float(self.scheduler.last_lr)
 
@@ -120,20 +171,22 @@ class Paddle:
         total, count = 0.0, 0
         for host, counted in batches:
             if counted:
-                loss = nll_sum(self.model, device_batch(host))
-                total, count = total + float(loss), count + host.learned
+                batch = device_batch(host)
+                if self.objective.needs == "pair_logps":
+                    stat = self._pair_logps(self.model, batch)
+                    loss = PADDLE_OPS.total(self.objective.losses(stat, PADDLE_OPS))
+                else:
+                    loss = nll_sum(self.model, batch)
+                total, count = total + float(loss), count + host.units
         self.model.train()
         return total, count
 
     def token_logprobs(self, batch: TokenBatch) -> paddle.Tensor:
         return token_logprobs(self.model, device_batch(batch))
 
-    @paddle.no_grad()
     def row_logps(self, batch: TokenBatch, reference: bool) -> np.ndarray:
-        if reference:
-            raise no_reference("paddle")
         self.model.eval()
-        found = token_logprobs(self.model, device_batch(batch)).sum(-1).numpy()
+        found = self._row_logps_on_device(device_batch(batch), reference).numpy()
         self.model.train()
         return found
 
@@ -203,13 +256,37 @@ class Paddle:
         )
 
 
-def no_reference(backend: str) -> FtxError:
-    """The reference models of the preference stages are torch's alone so far."""
-    return FtxError(
-        f"the {backend} worker keeps no reference model: it trains sft and pt",
-        where="method.stage",
-        fix="train the preference stages with --backend torch",
-    )
+class PaddleOps:
+    """The tensor functions the preference formulas use (ftx.core.worker.objectives)."""
+
+    log_sigmoid = staticmethod(paddle.nn.functional.log_sigmoid)
+    relu = staticmethod(paddle.nn.functional.relu)
+    exp = staticmethod(paddle.exp)
+    log1p = staticmethod(paddle.log1p)
+    total = staticmethod(paddle.sum)
+
+
+PADDLE_OPS = PaddleOps()
+
+
+def on_host(stat: PairLogps) -> PairLogps:
+    def host(t: Any) -> Any:
+        return None if t is None else t.detach().astype("float32").numpy()
+
+    return PairLogps(host(stat.policy), host(stat.reference), host(stat.units))
+
+
+def reference_of(model: Any, config: WorkerConfig) -> Any:
+    """The reference a preference run keeps (ftx.core.worker.objectives.reference_kind):
+    "none", "adapter_off", or the frozen copy itself."""
+    kind = reference_kind(config.method)
+    if kind != "frozen_copy":
+        return kind
+    frozen = copy.deepcopy(model)
+    frozen.eval()
+    for param in frozen.parameters():
+        param.stop_gradient = True
+    return frozen
 
 
 class _nothing:

@@ -30,7 +30,14 @@ from ftx.core.prepared import PreparedSplit
 from ftx.core.worker.entry import run_worker
 from ftx.core.worker.framework import ModelSize, Rank, StepOutput
 from ftx.core.worker.loop import train
-from ftx.core.worker.objectives import Objective, PairLogps, StepTotals, TokenBatch
+from ftx.core.worker.objectives import (
+    Objective,
+    PairLogps,
+    StepTotals,
+    TokenBatch,
+    reference_kind,
+    summed,
+)
 from ftx.core.worker.rules import decays
 from ftx.core.worker.schedule import Schedule
 
@@ -115,8 +122,7 @@ class Torch:
                 total = TORCH_OPS.total(objective.losses(stat, TORCH_OPS))
             engine.backward(objective.loss(total, objective.weight(host, totals, "sum")), last)
             loss_sum += float(total.detach())
-            for name, value in objective.metrics(on_host(stat)).items():
-                extras[name] = extras.get(name, 0.0) + value
+            extras = summed(extras, objective.metrics(on_host(stat)))
         grad_norm = engine.step()
         self.scheduler.step()
         return StepOutput(loss_sum, grad_norm, extras)
@@ -254,14 +260,11 @@ def on_host(stat: PairLogps) -> PairLogps:
 
 
 def reference_of(model: Any, config: WorkerConfig) -> Any:
-    """What the preference stages compare the policy with: "none" (reference-free or
-    precomputed), "adapter_off" (LoRA: the base is the adapter switched off), or a frozen
-    copy of the starting model (full fine-tuning)."""
-    settings = config.method.preference
-    if settings is None or settings.reference in ("none", "precomputed"):
-        return "none"
-    if config.method.finetuning in ("lora", "qlora"):
-        return "adapter_off"
+    """The reference a preference run keeps (ftx.core.worker.objectives.reference_kind):
+    "none", "adapter_off", or the frozen copy itself."""
+    kind = reference_kind(config.method)
+    if kind != "frozen_copy":
+        return kind
     frozen = copy.deepcopy(model).eval()
     for param in frozen.parameters():
         param.requires_grad_(False)

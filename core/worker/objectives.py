@@ -238,6 +238,21 @@ class PairPreference:
         }
 
 
+def reference_kind(method: MethodArgs) -> Literal["none", "adapter_off", "frozen_copy"]:
+    """What a preference run's framework keeps as its reference while training: nothing
+    (reference-free, or log-probabilities precomputed before training), the base with the
+    adapter switched off (LoRA), or a frozen copy of the starting model (full)."""
+    settings = method.preference
+    if settings is None or settings.reference in ("none", "precomputed"):
+        return "none"
+    return "adapter_off" if method.finetuning in ("lora", "qlora") else "frozen_copy"
+
+
+def summed(totals: dict[str, float], more: dict[str, float]) -> dict[str, float]:
+    """Metric sums of two micro-batches added (the objective's ``metrics``)."""
+    return {name: totals.get(name, 0.0) + more.get(name, 0.0) for name in {*totals, *more}}
+
+
 NEXT_TOKEN_NLL = NextTokenNLL()
 OBJECTIVES: dict[str, Objective] = {stage: NEXT_TOKEN_NLL for stage in NEXT_TOKEN_NLL.stages}
 PREFERENCE_OBJECTIVES = {"dpo": PairPreference}  # built from the run's method.preference
