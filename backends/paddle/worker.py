@@ -129,7 +129,7 @@ class Paddle:
             batch = device_batch(host)
             with self.wrapped.no_sync() if not sync else _nothing():
                 stat = self._pair_logps(self.wrapped, batch)
-                total = PADDLE_OPS.total(objective.losses(stat, PADDLE_OPS))
+                total = objective.summed_losses(stat, PADDLE_OPS)
                 objective.loss(total, objective.weight(host, totals, "sum")).backward()
             loss_sum += float(total)
             extras = summed(extras, objective.metrics(on_host(stat)))
@@ -144,8 +144,11 @@ class Paddle:
         the batch, LoRA switched off, a frozen copy, or none)."""
         policy = token_logprobs(model, batch).sum(-1)
         reference = batch.get("reference_logps")
-        if reference is None and self.reference != "none":
-            reference = self._row_logps_on_device(batch, reference=True)
+        if reference is None:
+            if self.reference == "none":
+                reference = paddle.zeros_like(policy)
+            else:
+                reference = self._row_logps_on_device(batch, reference=True)
         return PairLogps(policy, reference, batch["row_units"])
 
     @paddle.no_grad()
@@ -174,7 +177,7 @@ class Paddle:
                 batch = device_batch(host)
                 if self.objective.needs == "pair_logps":
                     stat = self._pair_logps(self.model, batch)
-                    loss = PADDLE_OPS.total(self.objective.losses(stat, PADDLE_OPS))
+                    loss = self.objective.summed_losses(stat, PADDLE_OPS)
                 else:
                     loss = nll_sum(self.model, batch)
                 total, count = total + float(loss), count + host.units
@@ -271,7 +274,7 @@ PADDLE_OPS = PaddleOps()
 
 def on_host(stat: PairLogps) -> PairLogps:
     def host(t: Any) -> Any:
-        return None if t is None else t.detach().astype("float32").numpy()
+        return t.detach().astype("float32").numpy()
 
     return PairLogps(host(stat.policy), host(stat.reference), host(stat.units))
 

@@ -119,7 +119,7 @@ class Torch:
             batch = device_batch(host, self.device)
             with engine.forward_context(last_micro_batch=last):
                 stat = self._pair_logps(engine.model, batch)
-                total = TORCH_OPS.total(objective.losses(stat, TORCH_OPS))
+                total = objective.summed_losses(stat, TORCH_OPS)
             engine.backward(objective.loss(total, objective.weight(host, totals, "sum")), last)
             loss_sum += float(total.detach())
             extras = summed(extras, objective.metrics(on_host(stat)))
@@ -133,9 +133,12 @@ class Torch:
         none for the reference-free losses."""
         policy = token_logprobs(model, batch).sum(-1)
         reference = batch.get("reference_logps")
-        if reference is None and self.reference != "none":
-            with torch.no_grad():
-                reference = self.row_logps_on_device(batch, reference=True)
+        if reference is None:
+            if self.reference == "none":
+                reference = torch.zeros_like(policy).detach()
+            else:
+                with torch.no_grad():
+                    reference = self.row_logps_on_device(batch, reference=True)
         return PairLogps(policy, reference, batch["row_units"])
 
     @torch.no_grad()
@@ -170,7 +173,7 @@ class Torch:
                 batch = device_batch(host, self.device)
                 if self.objective.needs == "pair_logps":
                     stat = self._pair_logps(model, batch)
-                    loss = TORCH_OPS.total(self.objective.losses(stat, TORCH_OPS))
+                    loss = self.objective.summed_losses(stat, TORCH_OPS)
                 else:
                     loss = nll_sum(model, batch)
                 if counted:
@@ -254,7 +257,7 @@ TORCH_OPS = TorchOps()
 
 def on_host(stat: PairLogps) -> PairLogps:
     def host(t: Any) -> Any:
-        return None if t is None else t.detach().float().cpu().numpy()
+        return t.detach().float().cpu().numpy()
 
     return PairLogps(host(stat.policy), host(stat.reference), host(stat.units))
 

@@ -130,11 +130,11 @@ class PairLogps:
     """What a preference stage needs of a pair batch, as framework tensors over its rows
     (the chosen rows first, then the rejected ones, pair i at rows i and B + i): the summed
     log-probabilities of each row's learned tokens under the policy (with gradients) and
-    under the reference (without; None when the loss has none), and each row's learned
-    token count (float)."""
+    under the reference (without; zeros when the loss has none), and each row's learned
+    token count (float). Always tensors, so a compiled step has no branch to join."""
 
     policy: Any
-    reference: Any | None
+    reference: Any
     units: Any
 
 
@@ -188,19 +188,17 @@ class PairPreference:
     def averaged(self) -> bool:
         return self.settings.loss in ("ipo", "simpo", "orpo")
 
-    def _halves(self, stat: Any, units: Any) -> tuple[Any, Any, Any, Any]:
-        pairs = stat.policy.shape[0] // 2
-        policy = stat.policy / units if self.averaged else stat.policy
-        chosen, rejected = policy[:pairs], policy[pairs:]
-        if stat.reference is None:
-            return chosen, rejected, 0.0, 0.0
-        reference = stat.reference / units if self.averaged else stat.reference
-        return chosen, rejected, reference[:pairs], reference[pairs:]
+    def _halves(self, policy: Any, reference: Any, units: Any) -> tuple[Any, Any, Any, Any]:
+        pairs = policy.shape[0] // 2
+        if self.averaged:
+            policy, reference = policy / units, reference / units
+        return policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:]
 
-    def losses(self, stat: PairLogps, ops: TensorOps) -> Any:
-        """Each pair's loss (a framework tensor [pairs])."""
-        p, pairs = self.settings, stat.policy.shape[0] // 2
-        chosen, rejected, ref_chosen, ref_rejected = self._halves(stat, stat.units)
+    def losses(self, policy: Any, reference: Any, units: Any, ops: TensorOps) -> Any:
+        """Each pair's loss (a framework tensor [pairs]) from the fields of a
+        :class:`PairLogps` (passed apart: a compiling framework traces tensors, not objects)."""
+        p, pairs = self.settings, policy.shape[0] // 2
+        chosen, rejected, ref_chosen, ref_rejected = self._halves(policy, reference, units)
         z = (chosen - rejected) - (ref_chosen - ref_rejected)
         if p.loss == "sigmoid":
             smooth = p.label_smoothing
@@ -219,13 +217,19 @@ class PairPreference:
             )
             return -chosen - p.beta * ops.log_sigmoid(odds)
         if p.sft_weight:  # the chosen answer's NLL, averaged over its tokens
-            losses = losses - p.sft_weight * stat.policy[:pairs] / stat.units[:pairs]
+            losses = losses - p.sft_weight * policy[:pairs] / units[:pairs]
         return losses
+
+    def summed_losses(self, stat: PairLogps, ops: TensorOps) -> Any:
+        """The pairs' losses summed (what the step reports and weights)."""
+        return ops.total(self.losses(stat.policy, stat.reference, stat.units, ops))
 
     def metrics(self, stat: PairLogps) -> dict[str, float]:
         """The logged values summed over the pairs (host arrays in ``stat``): the rewards,
         their accuracy and margin, the policy's log-probabilities."""
-        chosen, rejected, ref_chosen, ref_rejected = self._halves(stat, stat.units)
+        chosen, rejected, ref_chosen, ref_rejected = self._halves(
+            stat.policy, stat.reference, stat.units
+        )
         beta = self.settings.beta
         good, bad = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
         return {
