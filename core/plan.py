@@ -17,6 +17,7 @@ from ftx.core.contract import WORKER_CONFIG, RunLayout, WorkerConfig
 from ftx.core.fsutil import staged_dir
 from ftx.core.nodes import NODES_FILE, NodeContract
 
+NOTES_FILE = "NOTES.md"
 PLAN_DATA = "data"  # OUT/plan/data: native data a plan's configs read (see BackendSpec.plan_data)
 
 
@@ -32,16 +33,25 @@ class NativePlan:
     # Multi-node plans: the recipe's topology; the command refers to the per-node values
     # with nodes.var(...) and launch.sh takes them from the node contract's variables.
     nodes: NodeContract | None = None
+    # What the framework's own tool cannot express of this recipe, and who trains it
+    # instead: written to OUT/plan/NOTES.md and printed by `ftx plan`.
+    notes: tuple[str, ...] = ()
 
     def rendered(self) -> dict[str, str]:
         """Every file of OUT/plan by name, launch.sh included."""
         nodes = {NODES_FILE: self.nodes.to_json()} if self.nodes else {}
+        notes = {NOTES_FILE: self.notes_text()} if self.notes else {}
         return {
             Path(WORKER_CONFIG).name: self.worker_config.to_json(),
             **self.files,
             **nodes,
+            **notes,
             "launch.sh": self.launch_script(),
         }
+
+    def notes_text(self) -> str:
+        lines = "".join(f"- {note}\n" for note in self.notes)
+        return f"# What the {self.backend} plan cannot say in its native files\n\n{lines}"
 
     def launch_script(self) -> str:
         """The exact launch command as a bash script that runs from anywhere."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_ftx, run_in_env
-from training import Runs, losses, recipe, train
+from training import Runs, losses, pairs_recipe, recipe, train
 
 # Same weights, same batches, fp32: the frameworks differ only in summation order.
 TOLERANCE = 1e-4
@@ -273,3 +273,19 @@ def test_qwen3_plans_the_mcore_path_and_run_refuses_it(tmp_path: Path, tiny_qwen
     lora = run_ftx("plan", str(path), "--backend", "mindformers", "--out", str(tmp_path / "l"),
                    "method.finetuning=lora")  # fmt: skip
     assert lora.returncode == 2 and "has no LoRA" in lora.stderr
+
+
+def test_a_dpo_plan_says_mindformers_has_no_dpo_trainer(tmp_path: Path, tiny_llama: Path) -> None:
+    """MindFormers 1.9 trains sft and pt only: the plan says so (NOTES.md, printed by
+    `ftx plan`), writes no MindRecord for a trainer that cannot read pairs, and ftx's
+    worker trains the stage (the backend suite checks its numbers)."""
+    path = pairs_recipe(tmp_path, tiny_llama)
+    result = run_ftx("plan", str(path), "--backend", "mindformers", "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    notes = (tmp_path / "o/plan/NOTES.md").read_text()
+    assert "MindFormers 1.9 has no dpo trainer" in notes and "MindRLHF" in notes
+    assert "MindFormers 1.9 has no dpo trainer" in result.stderr
+    assert not list((tmp_path / "o/plan/data").glob("*.mindrecord"))
+    (tmp_path / "sft").mkdir()
+    sft = plan(recipe(tmp_path / "sft", tiny_llama), tmp_path / "sft-out")
+    assert not (sft / "plan/NOTES.md").exists()

@@ -134,6 +134,6 @@ def test_sigterm_and_resume_continue_a_dpo_run_identically(
 
 def test_backends_without_a_preference_stage_refuse_it(tmp_path: Path, tiny_llama: Path) -> None:
     path = pairs_recipe(tmp_path, tiny_llama)
+    path.write_text(path.read_text().replace("stage: dpo", "stage: rm"))
     refused = run_ftx("validate", str(path), "--backend", "mindformers")
-    assert refused.returncode == 2 and "method.stage: 'dpo'" in refused.stderr
-    assert "backends that have it: paddle, torch" in refused.stderr
+    assert refused.returncode == 2 and "method.stage: 'rm'" in refused.stderr, refused.stderr

@@ -56,6 +56,13 @@ def export_plan_data(recipe: Recipe, out: Path) -> str:
     from ftx.core.data.prepare import TOKENIZER_FILES
 
     model = Path(recipe.model.path)
+    if recipe.method.stage not in ("sft", "pt"):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "README.txt").write_text(
+            f"No MindRecord here: MindFormers 1.9 has no {recipe.method.stage} trainer to read\n"
+            "it. ftx's mindformers worker trains this stage from ftx's prepared data (OUT/data).\n"
+        )
+        return f"no MindRecord: MindFormers trains no {recipe.method.stage}"
     if any((model / name).exists() for name in TOKENIZER_FILES):
         if ModelConfig.read(model).model_type in MCORE_MODELS:
             return export_mcore_jsonl(recipe, out / "mcore")

@@ -478,4 +478,22 @@ def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
         command=launch_command(recipe),
         nodes=NodeContract.plan_of(recipe.parallel) if recipe.parallel.nnodes > 1 else None,
         env=env,
+        notes=plan_notes(recipe),
+    )
+
+
+def plan_notes(recipe: Recipe) -> tuple[str, ...]:
+    """What finetune.yaml cannot say: MindFormers 1.9 trains sft and pt only."""
+    stage = recipe.method.stage
+    if stage in ("sft", "pt"):
+        return ()
+    return (
+        f"method.stage {stage}: MindFormers 1.9 has no {stage} trainer (its DPO trainer"
+        " existed in 1.4-1.5 only; Qwen2 DPO lives in the separate MindRLHF). finetune.yaml"
+        " describes the model, optimizer and schedule, and ftx's mindformers worker trains"
+        f" {stage} on them with MindFormers' own network, on MindSpore's CPU kernels."
+        " MindFormers' Trainer would fine-tune (sft) with this file.",
+        "The reference (method.preference.reference auto) is scored once before training"
+        " (reference_logps.npy beside the prepared split): PetModel has no switch that turns"
+        " LoRA off, and a second network would double the memory.",
     )

@@ -53,7 +53,15 @@ from ftx.core.worker.entry import run_worker
 from ftx.core.worker.framework import ModelSize, Rank, StepOutput
 from ftx.core.worker.heldout import greedy_by_next_token
 from ftx.core.worker.loop import train
-from ftx.core.worker.objectives import Objective, StepTotals, TokenBatch
+from ftx.core.worker.objectives import (
+    Objective,
+    PairLogps,
+    PairPreference,
+    StepTotals,
+    TensorOps,
+    TokenBatch,
+    summed,
+)
 from ftx.core.worker.rules import clip_coefficient, decays
 from ftx.core.worker.schedule import Schedule
 
@@ -64,6 +72,9 @@ class MindFormers:
     adapter_format: Literal["peft", "native"] = "native"  # MindFormers' mindpet_delta_lora_*
     native_name: str | None = "mindspore"
     collective_forward = False
+    # A second MindFormers network would double the memory, and PetModel has no switch
+    # that turns its LoRA off: the loop scores the reference before training instead.
+    keeps_reference = False
 
     def __init__(self, yaml_config: Any):
         self.yaml = yaml_config
@@ -123,6 +134,8 @@ class MindFormers:
         """Each micro-batch's loss is MindFormers' own, its mean over the batch's learned
         tokens (the statistic reduced by "mean"), weighted by the objective; gradients are
         summed over micro-batches, all-reduced and divided by the world size."""
+        if isinstance(self.objective, PairPreference):
+            return self._preference_step(batches, totals)
         grads: tuple | None = None
         loss_sum: Tensor | None = None
         # MindFormers' mean times the weight, times the step's learned tokens per rank, is
@@ -138,6 +151,11 @@ class MindFormers:
             loss_sum = part if loss_sum is None else loss_sum + part
             grads = g if grads is None else tuple(a + c for a, c in zip(grads, g, strict=True))
         assert grads is not None and loss_sum is not None
+        local_loss, norm_value = self._update(grads, loss_sum)
+        return StepOutput(local_loss, norm_value)
+
+    def _update(self, grads: tuple, loss_sum: Tensor) -> tuple[float, float]:
+        """All-reduce the summed gradients, clip and step; the step's loss and norm."""
         if self._reduce is not None:
             grads = tuple(self._reduce(g) / self.rank.world for g in grads)
         # mutable: one compiled update for every step (a tuple of tensors would be a constant)
@@ -146,7 +164,44 @@ class MindFormers:
         local_loss, norm_value = (
             float(v) for v in ops.concat([loss_sum.reshape(1), norm.reshape(1)]).asnumpy()
         )
-        return StepOutput(local_loss, norm_value)
+        return local_loss, norm_value
+
+    def _preference_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
+        """dpo's step: each micro-batch's pairs in one compiled forward and backward (the
+        objective's formula traced into it), the per-pair losses summed and weighted."""
+        grads: tuple | None = None
+        loss_sum: Tensor | None = None
+        extras: dict[str, float] = {}
+        for host in batches:
+            inputs = self._pair_inputs(host)
+            weight = Tensor(self.objective.weight(host, totals, "sum"), ms.float32)
+            (_, total, policy), g = self.step.pair_gradients(*inputs, weight)
+            loss_sum = total if loss_sum is None else loss_sum + total
+            grads = g if grads is None else tuple(a + c for a, c in zip(grads, g, strict=True))
+            stat = PairLogps(policy.asnumpy(), inputs[3].asnumpy(), inputs[4].asnumpy())
+            extras = summed(extras, self.objective.metrics(stat))
+        assert grads is not None and loss_sum is not None
+        local_loss, norm_value = self._update(grads, loss_sum)
+        return StepOutput(local_loss, norm_value, extras)
+
+    def _pair_inputs(self, host: TokenBatch) -> tuple[Tensor, ...]:
+        """A pair batch as the compiled pair loss takes it: seq_length input tokens, each
+        position's target index and learned mask, the reference's summed log-probabilities
+        (precomputed; zeros for the reference-free losses) and each row's learned tokens."""
+        rows = fixed_rows(host, self.pad_id, self.width)
+        targets = np.full((rows["input_ids"].shape[0], self.width - 1), IGNORE_INDEX, np.int32)
+        found = host.arrays["targets"]
+        targets[:, : found.shape[1]] = found
+        units = host.arrays["row_units"].astype(np.float32)
+        reference = host.arrays.get("reference_logps")
+        reference = np.zeros_like(units) if reference is None else reference.astype(np.float32)
+        return (
+            Tensor(rows["input_ids"][:, : self.width - 1]),
+            Tensor(np.where(targets == IGNORE_INDEX, 0, targets)[..., None]),
+            Tensor((targets != IGNORE_INDEX).astype(np.float32)),
+            Tensor(reference),
+            Tensor(units),
+        )
 
     def learning_rate(self, step: int) -> float:
         # The schedule is a small MindSpore graph: evaluated only for the rows that log it.
@@ -158,6 +213,12 @@ class MindFormers:
         """MindFormers' mean loss of each counted batch with learned tokens, times their
         number (its loss is computed in training mode, where the network returns it)."""
         total, count = 0.0, 0
+        if isinstance(self.objective, PairPreference):
+            for host, counted in batches:
+                if counted:
+                    _, loss, _ = self.step.pair_loss(*self._pair_inputs(host), Tensor(1.0))
+                    total, count = total + float(loss), count + host.units
+            return total, count
         for host, counted in batches:
             if counted and host.learned:
                 rows = fixed_rows(host, self.pad_id, self.width)
@@ -181,13 +242,12 @@ class MindFormers:
         return picked * Tensor((targets != IGNORE_INDEX).astype(np.float32))
 
     def row_logps(self, batch: TokenBatch, reference: bool) -> np.ndarray:
-        if reference:
-            raise FtxError(
-                "the mindformers worker keeps no reference model: it trains sft and pt",
-                where="method.stage",
-                fix="train the preference stages with --backend torch",
-            )
-        return self.token_logprobs(batch).sum(-1).asnumpy()
+        # keeps_reference is False: the loop asks before training, when the model is the
+        # reference, and never for the reference itself.
+        assert not reference, "the mindformers worker keeps no reference"
+        # The training forward's path: the reference scored exactly as the first step's
+        # policy will be, so the two agree to the last bit while they are one model.
+        return self.step.row_logps(*self._pair_inputs(batch)[:3]).asnumpy()
 
     def greedy(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: frozenset[int]
@@ -270,6 +330,12 @@ class TrainStep:
         self.loss = ms.jit(self._forward)
         self.update = ms.jit(self._apply)
         self.logits = ms.jit(self._logits)  # the evaluation forward (the network not training)
+        if isinstance(objective, PairPreference):
+            self.causal = causal_lm(net)
+            pair = ms.value_and_grad(self._pair_loss, None, optimizer.parameters, has_aux=True)
+            self.pair_gradients = ms.jit(pair)
+            self.pair_loss = ms.jit(self._pair_loss)
+            self.row_logps = ms.jit(self._row_logps)
 
     def _forward(self, ids: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         return self.net(ids, labels, loss_mask=mask)  # MindFormers' mean over the mask
@@ -279,6 +345,27 @@ class TrainStep:
 
     def _weighted_loss(self, ids: Tensor, labels: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
         return self.objective.loss(self._forward(ids, labels, mask), weight)
+
+    def _pair_loss(
+        self,
+        tokens: Tensor,
+        index: Tensor,
+        mask: Tensor,
+        reference: Tensor,
+        units: Tensor,
+        weight: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The weighted pair loss, the pairs' summed loss and each row's summed policy
+        log-probability, from the training forward's logits (MindFormers' network returns
+        only its own loss when training, so its decoder and head are called apart)."""
+        policy = self._row_logps(tokens, index, mask)
+        total = ops.sum(self.objective.losses(policy, reference, units, MS_OPS))
+        return self.objective.loss(total, weight), total, policy
+
+    def _row_logps(self, tokens: Tensor, index: Tensor, mask: Tensor) -> Tensor:
+        logits = self.causal.lm_head(self.causal.model(tokens)).astype(ms.float32)
+        picked = ops.gather_elements(ops.log_softmax(logits, -1), 2, index).squeeze(-1)
+        return (picked * mask).sum(-1)
 
     def _apply(self, grads: tuple) -> Tensor:
         """Clip by torch's rule (ftx.core.worker.rules.clip_coefficient, clamped at 1), step
@@ -290,6 +377,17 @@ class TrainStep:
             grads = tuple(g * coef for g in grads)
         self.optimizer(grads)
         return norm
+
+
+MS_OPS = TensorOps(ops.logsigmoid, ops.relu, ops.exp, ops.log1p, ops.sum)
+
+
+def causal_lm(net: Any) -> Any:
+    """The LlamaForCausalLM inside MindFormers' LoRA wrappers (PetModel and LoraModel each
+    hold the next as ``network``)."""
+    while hasattr(net, "network"):
+        net = net.network
+    return net
 
 
 # --------------------------------------------------------------------------- processes
@@ -391,6 +489,14 @@ def main(config: WorkerConfig, layout: RunLayout) -> int:
         return schedule_the_cluster()
     framework = make_framework(config, layout)
     if on_ascend():
+        if config.method.stage not in ("sft", "pt"):
+            raise FtxError(
+                f"MindFormers 1.9 has no {config.method.stage} trainer, and ftx's mindformers"
+                " worker runs on MindSpore's CPU kernels",
+                where="method.stage",
+                fix="train the preference stages on a machine without Ascend NPUs, or with"
+                " --backend torch",
+            )
         return run_mindformers_trainer(framework.yaml)
     return train(framework, config, layout)
 

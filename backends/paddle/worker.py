@@ -44,6 +44,7 @@ from ftx.core.worker.objectives import (
     Objective,
     PairLogps,
     StepTotals,
+    TensorOps,
     TokenBatch,
     reference_kind,
     summed,
@@ -58,6 +59,7 @@ class Paddle:
     adapter_format: Literal["peft", "native"] = "native"  # paddleformers.peft's own layout
     native_name: str | None = "paddle"
     collective_forward = False
+    keeps_reference = True  # the adapter switched off (LoRA) or a frozen copy (full)
 
     # ---------------------------------------------------------------- processes
 
@@ -259,17 +261,13 @@ class Paddle:
         )
 
 
-class PaddleOps:
-    """The tensor functions the preference formulas use (ftx.core.worker.objectives)."""
-
-    log_sigmoid = staticmethod(paddle.nn.functional.log_sigmoid)
-    relu = staticmethod(paddle.nn.functional.relu)
-    exp = staticmethod(paddle.exp)
-    log1p = staticmethod(paddle.log1p)
-    total = staticmethod(paddle.sum)
-
-
-PADDLE_OPS = PaddleOps()
+PADDLE_OPS = TensorOps(
+    paddle.nn.functional.log_sigmoid,
+    paddle.nn.functional.relu,
+    paddle.exp,
+    paddle.log1p,
+    paddle.sum,
+)
 
 
 def on_host(stat: PairLogps) -> PairLogps:

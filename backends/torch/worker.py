@@ -34,6 +34,7 @@ from ftx.core.worker.objectives import (
     Objective,
     PairLogps,
     StepTotals,
+    TensorOps,
     TokenBatch,
     reference_kind,
     summed,
@@ -48,6 +49,7 @@ class Torch:
     adapter_format: Literal["peft", "native"] = "peft"
     native_name: str | None = None  # torch's own format is Hugging Face's
     collective_forward = False  # ZeRO-3's forwards are (start reads the plan's ds_config)
+    keeps_reference = True  # the adapter switched off (LoRA) or a frozen copy (full)
 
     # ---------------------------------------------------------------- processes
 
@@ -242,17 +244,7 @@ class Torch:
             self.engine.inner.save_pretrained(str(folder), safe_serialization=True, **kwargs)
 
 
-class TorchOps:
-    """The tensor functions the preference formulas use (ftx.core.worker.objectives)."""
-
-    log_sigmoid = staticmethod(torch.nn.functional.logsigmoid)
-    relu = staticmethod(torch.relu)
-    exp = staticmethod(torch.exp)
-    log1p = staticmethod(torch.log1p)
-    total = staticmethod(torch.sum)
-
-
-TORCH_OPS = TorchOps()
+TORCH_OPS = TensorOps(torch.nn.functional.logsigmoid, torch.relu, torch.exp, torch.log1p, torch.sum)
 
 
 def on_host(stat: PairLogps) -> PairLogps:

@@ -115,11 +115,14 @@ def plan(
         for path in files:
             click.echo(str(path))
         return
+    from ftx.core.plan import NOTES_FILE
     from ftx.core.runner import make_plan
 
     layout, written = make_plan(loaded, backend, out, force=force)
     for name in written:
         click.echo(str(layout.plan / name))
+    if NOTES_FILE in written:
+        click.echo((layout.plan / NOTES_FILE).read_text(encoding="utf-8"), err=True)
 
 
 @cli.command()

@@ -90,6 +90,11 @@ class Framework(Protocol):
     #: must run the same forwards: evaluation and decoding then run on every rank. Known
     #: once :meth:`start` has returned.
     collective_forward: bool
+    #: True when the framework keeps a preference run's reference while training (the
+    #: adapter switched off, a frozen copy); when False the loop computes the reference's
+    #: log-probabilities once before training (``reference: precomputed``), which is the
+    #: same reference: the model as it starts.
+    keeps_reference: bool
 
     # ---------------------------------------------------------------- processes
 

@@ -35,6 +35,15 @@ from ftx.core.worker.throughput import Utilisation
 from ftx.core.worker.tracking import RunTracker, StepResult, StopSignal
 
 
+def precomputes_reference(config: WorkerConfig, framework: Framework) -> bool:
+    """Whether the loop scores the reference before training: asked for
+    (``reference: precomputed``), or needed by a framework that keeps no reference."""
+    settings = config.method.preference
+    if settings is None or settings.reference == "none":
+        return False
+    return settings.reference == "precomputed" or not framework.keeps_reference
+
+
 def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
     """Run the training run of ``config``; the exit code (0, or 128 + a stop signal after
     its checkpoint)."""
@@ -51,8 +60,7 @@ def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
         raise ContractError(f"{prepared}: the prepared data has no train split")
     schedule = Schedule.plan(len(split), t, rank.world)
     size = framework.build(config, layout, split, schedule, objective)
-    settings = config.method.preference
-    if settings is not None and settings.reference == "precomputed":
+    if precomputes_reference(config, framework):
         for part in (split, val):
             if isinstance(part, PairedSplit):
                 precompute_reference(framework, objective, part, pad_id, t.micro_batch_size, rank)

@@ -26,7 +26,7 @@ framework's worker computing the statistic the objective names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -115,14 +115,16 @@ class NextTokenNLL:
         return statistic * weight
 
 
-class TensorOps(Protocol):
-    """The few tensor functions the preference formulas use, from the framework."""
+@dataclass(frozen=True)
+class TensorOps:
+    """The few tensor functions the preference formulas use, each backend's own (its
+    worker builds one: ``TensorOps(torch.nn.functional.logsigmoid, ...)``)."""
 
-    def log_sigmoid(self, x: Any) -> Any: ...
-    def relu(self, x: Any) -> Any: ...
-    def exp(self, x: Any) -> Any: ...
-    def log1p(self, x: Any) -> Any: ...
-    def total(self, x: Any) -> Any: ...  # the sum of every element
+    log_sigmoid: Callable[[Any], Any]
+    relu: Callable[[Any], Any]
+    exp: Callable[[Any], Any]
+    log1p: Callable[[Any], Any]
+    total: Callable[[Any], Any]  # the sum of every element
 
 
 @dataclass(frozen=True)
