@@ -250,6 +250,7 @@ class MetricsRow:
     rewards_margins: float | None = None
     logps_chosen: float | None = None  # the policy's log-probability of the chosen answer
     logps_rejected: float | None = None
+    kl: float | None = None  # kto: the KL estimate of the policy from its reference
 
     def to_dict(self) -> dict[str, Any]:
         row = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

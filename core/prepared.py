@@ -11,8 +11,9 @@ and ``segment_ids.npy`` (1, 2, ... per example of the row).
 Preference splits (stages dpo, rm) hold two aligned sub-splits, ``chosen/`` and
 ``rejected/``: pair i is row i of each (the same prompt, then each answer), read as a
 :class:`PairedSplit`. Feedback splits (stage kto) are plain splits with ``kto_tag.npy``
-(1: a desirable answer). Both add ``prompt_lengths.npy``: the prompt tokens of each
-example, before its answer.
+(1: a desirable answer) and a ``kl/`` sub-split, row i being row i's prompt with another
+row's answer (KTO's KL estimate), read as a :class:`FeedbackSplit`. Both add
+``prompt_lengths.npy``: the prompt tokens of each example, before its answer.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import numpy as np
 
 from ftx.core.errors import FtxError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+KL_ROWS = "kl"  # a feedback split's mismatched rows
 IGNORE_INDEX = -100  # the label of a token that is not learned
 
 
@@ -35,6 +37,7 @@ class PreparedSplit:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self._columns: dict[str, np.ndarray] = {}
         self.input_ids = np.load(folder / "input_ids.npy", mmap_mode="r")
         self.labels = np.load(folder / "labels.npy", mmap_mode="r")
         self.offsets = np.load(folder / "offsets.npy")
@@ -56,9 +59,9 @@ class PreparedSplit:
         return len(self.offsets) - 1
 
     def column(self, name: str) -> np.ndarray | None:
-        """A per-example array written beside the split (``kto_tag``, ``prompt_lengths``)."""
-        path = self.folder / f"{name}.npy"
-        return np.load(path) if path.exists() else None
+        """A per-example array written beside the split (``kto_tag``, ``prompt_lengths``,
+        ``reference_logps``), read once it exists."""
+        return _column(self.folder, self._columns, name)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.offsets[index], self.offsets[index + 1]
@@ -155,13 +158,27 @@ class PairedSplit:
 
     def column(self, name: str) -> np.ndarray | None:
         """A per-pair array beside the split (``prompt_lengths``, ``reference_logps``), read
-        once."""
-        if name not in self._columns:
-            path = self.folder / f"{name}.npy"
-            if not path.exists():
-                return None
-            self._columns[name] = np.load(path)
-        return self._columns[name]
+        once it exists."""
+        return _column(self.folder, self._columns, name)
+
+
+def _column(folder: Path, cache: dict[str, np.ndarray], name: str) -> np.ndarray | None:
+    if name not in cache:
+        path = folder / f"{name}.npy"
+        if not path.exists():
+            return None  # not cached: precomputed reference log-probs appear later
+        cache[name] = np.load(path)
+    return cache[name]
+
+
+class FeedbackSplit(PreparedSplit):
+    """A KTO split: each row tagged (``kto_tag``), with its KL row in :attr:`kl`."""
+
+    def __init__(self, folder: Path):
+        super().__init__(folder)
+        self.kl = PreparedSplit(folder / KL_ROWS)
+        if len(self.kl) != len(self):
+            raise ValueError(f"{folder}: {len(self)} rows, {len(self.kl)} KL rows")
 
 
 def write_pairs(
@@ -211,11 +228,13 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 
 def load_split(root: Path, name: str) -> PreparedSplit | PairedSplit | None:
-    """A split of a prepared folder (a :class:`PairedSplit` for preference data), or None
-    when it has no such split."""
+    """A split of a prepared folder (a :class:`PairedSplit` for preference data, a
+    :class:`FeedbackSplit` for KTO's), or None when it has no such split."""
     folder = root / name
     if (folder / "chosen" / "offsets.npy").exists():
         return PairedSplit(folder)
+    if (folder / KL_ROWS / "offsets.npy").exists():
+        return FeedbackSplit(folder)
     return PreparedSplit(folder) if (folder / "offsets.npy").exists() else None
 
 

@@ -24,6 +24,7 @@ from training import (
     Runs,
     assert_one_plan_for_both_nodes,
     capabilities,
+    feedback_recipe,
     free_port,
     interrupted_run,
     losses,
@@ -83,19 +84,26 @@ def test_full_finetuning_matches_the_reference_step_for_step(backend: str, runs:
 
 
 PREFERENCE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
-                   "rewards/margins", "logps/chosen", "logps/rejected")  # fmt: skip
+                   "rewards/margins", "logps/chosen", "logps/rejected", "kl")  # fmt: skip
 
 
 @pytest.mark.parametrize("finetuning", ["lora", "full"])
-def test_dpo_matches_the_reference_step_for_step(backend: str, runs: Runs, finetuning: str) -> None:
-    """dpo: the same losses, rewards, log-probabilities and grad norms as torch's, from the
-    same reference (the adapter off under LoRA, a frozen copy under full fine-tuning)."""
-    needs(backend, stage="dpo")
+@pytest.mark.parametrize("stage", ["dpo", "kto"])
+def test_preference_matches_the_reference_step_for_step(
+    backend: str, runs: Runs, stage: str, finetuning: str
+) -> None:
+    """dpo and kto: the same losses, rewards, log-probabilities (kto: KL estimates) and grad
+    norms as torch's, from the same reference (the adapter off under LoRA, a frozen copy
+    under full fine-tuning; scored before training where the framework keeps none)."""
+    needs(backend, stage=stage)
     if backend == REFERENCE:
         pytest.skip(f"{REFERENCE} is the reference")
-    reference = rows(runs.get(REFERENCE, f"dpo-{finetuning}"))
-    mine = rows(runs.get(backend, f"dpo-{finetuning}"))
-    assert mine[0]["loss"] == pytest.approx(0.693147, abs=1e-6)  # ln 2: policy = reference
+    reference = rows(runs.get(REFERENCE, f"{stage}-{finetuning}"))
+    mine = rows(runs.get(backend, f"{stage}-{finetuning}"))
+    if stage == "dpo":
+        assert mine[0]["loss"] == pytest.approx(0.693147, abs=1e-6)  # ln 2: policy = reference
+    else:
+        assert mine[0]["kl"] == 0 and mine[0]["rewards/chosen"] == 0  # policy = reference
     assert len(mine) == len(reference)
     for t, m in zip(reference, mine, strict=True):
         for key in ("loss", "eval_loss", *PREFERENCE_KEYS):
@@ -221,9 +229,14 @@ def test_two_processes_match_one(backend: str, tmp_path: Path, tiny_llama: Path)
     assert found["keys"] and found["diff"] < TOLERANCE
 
 
-def test_dpo_in_two_processes_matches_one(backend: str, tmp_path: Path, tiny_llama: Path) -> None:
-    needs(backend, stage="dpo", parallel="dp")
-    path = pairs_recipe(tmp_path, tiny_llama)
+@pytest.mark.parametrize("stage", ["dpo", "kto"])
+def test_preference_in_two_processes_matches_one(
+    backend: str, tmp_path: Path, tiny_llama: Path, stage: str
+) -> None:
+    """Each rank its half of every step; the same losses and margins (kto: one KL estimate
+    over both ranks' rows)."""
+    needs(backend, stage=stage, parallel="dp")
+    path = (pairs_recipe if stage == "dpo" else feedback_recipe)(tmp_path, tiny_llama)
     one = train(path, tmp_path / "one", backend)
     port = free_port()
     path.write_text(

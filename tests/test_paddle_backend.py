@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_ftx, run_in_env
-from training import Runs, recipe
+from training import Runs, feedback_recipe, recipe
 
 # Same weights, same batches, fp32: the frameworks differ only in summation order.
 TOLERANCE = 1e-4
@@ -271,3 +271,17 @@ def test_the_plans_template_module_renders_ftx_template_in_paddleformers(
         # appends after the last one): ftx's learned spans, in order.
         answers = "".join(expected[start:end] for start, end in spans)
         assert "".join(learned) + found["suffix"] == answers
+
+
+def test_a_kto_plan_says_paddleformers_has_no_kto_stage(tmp_path: Path, tiny_llama: Path) -> None:
+    """PaddleFormers dispatches SFT, PT and DPO: a kto plan writes no paddleformers.yaml
+    (a DPO or SFT file would train something else) and says why; ftx's worker trains it."""
+    path = feedback_recipe(tmp_path, tiny_llama)
+    out = tmp_path / "o"
+    result = run_ftx("plan", str(path), "--backend", "paddle", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert not (out / "plan/paddleformers.yaml").exists()
+    notes = (out / "plan/NOTES.md").read_text()
+    assert "PaddleFormers 1.2 trains SFT, PT and DPO" in notes and "kto_pair" in notes
+    assert "PaddleFormers 1.2 trains SFT, PT and DPO" in result.stderr
+    assert json.loads((out / "plan/worker.json").read_text())["method"]["stage"] == "kto"

@@ -215,6 +215,13 @@ def test_kto_rows_keep_their_tag_and_learn_the_last_answer(
     assert shown.returncode == 0, shown.stderr
     rows = [json.loads(line) for line in shown.stdout.splitlines()]
     assert [r["kto_tag"] for r in rows] == [True, False, True]
+    # KL rows, LLaMA-Factory's: each prompt with the answer of the rows reversed (2, 1, 0)
+    for i, row in enumerate(rows):
+        n = int(split.column("prompt_lengths")[i])
+        partner = rows[2 - i]
+        m = int(split.column("prompt_lengths")[2 - i])
+        assert row["kl_input_ids"] == row["input_ids"][:n] + partner["input_ids"][m:]
+        assert row["kl_labels"] == [IGNORE_INDEX] * n + partner["labels"][m:]
     stats = run_ftx("data", "stats", str(tmp_path / "kto.yaml"))
     assert stats.returncode == 0 and "2 desirable, 1 undesirable" in stats.stdout
 

@@ -8,10 +8,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_ftx, run_in_env
-from training import PAIRS, interrupted_run, losses, pairs_recipe, rows, train
+from training import PAIRS, feedback_recipe, interrupted_run, losses, pairs_recipe, rows, train
 
 pytestmark = pytest.mark.env
 
@@ -137,3 +138,103 @@ def test_backends_without_a_preference_stage_refuse_it(tmp_path: Path, tiny_llam
     path.write_text(path.read_text().replace("stage: dpo", "stage: rm"))
     refused = run_ftx("validate", str(path), "--backend", "mindformers")
     assert refused.returncode == 2 and "method.stage: 'rm'" in refused.stderr, refused.stderr
+
+
+# --------------------------------------------------------------------------- kto
+
+KTO_KEYS = {"rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
+            "logps/rejected", "kl"}  # fmt: skip
+
+
+def test_kto_starts_at_half_with_zero_rewards_and_learns(tmp_path: Path, tiny_llama: Path) -> None:
+    """With the policy equal to its reference every log-ratio and the KL estimate are 0, so
+    each row's loss is its weight times 1 - sigmoid(0)."""
+    path = feedback_recipe(tmp_path, tiny_llama, steps=6)
+    out = train(path, tmp_path / "out", "torch", "method.preference.undesirable_weight=1.5")
+    first, *later = [r for r in rows(out) if "loss" in r]
+    manifest = json.loads((out / "data/manifest.json").read_text())["splits"]["train"]
+    good, bad = manifest["desirable"], manifest["undesirable"]
+    assert good and bad and good + bad == PAIRS - 8
+    # step 1 is 8 rows of the 16 (4 x 2): the weights of those rows, halved
+    assert 0.5 <= first["loss"] <= 0.75 and set(first) >= KTO_KEYS
+    assert first["kl"] == first["rewards/chosen"] == first["rewards/rejected"] == 0
+    assert all(r["kl"] >= 0 for r in later)  # clamped: the answers grow less likely at first
+    assert any(r["rewards/margins"] != 0 for r in later)
+    assert later[-1]["loss"] < first["loss"]
+    assert any("eval_loss" in r for r in rows(out))
+
+
+KTO_FORMULA = """
+import json, sys, torch
+from pathlib import Path
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+from ftx.core.prepared import load_split
+base = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+model = PeftModel.from_pretrained(base, sys.argv[3]).eval()
+split = load_split(Path(sys.argv[2]), "train")
+beta, good_w, bad_w = 0.1, 1.0, 1.5
+def logp(ids, labels, adapter):
+    with torch.no_grad():
+        if adapter:
+            logits = model(torch.tensor([ids.astype("int64")])).logits
+        else:
+            with model.disable_adapter():
+                logits = model(torch.tensor([ids.astype("int64")])).logits
+    logits = logits[0, :-1].double()
+    targets = torch.tensor(labels[1:].astype("int64"))
+    mask = targets != -100
+    picked = torch.log_softmax(logits, -1)[torch.arange(len(targets)), targets.clamp(min=0)]
+    return float(picked[mask].sum())
+tags = split.column("kto_tag")
+ratio = [logp(*split[i], True) - logp(*split[i], False) for i in range(len(split))]
+kl_ratio = [logp(*split.kl[i], True) - logp(*split.kl[i], False) for i in range(len(split))]
+kl = max(sum(kl_ratio) / len(kl_ratio), 0.0)
+r = torch.tensor(ratio, dtype=torch.float64)
+t = torch.tensor(tags.astype("float64"))
+losses = t * good_w * (1 - torch.sigmoid(beta * (r - kl))) + (1 - t) * bad_w * (
+    1 - torch.sigmoid(beta * (kl - r)))
+print(json.dumps({"loss": float(losses.mean()), "kl": kl,
+                  "chosen": float((beta * r)[t > 0].mean()),
+                  "rejected": float((beta * r)[t == 0].mean())}))
+"""
+
+
+def test_kto_step_equals_its_formula_and_precomputed_is_the_same_reference(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    """Step 2 of a run whose step is the whole set: its loss, KL estimate and rewards equal
+    KTO's formula over log-probs computed apart (the checkpoint after step 1 against the
+    base); precomputed reference log-probs give the same run."""
+    # Mostly desirable rows and a large step: every answer, the mismatched ones too, grows
+    # more likely after step 1, so the KL estimate is positive (not clamped to 0).
+    path = feedback_recipe(tmp_path, tiny_llama, steps=3, desirable=0.8)
+    text = path.read_text().replace("learning_rate: 5.0e-3", "learning_rate: 5.0e-2")
+    text = text.replace("micro_batch_size: 4", f"micro_batch_size: {PAIRS - 8}")
+    path.write_text(text.replace("grad_accum: 2", "grad_accum: 1"))
+    asks = ["method.preference.undesirable_weight=1.5", "train.save_steps=1",
+            "train.save_total_limit=3"]  # fmt: skip
+    auto = train(path, tmp_path / "auto", "torch", *asks)
+    kept = train(path, tmp_path / "kept", "torch", *asks, "method.preference.reference=precomputed")
+    assert losses(kept) == pytest.approx(losses(auto), abs=1e-6)
+    second = [r for r in rows(auto) if "loss" in r][1]
+    expected = run_in_env(
+        "torch",
+        KTO_FORMULA,
+        str(tiny_llama),
+        str(auto / "data"),
+        str(auto / "checkpoints/checkpoint-1"),
+    )
+    assert expected["kl"] > 0
+    assert second["loss"] == pytest.approx(expected["loss"], abs=2e-6)
+    assert second["kl"] == pytest.approx(expected["kl"], abs=2e-6)
+    assert second["rewards/chosen"] == pytest.approx(expected["chosen"], abs=2e-6)
+    assert second["rewards/rejected"] == pytest.approx(expected["rejected"], abs=2e-6)
+    found = np.load(kept / "data/train/reference_logps.npy")
+    assert found.shape == (PAIRS - 8, 2) and (found < 0).all()
+
+
+def test_kto_refuses_a_run_without_a_reference(tmp_path: Path, tiny_llama: Path) -> None:
+    path = feedback_recipe(tmp_path, tiny_llama)
+    refused = run_ftx("validate", str(path), "method.preference.reference=none")
+    assert refused.returncode == 2 and "KTO compares each answer" in refused.stderr

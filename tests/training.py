@@ -135,7 +135,8 @@ class Runs:
     """Runs made once per test session and shared by the backend suite and the
     backend-specific tests: ``full`` (the recipe above, keeping the framework's own files
     too), ``lora`` (rank 4 on q/v, packed where the backend packs, merged), and
-    ``dpo-lora`` / ``dpo-full`` (:func:`pairs_recipe`, 6 steps)."""
+    ``dpo-lora`` / ``dpo-full`` (:func:`pairs_recipe`, 6 steps), ``kto-lora`` / ``kto-full``
+    (:func:`feedback_recipe`, 6 steps)."""
 
     def __init__(self, folder: Path, model: Path):
         self.folder, self.model, self.made = folder, model, {}
@@ -150,9 +151,10 @@ class Runs:
         return self.made[key]
 
     def recipe(self, folder: Path, backend: str, kind: str) -> Path:
-        if kind.startswith("dpo-"):  # dpo-lora, dpo-full
-            path = pairs_recipe(folder, self.model, steps=6)
-            finetuning = kind.removeprefix("dpo-")
+        if kind.startswith(("dpo-", "kto-")):  # dpo-lora, dpo-full, kto-lora, kto-full
+            stage, finetuning = kind.split("-")
+            made = pairs_recipe if stage == "dpo" else feedback_recipe
+            path = made(folder, self.model, steps=6)
             path.write_text(
                 path.read_text().replace("finetuning: lora", f"finetuning: {finetuning}")
             )
@@ -177,6 +179,25 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 PAIRS = 24  # 16 train pairs after 8 held out
 
 
+def feedback_recipe(
+    tmp_path: Path, model: Path, extra: str = "", steps: int = 4, desirable: float = 0.5
+) -> Path:
+    """A toy KTO set (reverse four letters): a right answer tagged desirable, an answer left
+    as given tagged undesirable, a share ``desirable`` of the first, mixed at random."""
+    import random
+
+    rng = random.Random(1)
+    rows_ = []
+    for _ in range(PAIRS):
+        word = rng.sample(LETTERS, 4)
+        good = rng.random() < desirable
+        answer = reversed(word) if good else word
+        rows_.append({"instruction": "Reverse: " + " ".join(word),
+                      "output": " ".join(answer), "label": good})  # fmt: skip
+    columns = {"prompt": "instruction", "response": "output", "kto_tag": "label"}
+    return _toy_recipe(tmp_path, model, "kto", rows_, {"columns": columns}, steps, extra)
+
+
 def pairs_recipe(tmp_path: Path, model: Path, extra: str = "", steps: int = 4) -> Path:
     """A toy preference set (reverse four letters: chosen right, rejected as given)."""
     import random
@@ -187,15 +208,30 @@ def pairs_recipe(tmp_path: Path, model: Path, extra: str = "", steps: int = 4) -
         word = rng.sample(LETTERS, 4)
         rows_.append({"instruction": "Reverse: " + " ".join(word),
                       "chosen": " ".join(reversed(word)), "rejected": " ".join(word)})  # fmt: skip
-    data = tmp_path / "pairs.jsonl"
+    return _toy_recipe(tmp_path, model, "dpo", rows_, {"ranking": True}, steps, extra)
+
+
+def _toy_recipe(
+    tmp_path: Path,
+    model: Path,
+    stage: str,
+    rows_: list[dict],
+    info: dict,
+    steps: int,
+    extra: str,
+) -> Path:
+    """``rows_`` as the dataset ``toy`` (LLaMA-Factory's dataset_info entry ``info``) and a
+    LoRA recipe of ``stage`` on it: 8 rows held out, 4 x 2 rows a step."""
+    data = tmp_path / "toy.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows_))
-    info = {"pairs": {"file_name": data.name, "ranking": True}}
-    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
-    path = tmp_path / "dpo.yaml"
+    (tmp_path / "dataset_info.json").write_text(
+        json.dumps({"toy": {"file_name": data.name, **info}})
+    )
+    path = tmp_path / f"{stage}.yaml"
     path.write_text(
         f"model: {{path: {model}}}\n"
-        f"data: {{dataset_dir: {tmp_path}, datasets: [pairs], max_seq_len: 64, val_size: 8}}\n"
-        "method: {stage: dpo, finetuning: lora}\n"
+        f"data: {{dataset_dir: {tmp_path}, datasets: [toy], max_seq_len: 64, val_size: 8}}\n"
+        f"method: {{stage: {stage}, finetuning: lora}}\n"
         f"train: {{max_steps: {steps}, learning_rate: 5.0e-3, micro_batch_size: 4,"
         " grad_accum: 2, logging_steps: 1, eval_steps: 2}\n" + extra
     )

@@ -55,8 +55,7 @@ from ftx.core.worker.heldout import greedy_by_next_token
 from ftx.core.worker.loop import train
 from ftx.core.worker.objectives import (
     Objective,
-    PairLogps,
-    PairPreference,
+    RowLogps,
     StepTotals,
     TensorOps,
     TokenBatch,
@@ -134,7 +133,7 @@ class MindFormers:
         """Each micro-batch's loss is MindFormers' own, its mean over the batch's learned
         tokens (the statistic reduced by "mean"), weighted by the objective; gradients are
         summed over micro-batches, all-reduced and divided by the world size."""
-        if isinstance(self.objective, PairPreference):
+        if self.objective.needs == "row_logps":
             return self._preference_step(batches, totals)
         grads: tuple | None = None
         loss_sum: Tensor | None = None
@@ -167,8 +166,9 @@ class MindFormers:
         return local_loss, norm_value
 
     def _preference_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
-        """dpo's step: each micro-batch's pairs in one compiled forward and backward (the
-        objective's formula traced into it), the per-pair losses summed and weighted."""
+        """dpo's and kto's step: each micro-batch's rows in one compiled forward and backward
+        (the objective's formula traced into it), the per-pair or per-row losses summed and
+        weighted."""
         grads: tuple | None = None
         loss_sum: Tensor | None = None
         extras: dict[str, float] = {}
@@ -178,16 +178,17 @@ class MindFormers:
             (_, total, policy), g = self.step.pair_gradients(*inputs, weight)
             loss_sum = total if loss_sum is None else loss_sum + total
             grads = g if grads is None else tuple(a + c for a, c in zip(grads, g, strict=True))
-            stat = PairLogps(policy.asnumpy(), inputs[3].asnumpy(), inputs[4].asnumpy())
+            stat = RowLogps(policy.asnumpy(), *(t.asnumpy() for t in inputs[3:]))
             extras = summed(extras, self.objective.metrics(stat))
         assert grads is not None and loss_sum is not None
         local_loss, norm_value = self._update(grads, loss_sum)
         return StepOutput(local_loss, norm_value, extras)
 
     def _pair_inputs(self, host: TokenBatch) -> tuple[Tensor, ...]:
-        """A pair batch as the compiled pair loss takes it: seq_length input tokens, each
-        position's target index and learned mask, the reference's summed log-probabilities
-        (precomputed; zeros for the reference-free losses) and each row's learned tokens."""
+        """A preference batch as the compiled pair loss takes it: seq_length input tokens,
+        each position's target index and learned mask, the reference's summed
+        log-probabilities (precomputed; zeros for the reference-free losses), each row's
+        learned tokens and the objective's per-row numbers (row_aux)."""
         rows = fixed_rows(host, self.pad_id, self.width)
         targets = np.full((rows["input_ids"].shape[0], self.width - 1), IGNORE_INDEX, np.int32)
         found = host.arrays["targets"]
@@ -201,6 +202,7 @@ class MindFormers:
             Tensor((targets != IGNORE_INDEX).astype(np.float32)),
             Tensor(reference),
             Tensor(units),
+            Tensor(host.arrays["row_aux"].astype(np.float32)),
         )
 
     def learning_rate(self, step: int) -> float:
@@ -213,7 +215,7 @@ class MindFormers:
         """MindFormers' mean loss of each counted batch with learned tokens, times their
         number (its loss is computed in training mode, where the network returns it)."""
         total, count = 0.0, 0
-        if isinstance(self.objective, PairPreference):
+        if self.objective.needs == "row_logps":
             for host, counted in batches:
                 if counted:
                     _, loss, _ = self.step.pair_loss(*self._pair_inputs(host), Tensor(1.0))
@@ -330,7 +332,7 @@ class TrainStep:
         self.loss = ms.jit(self._forward)
         self.update = ms.jit(self._apply)
         self.logits = ms.jit(self._logits)  # the evaluation forward (the network not training)
-        if isinstance(objective, PairPreference):
+        if objective.needs == "row_logps":
             self.causal = causal_lm(net)
             pair = ms.value_and_grad(self._pair_loss, None, optimizer.parameters, has_aux=True)
             self.pair_gradients = ms.jit(pair)
@@ -353,13 +355,14 @@ class TrainStep:
         mask: Tensor,
         reference: Tensor,
         units: Tensor,
+        aux: Tensor,
         weight: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The weighted pair loss, the pairs' summed loss and each row's summed policy
         log-probability, from the training forward's logits (MindFormers' network returns
         only its own loss when training, so its decoder and head are called apart)."""
         policy = self._row_logps(tokens, index, mask)
-        total = ops.sum(self.objective.losses(policy, reference, units, MS_OPS))
+        total = ops.sum(self.objective.losses(policy, reference, units, aux, MS_OPS))
         return self.objective.loss(total, weight), total, policy
 
     def _row_logps(self, tokens: Tensor, index: Tensor, mask: Tensor) -> Tensor:

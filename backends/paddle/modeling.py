@@ -146,7 +146,7 @@ def device_batch(host: TokenBatch) -> dict[str, paddle.Tensor]:
 
 
 # host-side arrays of a batch that are no model input
-MODEL_INPUTS_EXCLUDED = ("labels", "targets", "row_units", "reference_logps")
+MODEL_INPUTS_EXCLUDED = ("labels", "targets", "row_units", "row_aux", "reference_logps")
 
 
 def _next_token_logits(model: Any, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:

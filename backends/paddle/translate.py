@@ -39,6 +39,7 @@ from ftx.core.worker_config import worker_config
 # Every linear layer of a Llama-architecture decoder: recipe `lora.targets: all`.
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SHARDING = {1: "stage1", 2: "stage2", 3: "stage3"}
+PADDLEFORMERS_STAGES = ("sft", "pt", "dpo")  # what paddleformers-cli train dispatches
 
 
 def refuse_what_paddleformers_cannot_do(recipe: Recipe) -> None:
@@ -276,7 +277,9 @@ def launch_command(recipe: Recipe) -> list[str]:
 
 def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
     """The paddle plan of a recipe (with its backends.paddle section applied)."""
-    files = {PADDLEFORMERS_YAML: yaml.safe_dump(paddleformers_config(recipe), sort_keys=False)}
+    files = {}
+    if recipe.method.stage in PADDLEFORMERS_STAGES:
+        files[PADDLEFORMERS_YAML] = yaml.safe_dump(paddleformers_config(recipe), sort_keys=False)
     if recipe.method.stage == "sft":
         files[RUN_FINETUNE_JSON] = json.dumps(run_finetune_args(recipe), indent=2) + "\n"
     if recipe.method.finetuning == "lora":
@@ -293,4 +296,18 @@ def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
         command=launch_command(recipe),
         nodes=NodeContract.plan_of(recipe.parallel) if recipe.parallel.nnodes > 1 else None,
         env={"TOKENIZERS_PARALLELISM": "false"},
+        notes=plan_notes(recipe),
+    )
+
+
+def plan_notes(recipe: Recipe) -> tuple[str, ...]:
+    """What the plan's native files cannot say: PaddleFormers has no stage for kto."""
+    stage = recipe.method.stage
+    if stage in PADDLEFORMERS_STAGES:
+        return ()
+    return (
+        f"method.stage {stage}: PaddleFormers 1.2 trains SFT, PT and DPO (its kto_pair loss"
+        " is a DPO loss over chosen/rejected pairs, not KTO over answers judged one by one),"
+        " so this plan has no paddleformers.yaml; ftx's paddle worker trains"
+        f" {stage} with PaddleFormers' model on Paddle.",
     )

@@ -42,7 +42,7 @@ from ftx.core.worker.heldout import greedy_by_next_token
 from ftx.core.worker.loop import train
 from ftx.core.worker.objectives import (
     Objective,
-    PairLogps,
+    RowLogps,
     StepTotals,
     TensorOps,
     TokenBatch,
@@ -105,7 +105,7 @@ class Paddle:
     # ---------------------------------------------------------------- one step
 
     def optimizer_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
-        if self.objective.needs == "pair_logps":
+        if self.objective.needs == "row_logps":
             return self._preference_step(batches, totals)
         loss_sum = 0.0
         for i, host in enumerate(batches):
@@ -123,8 +123,9 @@ class Paddle:
         return StepOutput(loss_sum, grad_norm)
 
     def _preference_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
-        """dpo's step: each micro-batch's pairs in one forward, the objective's per-pair
-        losses summed and weighted; the rewards and log-probabilities logged."""
+        """dpo's and kto's step: each micro-batch's rows in one forward (a pair batch: chosen
+        and rejected together), the objective's per-pair or per-row losses summed and
+        weighted; the rewards and log-probabilities logged."""
         objective, loss_sum, extras = self.objective, 0.0, {}
         for i, host in enumerate(batches):
             sync = self.rank.world == 1 or i == len(batches) - 1
@@ -134,14 +135,14 @@ class Paddle:
                 total = objective.summed_losses(stat, PADDLE_OPS)
                 objective.loss(total, objective.weight(host, totals, "sum")).backward()
             loss_sum += float(total)
-            extras = summed(extras, objective.metrics(on_host(stat)))
+            extras = summed(extras, objective.metrics(stat.apply(on_host)))
         grad_norm = clip_gradients(self.model, self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.clear_grad()
         self.scheduler.step()
         return StepOutput(loss_sum, grad_norm, extras)
 
-    def _pair_logps(self, model: Any, batch: dict[str, Any]) -> PairLogps:
+    def _pair_logps(self, model: Any, batch: dict[str, Any]) -> RowLogps:
         """The policy's summed log-probabilities per row and the reference's (precomputed in
         the batch, LoRA switched off, a frozen copy, or none)."""
         policy = token_logprobs(model, batch).sum(-1)
@@ -151,7 +152,7 @@ class Paddle:
                 reference = paddle.zeros_like(policy)
             else:
                 reference = self._row_logps_on_device(batch, reference=True)
-        return PairLogps(policy, reference, batch["row_units"])
+        return RowLogps(policy, reference, batch["row_units"], batch["row_aux"])
 
     @paddle.no_grad()
     def _row_logps_on_device(self, batch: dict[str, Any], reference: bool) -> paddle.Tensor:
@@ -177,7 +178,7 @@ class Paddle:
         for host, counted in batches:
             if counted:
                 batch = device_batch(host)
-                if self.objective.needs == "pair_logps":
+                if self.objective.needs == "row_logps":
                     stat = self._pair_logps(self.model, batch)
                     loss = self.objective.summed_losses(stat, PADDLE_OPS)
                 else:
@@ -270,11 +271,9 @@ PADDLE_OPS = TensorOps(
 )
 
 
-def on_host(stat: PairLogps) -> PairLogps:
-    def host(t: Any) -> Any:
-        return t.detach().astype("float32").numpy()
-
-    return PairLogps(host(stat.policy), host(stat.reference), host(stat.units))
+def on_host(t: Any) -> Any:
+    """A tensor as a float32 host array."""
+    return t.detach().astype("float32").numpy()
 
 
 def reference_of(model: Any, config: WorkerConfig) -> Any:

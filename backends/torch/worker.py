@@ -32,7 +32,7 @@ from ftx.core.worker.framework import ModelSize, Rank, StepOutput
 from ftx.core.worker.loop import train
 from ftx.core.worker.objectives import (
     Objective,
-    PairLogps,
+    RowLogps,
     StepTotals,
     TensorOps,
     TokenBatch,
@@ -97,7 +97,7 @@ class Torch:
     # ---------------------------------------------------------------- one step
 
     def optimizer_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
-        if self.objective.needs == "pair_logps":
+        if self.objective.needs == "row_logps":
             return self._preference_step(batches, totals)
         engine, loss_sum = self.engine, 0.0
         for i, host in enumerate(batches):
@@ -112,8 +112,9 @@ class Torch:
         return StepOutput(loss_sum, grad_norm)
 
     def _preference_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
-        """dpo's step: each micro-batch's pairs in one forward, the objective's per-pair
-        losses summed and weighted; the rewards and log-probabilities logged."""
+        """dpo's and kto's step: each micro-batch's rows in one forward (a pair batch: chosen
+        and rejected together), the objective's per-pair or per-row losses summed and
+        weighted; the rewards and log-probabilities logged."""
         engine, objective, loss_sum = self.engine, self.objective, 0.0
         extras: dict[str, float] = {}
         for i, host in enumerate(batches):
@@ -124,12 +125,12 @@ class Torch:
                 total = objective.summed_losses(stat, TORCH_OPS)
             engine.backward(objective.loss(total, objective.weight(host, totals, "sum")), last)
             loss_sum += float(total.detach())
-            extras = summed(extras, objective.metrics(on_host(stat)))
+            extras = summed(extras, objective.metrics(stat.apply(on_host)))
         grad_norm = engine.step()
         self.scheduler.step()
         return StepOutput(loss_sum, grad_norm, extras)
 
-    def _pair_logps(self, model: Any, batch: dict[str, Any]) -> PairLogps:
+    def _pair_logps(self, model: Any, batch: dict[str, Any]) -> RowLogps:
         """The policy's summed log-probabilities per row and the reference's: precomputed in
         the batch, the base with the adapter switched off (LoRA), a frozen copy (full), or
         none for the reference-free losses."""
@@ -141,7 +142,7 @@ class Torch:
             else:
                 with torch.no_grad():
                     reference = self.row_logps_on_device(batch, reference=True)
-        return PairLogps(policy, reference, batch["row_units"])
+        return RowLogps(policy, reference, batch["row_units"], batch["row_aux"])
 
     @torch.no_grad()
     def row_logps_on_device(self, batch: dict[str, Any], reference: bool) -> torch.Tensor:
@@ -173,7 +174,7 @@ class Torch:
         for host, counted in batches:
             if counted or self.collective_forward:
                 batch = device_batch(host, self.device)
-                if self.objective.needs == "pair_logps":
+                if self.objective.needs == "row_logps":
                     stat = self._pair_logps(model, batch)
                     loss = self.objective.summed_losses(stat, TORCH_OPS)
                 else:
@@ -247,11 +248,9 @@ class Torch:
 TORCH_OPS = TensorOps(torch.nn.functional.logsigmoid, torch.relu, torch.exp, torch.log1p, torch.sum)
 
 
-def on_host(stat: PairLogps) -> PairLogps:
-    def host(t: Any) -> Any:
-        return t.detach().float().cpu().numpy()
-
-    return PairLogps(host(stat.policy), host(stat.reference), host(stat.units))
+def on_host(t: Any) -> Any:
+    """A tensor as a float32 host array."""
+    return t.detach().float().cpu().numpy()
 
 
 def reference_of(model: Any, config: WorkerConfig) -> Any:

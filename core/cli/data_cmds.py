@@ -15,7 +15,7 @@ from ftx.core.cli import cli
 from ftx.core.console import info, results
 from ftx.core.data.sources import input_paths
 from ftx.core.fsutil import claim_destination
-from ftx.core.prepared import IGNORE_INDEX, PairedSplit
+from ftx.core.prepared import IGNORE_INDEX, FeedbackSplit, PairedSplit
 from ftx.core.recipe import load_recipe
 from ftx.core.registry import exporters
 
@@ -86,9 +86,10 @@ def show(source: Path, overrides: tuple[str, ...], count: int, split: str, as_js
 
     \b
     --json prints {"input_ids": [...], "labels": [...]} per example (labels aligned
-    with input_ids, not shifted, -100 where masked) plus position_ids when packed and
-    kto_tag for KTO rows; a preference pair prints chosen_input_ids, chosen_labels,
-    rejected_input_ids and rejected_labels (LLaMA-Factory's names).
+    with input_ids, not shifted, -100 where masked) plus position_ids when packed, and
+    kto_tag with the KL row (kl_input_ids, kl_labels) for KTO rows; a preference pair
+    prints chosen_input_ids, chosen_labels, rejected_input_ids and rejected_labels
+    (LLaMA-Factory's names).
     Example:
       ftx data show recipes/quickstart.yaml -n 1 --json
     """
@@ -150,7 +151,8 @@ def _highlighted(tokenizer: Any, ids: np.ndarray, labels: np.ndarray) -> Text:
 
 def _as_json(rows: Any, i: int) -> dict[str, Any]:
     """Example ``i`` with LLaMA-Factory's column names: input_ids/labels (+ position_ids when
-    packed, kto_tag for KTO rows), or chosen_/rejected_input_ids and _labels for a pair."""
+    packed; kto_tag, kl_input_ids and kl_labels for KTO rows), or chosen_/rejected_input_ids
+    and _labels for a pair."""
     if isinstance(rows, PairedSplit):
         (chosen, chosen_labels), (rejected, rejected_labels) = rows[i]
         return {
@@ -166,6 +168,9 @@ def _as_json(rows: Any, i: int) -> dict[str, Any]:
     tags = rows.column("kto_tag")
     if tags is not None:
         row["kto_tag"] = bool(tags[i])
+    if isinstance(rows, FeedbackSplit):
+        kl_ids, kl_labels = rows.kl[i]
+        row["kl_input_ids"], row["kl_labels"] = kl_ids.tolist(), kl_labels.tolist()
     return row
 
 

@@ -30,10 +30,11 @@ from ftx.core.data.sources import Source, resolve
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, staged_dir
 from ftx.core.home import ftx_home
-from ftx.core.prepared import FORMAT_VERSION, IGNORE_INDEX, write_pairs, write_split
+from ftx.core.prepared import FORMAT_VERSION, IGNORE_INDEX, KL_ROWS, write_pairs, write_split
 from ftx.core.recipe.schema import DatasetSpec, Recipe
 
 BATCH = 1000  # conversations tokenised per call of the fast tokenizer
+KL_CHUNK = 1000  # KTO's KL rows pair answers within chunks of rows (LLaMA-Factory's batches)
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -382,17 +383,20 @@ class PairRows:
 
 @dataclass
 class FeedbackRows:
-    """Encoded KTO rows: prompt then answer, each tagged desirable or not."""
+    """Encoded KTO rows: prompt then answer, each tagged desirable or not, and each row's
+    KL row (its prompt with another row's answer: KTO's estimate of the KL term)."""
 
     examples: list[tuple[np.ndarray, np.ndarray]]
     tags: list[bool]
     prompt_lengths: list[int]
+    mismatched: list[tuple[np.ndarray, np.ndarray]]
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def write(self, folder: Path) -> dict[str, Any]:
         write_split(folder, self.examples)
+        write_split(folder / KL_ROWS, self.mismatched)
         np.save(folder / "kto_tag.npy", np.asarray(self.tags, dtype=np.bool_))
         np.save(folder / "prompt_lengths.npy", np.asarray(self.prompt_lengths, dtype=np.int32))
         info = _token_stats([ids for ids, _ in self.examples], [lab for _, lab in self.examples])
@@ -445,13 +449,29 @@ def _encode_feedback(
     """KTO rows: the conversation before its last answer is the prompt, the last answer is
     the one its kto_tag judges."""
     items = [(replace(c, messages=c.messages[:-1]), [c.messages[-1]]) for c in convs]
-    rows = FeedbackRows([], [], [])
+    rows = FeedbackRows([], [], [], [])
+    data = recipe.data
     for index, found in _choices(items, encoder, recipe, report):
         (row,) = found.rows()
         rows.examples.append(_as_arrays(row))
         rows.tags.append(bool(convs[index].kto_tag))
         rows.prompt_lengths.append(len(found.prompt))
+        prompt, _ = items[index]
+        other = items[kl_partner(index, len(items))][1]
+        kl = encoder.encode_answers(
+            prompt, other, max_len=data.max_seq_len, truncation=data.truncation
+        )
+        rows.mismatched.append(_as_arrays(kl.rows()[0]))
     return rows
+
+
+def kl_partner(index: int, count: int, chunk: int = KL_CHUNK) -> int:
+    """The row whose answer row ``index``'s KL row takes: the rows reversed within chunks of
+    ``chunk`` rows (LLaMA-Factory reverses each preprocessing batch of 1000), so the pairs
+    are fixed by the data alone, whatever the batch size or the number of processes."""
+    start = index - index % chunk
+    end = min(start + chunk, count)
+    return start + end - 1 - index
 
 
 def _encode_chats(

@@ -261,6 +261,11 @@ class MethodSection(Section):
                 f"preference.reference: the {pref.loss} loss uses no reference model;"
                 " set reference: none (or leave it unset)"
             )
+        if self.stage == "kto" and pref.reference == "none":
+            raise ValueError(
+                "preference.reference: KTO compares each answer with the reference model;"
+                " use auto or precomputed"
+            )
         if "simpo_gamma" in given and pref.loss != "simpo":
             raise ValueError("preference.simpo_gamma is read by loss: simpo only")
         if "label_smoothing" in given and pref.loss not in ("sigmoid",):

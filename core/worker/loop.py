@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ftx.core.contract import ContractError, MetricsLog, RunLayout, WorkerConfig
-from ftx.core.prepared import PairedSplit, PreparedSplit, load_split, read_manifest
+from ftx.core.prepared import PreparedSplit, load_split, read_manifest
 from ftx.core.worker.checkpoints import (
     Checkpoints,
     TrainerState,
@@ -62,7 +62,7 @@ def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
     size = framework.build(config, layout, split, schedule, objective)
     if precomputes_reference(config, framework):
         for part in (split, val):
-            if isinstance(part, PairedSplit):
+            if part is not None:
                 precompute_reference(framework, objective, part, pad_id, t.micro_batch_size, rank)
     # After the framework's imports: PaddleFormers installs a SIGTERM handler that exits.
     stop = StopSignal()
@@ -85,6 +85,7 @@ def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
         utilisation=Utilisation.of(
             config.model.path, size.params, size.trainable, framework.accelerator()
         ),
+        metric_means=objective.metric_means,
     )
     resumed = tracker.resume(lambda folder: load_checkpoint(framework, folder))
     held_out = HeldOut(config, layout, prepared, rank, framework, resumed)
@@ -94,6 +95,7 @@ def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
     while tracker.running:
         indices = schedule.step(tracker.state.step, rank.rank)
         batches = [objective.collate(split, b, pad_id) for b in indices]
+        batches = with_step_kl(framework, objective, split, indices, pad_id, batches)
         tracker.step_done(optimizer_step(framework, batches, rank))
     stopped = tracker.finish()  # after a signal: checkpoint saved, the exit code
     if stopped is not None:
@@ -118,6 +120,36 @@ def optimizer_step(framework: Framework, batches: Sequence[TokenBatch], rank: Ra
     return StepResult(summed[0], totals.units, totals.tokens, out.grad_norm, extras)
 
 
+def with_step_kl(
+    framework: Framework,
+    objective: Objective,
+    split: PreparedSplit,
+    groups: Sequence[Sequence[int]],
+    pad_id: int,
+    batches: list[TokenBatch],
+    counted: Sequence[bool] | None = None,
+) -> list[TokenBatch]:
+    """``batches`` with the KL estimate of an objective that has one (KTO): the mean
+    log-ratio of the KL rows of every (counted) group on every rank, clamped at 0 and
+    without gradient; ``batches`` themselves for other objectives. Every rank scores the
+    same number of groups (a collective forward needs it)."""
+    if not groups or objective.kl_rows(split, groups[0], pad_id) is None:
+        return batches
+    total, rows = 0.0, 0
+    for i, group in enumerate(groups):
+        kl_batch = objective.kl_rows(split, group, pad_id)
+        assert kl_batch is not None
+        policy = framework.row_logps(kl_batch, reference=False)
+        reference = kl_batch.arrays.get("reference_logps")  # precomputed
+        if reference is None:
+            reference = framework.row_logps(kl_batch, reference=True)
+        if counted is None or counted[i]:
+            total, rows = total + float((policy - reference).sum()), rows + kl_batch.rows
+    total, rows = framework.all_reduce_sum([total, float(rows)])
+    kl = max(total / max(rows, 1.0), 0.0)
+    return [objective.with_kl(b, kl) for b in batches]
+
+
 def evaluation_loss(
     framework: Framework,
     objective: Objective,
@@ -126,17 +158,20 @@ def evaluation_loss(
     pad_id: int,
     rank: Rank,
 ) -> float:
-    """The objective's loss over a split (SFT: the token-weighted NLL), its examples shared
-    out over ranks; every rank
-    gets the same number of batches (the last ones uncounted where its share is shorter),
-    as a framework whose forward is a collective needs."""
+    """The objective's loss over a split (SFT: the token-weighted NLL; KTO: with one KL
+    estimate over the whole split), its examples shared out over ranks; every rank gets
+    the same number of batches (the last ones uncounted where its share is shorter), as a
+    framework whose forward is a collective needs."""
     mine = list(range(rank.rank, len(split), rank.world))
     count = math.ceil(math.ceil(len(split) / rank.world) / batch_size)
-    batches = []
+    groups, counted = [], []
     for b in range(count):
         indices = mine[b * batch_size : (b + 1) * batch_size]
-        batches.append((objective.collate(split, indices or [0], pad_id), bool(indices)))
-    total, units = framework.eval_loss(batches)
+        groups.append(indices or [0])
+        counted.append(bool(indices))
+    made = [objective.collate(split, g, pad_id) for g in groups]
+    made = with_step_kl(framework, objective, split, groups, pad_id, made, counted)
+    total, units = framework.eval_loss(list(zip(made, counted, strict=True)))
     total, units = framework.all_reduce_sum([total, float(units)])
     return total / max(units, 1)
 

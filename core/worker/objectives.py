@@ -10,8 +10,9 @@ What a stage needs from a framework (its ``needs``)
     ``nll`` (sft, pt): the negative log-likelihood of a micro-batch's learned tokens, as
     the framework's loss kernel gives it: summed (torch, paddle: cross-entropy with a sum
     reduction) or averaged over the batch's learned tokens (MindFormers' own loss).
-    ``pair_logps`` (dpo): :class:`PairLogps`, each row's summed per-token log-probabilities
-    (the framework's ``token_logprobs``) under the policy and the reference.
+    ``row_logps`` (dpo, kto): :class:`RowLogps`, each row's summed per-token
+    log-probabilities (the framework's ``token_logprobs``) under the policy and the
+    reference, with the batch's per-row numbers (``row_units``, ``row_aux``).
 
 How the shared formula reaches a compiled step
     :meth:`Objective.loss` is plain arithmetic on whatever tensors it is given. torch and
@@ -27,7 +28,7 @@ framework's worker computing the statistic the objective names.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -70,7 +71,7 @@ class Objective(Protocol):
     """A training stage: its batches, its normalisation and its loss."""
 
     stages: tuple[str, ...]  # the method.stage values it trains
-    needs: str  # the statistic it asks of the framework: "nll" or "pair_logps"
+    needs: str  # the statistic it asks of the framework: "nll" or "row_logps"
 
     def collate(self, split: PreparedSplit, indices: Sequence[int], pad_id: int) -> TokenBatch:
         """The micro-batch of examples ``indices`` of ``split``."""
@@ -87,9 +88,44 @@ class Objective(Protocol):
         tensors or numbers: the formula is traced by compiling frameworks)."""
         ...
 
+    def kl_rows(
+        self, split: PreparedSplit, indices: Sequence[int], pad_id: int
+    ) -> TokenBatch | None:
+        """The rows whose policy-to-reference log-ratio estimates a KL term shared by the
+        whole step (KTO's mismatched rows), or None when the stage has no such term."""
+        ...
+
+    def with_kl(self, batch: TokenBatch, kl: float) -> TokenBatch:
+        """``batch`` carrying the step's KL estimate (only for stages with ``kl_rows``)."""
+        ...
+
+    def metric_means(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        """The logged values (MetricsRow fields) from the extras summed over logged steps
+        and their ``units``."""
+        ...
+
+
+class Plain:
+    """What an objective without a shared KL term, and averaging every logged value over
+    its units, has in common."""
+
+    def kl_rows(self, split: Any, indices: Sequence[int], pad_id: int) -> TokenBatch | None:
+        return None
+
+    def with_kl(self, batch: TokenBatch, kl: float) -> TokenBatch:
+        raise TypeError(f"{type(self).__name__} has no KL term")
+
+    def metric_means(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        return per_unit(sums, units)
+
+
+def per_unit(sums: dict[str, float], units: int) -> dict[str, float]:
+    """Each summed value over the units (how most objectives average what they log)."""
+    return {name: value / max(units, 1) for name, value in sums.items()}
+
 
 @dataclass(frozen=True)
-class NextTokenNLL:
+class NextTokenNLL(Plain):
     """Supervised fine-tuning and pre-training: the next-token negative log-likelihood of
     the learned tokens (labels not -100; in packed rows an example's first token is never
     the target of the previous example's last), normalised by the learned tokens of the
@@ -128,16 +164,23 @@ class TensorOps:
 
 
 @dataclass(frozen=True)
-class PairLogps:
-    """What a preference stage needs of a pair batch, as framework tensors over its rows
-    (the chosen rows first, then the rejected ones, pair i at rows i and B + i): the summed
-    log-probabilities of each row's learned tokens under the policy (with gradients) and
-    under the reference (without; zeros when the loss has none), and each row's learned
-    token count (float). Always tensors, so a compiled step has no branch to join."""
+class RowLogps:
+    """What a preference stage needs of a batch, as framework tensors over its rows (a pair
+    batch: the chosen rows first, then the rejected ones, pair i at rows i and B + i): the
+    summed log-probabilities of each row's learned tokens under the policy (with
+    gradients) and under the reference (without; zeros when the loss has none), each
+    row's learned token count (float, the batch's ``row_units``) and the objective's own
+    per-row numbers (the batch's ``row_aux``, [rows, 2]; KTO: the tag and the step's KL).
+    Always tensors, so a compiled step has no branch to join."""
 
     policy: Any
     reference: Any
     units: Any
+    aux: Any
+
+    def apply(self, convert: Callable[[Any], Any]) -> RowLogps:
+        """Every field converted (e.g. a framework tensor to a host array)."""
+        return RowLogps(*(convert(t) for t in (self.policy, self.reference, self.units, self.aux)))
 
 
 def pair_rows(split: PairedSplit, indices: Sequence[int], pad_id: int) -> TokenBatch:
@@ -145,19 +188,32 @@ def pair_rows(split: PairedSplit, indices: Sequence[int], pad_id: int) -> TokenB
     (one forward for both, as TRL concatenates them), with each row's learned tokens in
     ``row_units``; ``units`` is the number of pairs."""
     rows = [split.chosen[i] for i in indices] + [split.rejected[i] for i in indices]
-    arrays = padded_rows(rows, pad_id)
-    targets = arrays["labels"][:, 1:].copy()
-    arrays["targets"] = targets
-    arrays["row_units"] = (targets != IGNORE_INDEX).sum(axis=1).astype(np.float32)
     reference = split.column("reference_logps")  # method.preference.reference: precomputed
     if reference is not None:
-        arrays["reference_logps"] = np.concatenate([reference[indices, 0], reference[indices, 1]])
+        reference = np.concatenate([reference[indices, 0], reference[indices, 1]])
+    arrays = scored_rows(rows, pad_id, reference)
     learned = int(arrays["row_units"].sum())
     return TokenBatch(arrays, learned, int(arrays["token_mask"].sum()), len(indices))
 
 
+def scored_rows(
+    rows: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int, reference: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """Rows as a batch whose rows are scored: padded, next-token ``targets``, each row's
+    learned tokens (``row_units``), the precomputed reference's log-probs when given, and
+    zero ``row_aux``."""
+    arrays = padded_rows(rows, pad_id)
+    targets = arrays["labels"][:, 1:].copy()
+    arrays["targets"] = targets
+    arrays["row_units"] = (targets != IGNORE_INDEX).sum(axis=1).astype(np.float32)
+    arrays["row_aux"] = np.zeros((len(rows), 2), dtype=np.float32)
+    if reference is not None:
+        arrays["reference_logps"] = reference.astype(np.float32)
+    return arrays
+
+
 @dataclass(frozen=True)
-class PairPreference:
+class PairPreference(Plain):
     """dpo: a loss over pairs of answers to one prompt, averaged over the pairs of the whole
     optimizer step (accumulation and ranks). The formulas are TRL's and LLaMA-Factory's,
     with z = (policy chosen - policy rejected) - (reference chosen - reference rejected)
@@ -175,7 +231,7 @@ class PairPreference:
 
     settings: PreferenceArgs
     stages: tuple[str, ...] = ("dpo",)
-    needs = "pair_logps"
+    needs = "row_logps"
 
     def collate(self, split: Any, indices: Sequence[int], pad_id: int) -> TokenBatch:
         return pair_rows(split, indices, pad_id)
@@ -196,9 +252,14 @@ class PairPreference:
             policy, reference = policy / units, reference / units
         return policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:]
 
-    def losses(self, policy: Any, reference: Any, units: Any, ops: TensorOps) -> Any:
+    def reference_rows(self, split: PairedSplit, indices: Sequence[int], pad_id: int) -> TokenBatch:
+        """The rows a precomputed reference scores for pairs ``indices``: the chosen rows,
+        then the rejected ones (``reference_logps.npy``'s two columns)."""
+        return pair_rows(split, indices, pad_id)
+
+    def losses(self, policy: Any, reference: Any, units: Any, aux: Any, ops: TensorOps) -> Any:
         """Each pair's loss (a framework tensor [pairs]) from the fields of a
-        :class:`PairLogps` (passed apart: a compiling framework traces tensors, not objects)."""
+        :class:`RowLogps` (passed apart: a compiling framework traces tensors, not objects)."""
         p, pairs = self.settings, policy.shape[0] // 2
         chosen, rejected, ref_chosen, ref_rejected = self._halves(policy, reference, units)
         z = (chosen - rejected) - (ref_chosen - ref_rejected)
@@ -222,11 +283,11 @@ class PairPreference:
             losses = losses - p.sft_weight * policy[:pairs] / units[:pairs]
         return losses
 
-    def summed_losses(self, stat: PairLogps, ops: TensorOps) -> Any:
+    def summed_losses(self, stat: RowLogps, ops: TensorOps) -> Any:
         """The pairs' losses summed (what the step reports and weights)."""
-        return ops.total(self.losses(stat.policy, stat.reference, stat.units, ops))
+        return ops.total(self.losses(stat.policy, stat.reference, stat.units, stat.aux, ops))
 
-    def metrics(self, stat: PairLogps) -> dict[str, float]:
+    def metrics(self, stat: RowLogps) -> dict[str, float]:
         """The logged values summed over the pairs (host arrays in ``stat``): the rewards,
         their accuracy and margin, the policy's log-probabilities."""
         chosen, rejected, ref_chosen, ref_rejected = self._halves(
@@ -242,6 +303,106 @@ class PairPreference:
             "logps_chosen": float(np.sum(chosen)),
             "logps_rejected": float(np.sum(rejected)),
         }
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """kto: each answer judged alone, desirable or not (KTO, as TRL's ``KTOTrainer`` and
+    LLaMA-Factory compute it), averaged over the rows of the whole optimizer step. With r
+    the row's log-ratio (policy - reference, summed log-probabilities) and z the step's KL
+    estimate, a desirable row's loss is desirable_weight (1 - sigmoid(beta (r - z))), an
+    undesirable one's undesirable_weight (1 - sigmoid(beta (z - r))).
+
+    z is the mean log-ratio of the step's KL rows (each row's prompt with another row's
+    answer, prepared beside the data), over every micro-batch and rank, clamped at 0 and
+    held constant (no gradient): TRL's estimate when a step is one micro-batch, and one
+    value for the step however it is split over accumulation and processes. The rewards
+    are beta r, logged apart for the desirable and the undesirable rows."""
+
+    settings: PreferenceArgs
+    stages: tuple[str, ...] = ("kto",)
+    needs = "row_logps"
+
+    def collate(self, split: Any, indices: Sequence[int], pad_id: int) -> TokenBatch:
+        reference = split.column("reference_logps")
+        arrays = scored_rows(
+            [split[i] for i in indices],
+            pad_id,
+            None if reference is None else reference[indices, 0],
+        )
+        arrays["row_aux"][:, 0] = split.column("kto_tag")[list(indices)]
+        learned = int(arrays["row_units"].sum())
+        return TokenBatch(arrays, learned, int(arrays["token_mask"].sum()), len(indices))
+
+    def kl_rows(self, split: Any, indices: Sequence[int], pad_id: int) -> TokenBatch:
+        reference = split.column("reference_logps")
+        arrays = scored_rows(
+            [split.kl[i] for i in indices],
+            pad_id,
+            None if reference is None else reference[indices, 1],
+        )
+        learned = int(arrays["row_units"].sum())
+        return TokenBatch(arrays, learned, int(arrays["token_mask"].sum()), len(indices))
+
+    def with_kl(self, batch: TokenBatch, kl: float) -> TokenBatch:
+        arrays = dict(batch.arrays, row_aux=batch.arrays["row_aux"].copy())
+        arrays["row_aux"][:, 1] = kl
+        return replace(batch, arrays=arrays)
+
+    def reference_rows(self, split: Any, indices: Sequence[int], pad_id: int) -> TokenBatch:
+        """The rows a precomputed reference scores for rows ``indices``: the rows, then
+        their KL rows (``reference_logps.npy``'s two columns)."""
+        rows = [split[i] for i in indices] + [split.kl[i] for i in indices]
+        arrays = scored_rows(rows, pad_id, None)
+        return TokenBatch(arrays, int(arrays["row_units"].sum()), int(arrays["token_mask"].sum()),
+                          len(indices))  # fmt: skip
+
+    def weight(self, batch: TokenBatch, totals: StepTotals, reduction: Reduction) -> float:
+        return totals.world / max(totals.units, 1)  # the per-row losses are summed
+
+    def loss(self, statistic: Any, weight: Any) -> Any:
+        return statistic * weight
+
+    def losses(self, policy: Any, reference: Any, units: Any, aux: Any, ops: TensorOps) -> Any:
+        """Each row's loss (a framework tensor [rows]); ``aux`` holds each row's tag and the
+        step's KL estimate. 1 - sigmoid(x) is written exp(log sigmoid(-x))."""
+        p = self.settings
+        ratio, tag, kl = policy - reference, aux[:, 0], aux[:, 1]
+        desirable = p.desirable_weight * ops.exp(ops.log_sigmoid(-p.beta * (ratio - kl)))
+        undesirable = p.undesirable_weight * ops.exp(ops.log_sigmoid(-p.beta * (kl - ratio)))
+        return tag * desirable + (1 - tag) * undesirable
+
+    def summed_losses(self, stat: RowLogps, ops: TensorOps) -> Any:
+        return ops.total(self.losses(stat.policy, stat.reference, stat.units, stat.aux, ops))
+
+    def metrics(self, stat: RowLogps) -> dict[str, float]:
+        """Sums over the rows (host arrays): the rewards and the policy's log-probabilities of
+        the desirable (``chosen``) and undesirable (``rejected``) rows, their counts, and the
+        KL estimate times the rows."""
+        tag = stat.aux[:, 0] > 0.5
+        rewards = self.settings.beta * (stat.policy - stat.reference)
+        return {
+            "rewards_chosen": float(np.sum(rewards[tag])),
+            "rewards_rejected": float(np.sum(rewards[~tag])),
+            "logps_chosen": float(np.sum(stat.policy[tag])),
+            "logps_rejected": float(np.sum(stat.policy[~tag])),
+            "count_chosen": float(np.sum(tag)),
+            "count_rejected": float(np.sum(~tag)),
+            "kl": float(np.sum(stat.aux[:, 1])),
+        }
+
+    def metric_means(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        """The desirable rows' means over the desirable rows, the undesirable rows' over
+        theirs (TRL's), the margin between the two rewards, the KL over every row."""
+        means = {"kl": sums["kl"] / max(units, 1)}
+        for side in ("chosen", "rejected"):  # a side with no rows in the window logs nothing
+            count = sums[f"count_{side}"]
+            if count:
+                means[f"rewards_{side}"] = sums[f"rewards_{side}"] / count
+                means[f"logps_{side}"] = sums[f"logps_{side}"] / count
+        if "rewards_chosen" in means and "rewards_rejected" in means:
+            means["rewards_margins"] = means["rewards_chosen"] - means["rewards_rejected"]
+        return means
 
 
 def reference_kind(method: MethodArgs) -> Literal["none", "adapter_off", "frozen_copy"]:
@@ -261,7 +422,8 @@ def summed(totals: dict[str, float], more: dict[str, float]) -> dict[str, float]
 
 NEXT_TOKEN_NLL = NextTokenNLL()
 OBJECTIVES: dict[str, Objective] = {stage: NEXT_TOKEN_NLL for stage in NEXT_TOKEN_NLL.stages}
-PREFERENCE_OBJECTIVES = {"dpo": PairPreference}  # built from the run's method.preference
+# built from the run's method.preference
+PREFERENCE_OBJECTIVES: dict[str, Any] = {"dpo": PairPreference, "kto": Feedback}
 
 
 def objective_for(method: MethodArgs) -> Objective:

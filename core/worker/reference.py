@@ -1,37 +1,39 @@
 """``method.preference.reference: precomputed``: the reference's log-probabilities of every
-pair, computed once before training by the model as it starts (the reference itself),
-and kept beside the prepared split as ``reference_logps.npy`` ([pairs, 2]: chosen,
-rejected), so training holds one model. A resumed run reads them back."""
+example, computed once before training by the model as it starts (the reference itself),
+and kept beside the prepared split as ``reference_logps.npy`` ([examples, 2]: a pair's
+chosen and rejected rows, a KTO row and its KL row), so training holds one model. A
+resumed run reads them back."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ftx.core.fsutil import staged_file
-from ftx.core.prepared import PairedSplit
+from ftx.core.prepared import FeedbackSplit, PairedSplit
 from ftx.core.worker.framework import Framework, Rank
-from ftx.core.worker.objectives import Objective
+from ftx.core.worker.objectives import Feedback, PairPreference
 
 FILE = "reference_logps.npy"
 
 
 def precompute_reference(
     framework: Framework,
-    objective: Objective,
-    split: PairedSplit,
+    objective: PairPreference | Feedback,
+    split: PairedSplit | FeedbackSplit,
     pad_id: int,
     batch_size: int,
     rank: Rank,
 ) -> None:
     """Write ``split``'s reference log-probabilities unless a run has already (every rank
-    scores its share of the pairs; rank 0 writes the whole)."""
+    scores its share of the examples; rank 0 writes the whole)."""
     path = split.folder / FILE
     if not path.exists():
         found = np.zeros((len(split), 2), dtype=np.float64)
         mine = list(range(rank.rank, len(split), rank.world))
         for start in range(0, len(mine), batch_size):
             indices = mine[start : start + batch_size]
-            rows = framework.row_logps(objective.collate(split, indices, pad_id), reference=False)
+            batch = objective.reference_rows(split, indices, pad_id)
+            rows = framework.row_logps(batch, reference=False)
             found[indices, 0], found[indices, 1] = rows[: len(indices)], rows[len(indices) :]
         summed = framework.all_reduce_sum(found.reshape(-1).tolist())
         if rank.main:
@@ -39,4 +41,4 @@ def precompute_reference(
             with staged_file(path) as tmp, tmp.open("wb") as handle:
                 np.save(handle, values)
         rank.barrier()
-    rank.say(f"reference log-probabilities of {len(split)} pairs in {path}")
+    rank.say(f"reference log-probabilities of {len(split)} examples in {path}")

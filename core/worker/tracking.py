@@ -23,6 +23,7 @@ from ftx.core.contract import (
 )
 from ftx.core.worker.checkpoints import Checkpoints, TrainerState
 from ftx.core.worker.framework import Rank
+from ftx.core.worker.objectives import per_unit
 from ftx.core.worker.schedule import Schedule
 from ftx.core.worker.throughput import Utilisation
 
@@ -72,9 +73,14 @@ class MetricsWindow:
     def loss(self) -> float:
         return self.loss_sum / max(self.units, 1)
 
-    def means(self) -> dict[str, float]:
-        """The extras per unit, rounded as metrics rows are."""
-        return {k: round(v / max(self.units, 1), 6) for k, v in self.extras.items()}
+    def means(
+        self, mean_of: Callable[[dict[str, float], int], dict[str, float]]
+    ) -> dict[str, float]:
+        """The extras as the objective averages them (``Objective.metric_means``), rounded
+        as metrics rows are."""
+        if not self.extras:
+            return {}
+        return {k: round(v, 6) for k, v in mean_of(self.extras, self.units).items()}
 
     @property
     def tokens_per_s(self) -> float:
@@ -122,11 +128,13 @@ class RunTracker:
         learning_rate: Callable[[int], float],
         evaluate: Callable[[], float] | None = None,
         utilisation: Utilisation | None = None,
+        metric_means: Callable[[dict[str, float], int], dict[str, float]] | None = None,
     ):
         self.backend, self.train = config.backend, config.train
         self.layout, self.rank, self.schedule, self.examples = layout, rank, schedule, examples
         self.stop, self.metrics, self.save_into = stop, metrics, save
         self.learning_rate, self.evaluate, self.utilisation = learning_rate, evaluate, utilisation
+        self.metric_means = metric_means or per_unit
         self.checkpoints = Checkpoints(layout, self.train.save_total_limit)
         self.state = TrainerState(step=0, tokens=0)
         self.window = MetricsWindow()
@@ -184,7 +192,7 @@ class RunTracker:
                 tokens=self.state.tokens,
                 tokens_per_s=round(self.window.tokens_per_s, 1),
                 mfu=self._mfu(),
-                **self.window.means(),
+                **self.window.means(self.metric_means),
             )
         if self._evaluates(step):
             row = dataclasses.replace(row, eval_loss=round(self.evaluate(), 6))  # type: ignore[misc]
