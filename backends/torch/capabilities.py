@@ -3,7 +3,7 @@
 from ftx.core.backend import TRAINING_ARGUMENTS, Capabilities, alias
 
 CAPABILITIES = Capabilities(
-    stages=frozenset({"sft", "pt", "dpo", "kto"}),
+    stages=frozenset({"sft", "pt", "dpo", "kto", "rm"}),
     finetuning=frozenset({"full", "lora", "qlora", "freeze"}),
     precisions=frozenset({"fp32", "bf16", "fp16"}),
     parallel=frozenset({"dp", "zero1", "zero2", "zero3", "offload", "multinode"}),

@@ -27,7 +27,7 @@ def load_model(
     packed: bool = False,
 ) -> tuple[Any, Any]:
     """Tokenizer and model, with full / lora / qlora / freeze applied."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -49,13 +49,18 @@ def load_model(
             "quantization_config": quantization_config(method.quantization, config.train.precision),
             "device_map": {"": device.index or 0},
         }
-    model = AutoModelForCausalLM.from_pretrained(
+    if method.stage == "rm":
+        extra.update(num_labels=1, pad_token_id=pad_id(tokenizer))
+    head = AutoModelForSequenceClassification if method.stage == "rm" else AutoModelForCausalLM
+    model = head.from_pretrained(
         path,
         dtype=getattr(torch, config.model.dtype),
         trust_remote_code=trust,
         attn_implementation=attention_implementation(packed),
         **extra,
     )
+    if method.stage == "rm":
+        start_score_at_zero(model)
     if kind == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -70,12 +75,27 @@ def load_model(
         start_lora_like_every_backend(model, config.train.seed)
     elif kind == "freeze" and method.freeze_trainable_layers is not None:
         freeze_layers(model, method.freeze_trainable_layers)
+        if method.stage == "rm":
+            model.score.weight.requires_grad = True  # a reward model's head always trains
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if kind in ("lora", "qlora"):
             model.enable_input_require_grads()
         model.config.use_cache = False
     return tokenizer, model
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The pad id the prepared data uses (the tokenizer's, else its end of text)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def start_score_at_zero(model: Any) -> None:
+    """A reward model's score head at zero (ftx.core.worker.objectives.PairwiseReward): every
+    score starts at 0, on every backend, whatever transformers' random init would draw."""
+    weight = model.score.weight
+    with _gathered(weight), torch.no_grad():
+        weight.zero_()
 
 
 def start_lora_like_every_backend(model: Any, seed: int) -> None:

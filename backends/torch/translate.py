@@ -25,7 +25,8 @@ def peft_config(recipe: Recipe) -> dict[str, Any]:
     """peft.LoraConfig keyword arguments."""
     lora = recipe.method.lora
     return {
-        "task_type": "CAUSAL_LM",
+        # a reward model's score head is saved whole with the adapter (modules_to_save)
+        "task_type": "SEQ_CLS" if recipe.method.stage == "rm" else "CAUSAL_LM",
         "r": lora.rank,
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,

@@ -33,6 +33,7 @@ from ftx.core.worker.loop import train
 from ftx.core.worker.objectives import (
     Objective,
     RowLogps,
+    RowScores,
     StepTotals,
     TensorOps,
     TokenBatch,
@@ -97,7 +98,7 @@ class Torch:
     # ---------------------------------------------------------------- one step
 
     def optimizer_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
-        if self.objective.needs == "row_logps":
+        if self.objective.needs != "nll":
             return self._preference_step(batches, totals)
         engine, loss_sum = self.engine, 0.0
         for i, host in enumerate(batches):
@@ -112,16 +113,16 @@ class Torch:
         return StepOutput(loss_sum, grad_norm)
 
     def _preference_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
-        """dpo's and kto's step: each micro-batch's rows in one forward (a pair batch: chosen
-        and rejected together), the objective's per-pair or per-row losses summed and
-        weighted; the rewards and log-probabilities logged."""
+        """dpo's, kto's and rm's step: each micro-batch's rows in one forward (a pair batch:
+        chosen and rejected together), the objective's per-pair or per-row losses summed
+        and weighted; the rewards (and log-probabilities) logged."""
         engine, objective, loss_sum = self.engine, self.objective, 0.0
         extras: dict[str, float] = {}
         for i, host in enumerate(batches):
             last = i == len(batches) - 1
             batch = device_batch(host, self.device)
             with engine.forward_context(last_micro_batch=last):
-                stat = self._pair_logps(engine.model, batch)
+                stat = self._statistic(engine.model, batch)
                 total = objective.summed_losses(stat, TORCH_OPS)
             engine.backward(objective.loss(total, objective.weight(host, totals, "sum")), last)
             loss_sum += float(total.detach())
@@ -129,6 +130,13 @@ class Torch:
         grad_norm = engine.step()
         self.scheduler.step()
         return StepOutput(loss_sum, grad_norm, extras)
+
+    def _statistic(self, model: Any, batch: dict[str, Any]) -> RowLogps | RowScores:
+        """What the preference objective asks for: rows' log-probabilities or scores."""
+        if self.objective.needs == "row_scores":
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+            return RowScores(model(**inputs).logits[:, 0].float())  # transformers' positions
+        return self._pair_logps(model, batch)
 
     def _pair_logps(self, model: Any, batch: dict[str, Any]) -> RowLogps:
         """The policy's summed log-probabilities per row and the reference's: precomputed in
@@ -174,8 +182,8 @@ class Torch:
         for host, counted in batches:
             if counted or self.collective_forward:
                 batch = device_batch(host, self.device)
-                if self.objective.needs == "row_logps":
-                    stat = self._pair_logps(model, batch)
+                if self.objective.needs != "nll":
+                    stat = self._statistic(model, batch)
                     loss = self.objective.summed_losses(stat, TORCH_OPS)
                 else:
                     loss = nll_sum(model, batch)

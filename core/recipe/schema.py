@@ -459,6 +459,12 @@ class Recipe(Section):
                     f"data.packing: stage '{stage}' scores whole answers, one per row; packed"
                     " rows would let one example's answer see another's (set it false)"
                 )
+        if stage == "rm" and self.evaluate is not None:
+            raise ValueError(
+                "evaluate: stage 'rm' trains a reward model, which scores answers and"
+                " generates none; remove the evaluate section (the eval loss and reward"
+                " accuracy on data.val_size pairs measure it)"
+            )
         if self.method.finetuning not in ("lora", "qlora") and self.output.merge_lora:
             raise ValueError("output.merge_lora needs method.finetuning 'lora' or 'qlora'")
         return self

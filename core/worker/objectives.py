@@ -13,6 +13,8 @@ What a stage needs from a framework (its ``needs``)
     ``row_logps`` (dpo, kto): :class:`RowLogps`, each row's summed per-token
     log-probabilities (the framework's ``token_logprobs``) under the policy and the
     reference, with the batch's per-row numbers (``row_units``, ``row_aux``).
+    ``row_scores`` (rm): :class:`RowScores`, each row's scalar score from the model's
+    score head at the batch's ``score_positions``.
 
 How the shared formula reaches a compiled step
     :meth:`Objective.loss` is plain arithmetic on whatever tensors it is given. torch and
@@ -71,7 +73,7 @@ class Objective(Protocol):
     """A training stage: its batches, its normalisation and its loss."""
 
     stages: tuple[str, ...]  # the method.stage values it trains
-    needs: str  # the statistic it asks of the framework: "nll" or "row_logps"
+    needs: str  # the statistic it asks of the framework: "nll", "row_logps", "row_scores"
 
     def collate(self, split: PreparedSplit, indices: Sequence[int], pad_id: int) -> TokenBatch:
         """The micro-batch of examples ``indices`` of ``split``."""
@@ -405,6 +407,67 @@ class Feedback:
         return means
 
 
+@dataclass(frozen=True)
+class RowScores:
+    """What the reward model stage needs of a pair batch: each row's scalar score (a
+    framework tensor [rows], with gradients; the chosen rows first, then the rejected)."""
+
+    scores: Any
+
+    def apply(self, convert: Callable[[Any], Any]) -> RowScores:
+        return RowScores(convert(self.scores))
+
+
+def score_positions(input_ids: np.ndarray, pad_id: int) -> np.ndarray:
+    """Where each row is scored: its last token that is not ``pad_id`` (0 when all are),
+    the position transformers' ``*ForSequenceClassification`` reads, so that the exported
+    reward model scores a row as training did."""
+    positions = np.arange(input_ids.shape[1])
+    return (positions * (input_ids != pad_id)).argmax(-1)
+
+
+@dataclass(frozen=True)
+class PairwiseReward(Plain):
+    """rm: a reward model, a scalar score per row from a linear head (``score``, one output,
+    started at zero so that every score is 0 at first) on the last hidden state at the
+    row's last token (:func:`score_positions`), trained so that the chosen answer of each
+    pair scores above the rejected one: -log sigmoid(chosen - rejected), averaged over the
+    pairs of the whole optimizer step. Logged: the mean scores (``rewards/chosen``,
+    ``rewards/rejected``), their margin and how often the chosen one is higher."""
+
+    stages: tuple[str, ...] = ("rm",)
+    needs = "row_scores"
+
+    def collate(self, split: Any, indices: Sequence[int], pad_id: int) -> TokenBatch:
+        batch = pair_rows(split, indices, pad_id)
+        batch.arrays["score_positions"] = score_positions(batch.arrays["input_ids"], pad_id)
+        return batch
+
+    def weight(self, batch: TokenBatch, totals: StepTotals, reduction: Reduction) -> float:
+        return totals.world / max(totals.units, 1)  # the per-pair losses are summed
+
+    def loss(self, statistic: Any, weight: Any) -> Any:
+        return statistic * weight
+
+    def losses(self, scores: Any, ops: TensorOps) -> Any:
+        """Each pair's loss (a framework tensor [pairs])."""
+        pairs = scores.shape[0] // 2
+        return -ops.log_sigmoid(scores[:pairs] - scores[pairs:])
+
+    def summed_losses(self, stat: RowScores, ops: TensorOps) -> Any:
+        return ops.total(self.losses(stat.scores, ops))
+
+    def metrics(self, stat: RowScores) -> dict[str, float]:
+        pairs = stat.scores.shape[0] // 2
+        chosen, rejected = stat.scores[:pairs], stat.scores[pairs:]
+        return {
+            "rewards_chosen": float(np.sum(chosen)),
+            "rewards_rejected": float(np.sum(rejected)),
+            "rewards_accuracies": float(np.sum(chosen > rejected)),
+            "rewards_margins": float(np.sum(chosen - rejected)),
+        }
+
+
 def reference_kind(method: MethodArgs) -> Literal["none", "adapter_off", "frozen_copy"]:
     """What a preference run's framework keeps as its reference while training: nothing
     (reference-free, or log-probabilities precomputed before training), the base with the
@@ -421,7 +484,10 @@ def summed(totals: dict[str, float], more: dict[str, float]) -> dict[str, float]
 
 
 NEXT_TOKEN_NLL = NextTokenNLL()
-OBJECTIVES: dict[str, Objective] = {stage: NEXT_TOKEN_NLL for stage in NEXT_TOKEN_NLL.stages}
+OBJECTIVES: dict[str, Objective] = {
+    **{stage: NEXT_TOKEN_NLL for stage in NEXT_TOKEN_NLL.stages},
+    "rm": PairwiseReward(),
+}
 # built from the run's method.preference
 PREFERENCE_OBJECTIVES: dict[str, Any] = {"dpo": PairPreference, "kto": Feedback}
 
