@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_ftx, run_in_env
-from training import Runs, feedback_recipe, recipe
+from training import Runs, feedback_recipe, pairs_recipe, recipe
 
 # Same weights, same batches, fp32: the frameworks differ only in summation order.
 TOLERANCE = 1e-4
@@ -150,17 +151,18 @@ def test_gradient_checkpointing_recomputes_every_layer(
 CPU_OVERRIDES = ["device=cpu", "_attn_implementation=eager"]
 
 
-def test_paddleformers_cli_trains_the_emitted_plan(tmp_path: Path, tiny_llama: Path) -> None:
-    """The plan runs with `paddleformers-cli train` and no ftx. On CPU it needs what a CPU
-    needs anyway: a device list for the launcher (the CLI assumes GPUs), `device=cpu`,
-    eager attention, the model's `fuse_rms_norm: false`, and gradient_accumulation_steps 1
-    (PaddleFormers' trainer calls the GPU-only paddle.device.synchronize() otherwise)."""
+def cpu_model(tmp_path: Path, tiny_llama: Path) -> Path:
+    """The tiny Llama with ``fuse_rms_norm: false`` (PaddleFormers' fused kernel is GPU-only)."""
     model = tmp_path / "model"
     shutil.copytree(tiny_llama, model)
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "fuse_rms_norm": False}))
-    path = recipe(tmp_path, model, steps=3)
-    out = tmp_path / "out"
+    return model
+
+
+def paddleformers_cli_train(path: Path, out: Path, *overrides: str) -> str:
+    """`ftx plan` of ``path`` into ``out``, then `paddleformers-cli train` of its YAML (no
+    ftx), on CPU, with the CLI's ``overrides``; the worker's log."""
     plan = run_ftx(
         "plan", str(path), "--backend", "paddle", "--out", str(out), "train.grad_accum=1"
     )
@@ -171,7 +173,7 @@ def test_paddleformers_cli_trains_the_emitted_plan(tmp_path: Path, tiny_llama: P
     env["CUDA_VISIBLE_DEVICES"] = "0"
     envs.ensure("paddle")
     result = subprocess.run(
-        ["paddleformers-cli", "train", "plan/paddleformers.yaml", *CPU_OVERRIDES],
+        ["paddleformers-cli", "train", "plan/paddleformers.yaml", *CPU_OVERRIDES, *overrides],
         cwd=out,
         env=env,
         capture_output=True,
@@ -180,8 +182,45 @@ def test_paddleformers_cli_trains_the_emitted_plan(tmp_path: Path, tiny_llama: P
     )
     log = (out / "paddleformers_dist_log/workerlog.0").read_text(errors="replace")
     assert result.returncode == 0, log[-3000:]
+    return log
+
+
+def test_paddleformers_cli_trains_the_emitted_plan(tmp_path: Path, tiny_llama: Path) -> None:
+    """The plan runs with `paddleformers-cli train` and no ftx. On CPU it needs what a CPU
+    needs anyway: a device list for the launcher (the CLI assumes GPUs), `device=cpu`,
+    eager attention, the model's `fuse_rms_norm: false`, and gradient_accumulation_steps 1
+    (PaddleFormers' trainer calls the GPU-only paddle.device.synchronize() otherwise)."""
+    out = tmp_path / "out"
+    log = paddleformers_cli_train(recipe(tmp_path, cpu_model(tmp_path, tiny_llama), steps=3), out)
     assert "global_step: 3" in log and "eval_loss" in log
     assert (out / "native/model-00001-of-00001.safetensors").exists()
+
+
+def test_paddleformers_cli_trains_the_dpo_plan(tmp_path: Path, tiny_llama: Path) -> None:
+    """stage: DPO with the recipe's preference keys in PaddleFormers' names and the pairs
+    as its DPO messages rows (chosen_response, rejected_response), trained by
+    `paddleformers-cli train` (LoRA, one process): its first loss is ln 2, as ftx's.
+    PaddleFormers' DPO evaluation wraps its reference with fleet.distributed_model, which
+    fails in one process that fleet never initialised: this run trains without it."""
+    import yaml
+
+    path = pairs_recipe(tmp_path, cpu_model(tmp_path, tiny_llama), steps=3)
+    path.write_text(path.read_text() + "method: {stage: dpo, finetuning: lora, preference:"
+                    " {beta: 0.2, label_smoothing: 0.1}}\n")  # fmt: skip
+    path.write_text(path.read_text().replace("method: {stage: dpo, finetuning: lora}\n", ""))
+    out = tmp_path / "out"
+    path.write_text(path.read_text().replace(", eval_steps: 2", ""))
+    log = paddleformers_cli_train(path, out, "do_eval=false")
+    config = yaml.safe_load((out / "plan/paddleformers.yaml").read_text())
+    assert config["stage"] == "DPO" and config["loss_type"] == "sigmoid"
+    assert config["beta"] == 0.2 and config["label_smoothing"] == 0.1
+    assert config["reference_free"] is False and config["sft_loss_ratio"] == 0.0
+    first = json.loads((out / "plan/data/messages/train.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"messages", "chosen_response", "rejected_response"}
+    assert "stage DPO" in (out / "plan/NOTES.md").read_text()
+    assert "global_step: 3" in log
+    losses = [float(m) for m in re.findall(r"\bloss: ([0-9.]+)", log)]
+    assert losses and losses[0] == pytest.approx(0.693147, abs=1e-5), log[-3000:]
 
 
 def test_what_paddleformers_cannot_express_is_refused_with_the_key(

@@ -98,9 +98,20 @@ def export_plan_data(recipe: Recipe, out: Path) -> str:
 
     train, val = split_conversations(recipe, RowReport())
     eval_rows = val or train[:1]  # PaddleFormers requires an eval file even without do_eval
+    stage = recipe.method.stage
+    if stage not in ("sft", "pt", "dpo"):  # no PaddleFormers stage reads these rows
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "README.txt").write_text(
+            f"method.stage {stage}: PaddleFormers has no stage that reads this data;"
+            " ftx's paddle worker trains it from OUT/data (see plan/NOTES.md).\n"
+        )
+        return f"no Paddle plan data for stage {stage}"
     # src/tgt formats hold plain user/assistant rounds (or a pre-training text) only.
-    plain = all(c.text is not None or (not c.tools and _alternating(c)) for c in train + val)
-    formats = {MESSAGES: messages_row, **({ERNIEKIT: erniekit_row} if plain else {})}
+    plain = stage != "dpo" and all(
+        c.text is not None or (not c.tools and _alternating(c)) for c in train + val
+    )
+    row_of = pair_messages_row if stage == "dpo" else messages_row
+    formats = {MESSAGES: row_of, **({ERNIEKIT: erniekit_row} if plain else {})}
     for folder, row in formats.items():
         here = out / Path(folder).relative_to(PLAN_DATA)
         here.mkdir(parents=True, exist_ok=True)
@@ -138,6 +149,16 @@ def messages_row(conv: Conversation) -> dict[str, Any]:
     row: dict[str, Any] = {"messages": messages}
     if conv.tools:
         row["tools"] = json.dumps(list(conv.tools), ensure_ascii=False)
+    return row
+
+
+def pair_messages_row(conv: Conversation) -> dict[str, Any]:
+    """A preference pair in PaddleFormers' DPO ``messages`` form: the conversation as
+    ``messages``, each answer as a one-turn ``chosen_response`` / ``rejected_response``."""
+    assert conv.chosen is not None and conv.rejected is not None
+    row = messages_row(conv)
+    for key, answer in (("chosen_response", conv.chosen), ("rejected_response", conv.rejected)):
+        row[key] = [{"role": "assistant", "content": answer.content}]
     return row
 
 

@@ -199,7 +199,30 @@ def paddleformers_config(recipe: Recipe) -> dict[str, Any]:
         "unified_checkpoint": native.get("unified_checkpoint", True),
         "save_to_hf": True,
     }
+    if m.stage == "dpo":
+        data_keys["max_prompt_len"] = max(d.max_seq_len - 1, 1)  # the prompt may take all but one
+        train_keys.update(dpo_keys(recipe))
     return {**data_keys, **model_keys, **train_keys}
+
+
+def dpo_keys(recipe: Recipe) -> dict[str, Any]:
+    """method.preference in PaddleFormers' DPOTrainingArguments names. Its ``orpo`` is
+    ``or`` plus the chosen answer's NLL at weight 1 with no reference, the odds-ratio term
+    weighed by ``pref_loss_ratio`` (ftx's orpo beta); ``sft_loss_ratio`` is ftx's
+    sft_weight."""
+    p = recipe.method.preference
+    keys: dict[str, Any] = {
+        "loss_type": p.loss,
+        "beta": p.beta,
+        "label_smoothing": p.label_smoothing,
+        "simpo_gamma": p.simpo_gamma,
+        "pref_loss_ratio": 1.0,
+        "sft_loss_ratio": p.sft_weight,
+        "reference_free": p.reference_for("dpo") == "none",
+    }
+    if p.loss == "orpo":
+        keys.update(pref_loss_ratio=p.beta, sft_loss_ratio=1.0)
+    return keys
 
 
 def run_finetune_args(recipe: Recipe) -> dict[str, Any]:
@@ -301,8 +324,22 @@ def translate(recipe: Recipe, model: ModelConfig) -> NativePlan:
 
 
 def plan_notes(recipe: Recipe) -> tuple[str, ...]:
-    """What the plan's native files cannot say: PaddleFormers has no stage for kto."""
+    """What the plan's native files cannot say: PaddleFormers has no stage for kto or rm;
+    what its DPO trainer needs that a CPU run does not have."""
     stage = recipe.method.stage
+    if stage == "dpo":
+        return (
+            "method.stage dpo: paddleformers.yaml has stage DPO with method.preference in"
+            " PaddleFormers' names (loss_type, beta, label_smoothing, simpo_gamma,"
+            " pref_loss_ratio, sft_loss_ratio, reference_free) and data/messages holds the"
+            " pairs as its DPO rows (chosen_response, rejected_response). PaddleFormers"
+            " tokenises and truncates them itself (max_prompt_len), and its sft_loss_ratio"
+            " averages the chosen NLL over every chosen token of the batch where ftx's"
+            " sft_weight averages each pair's; ftx's paddle worker trains this recipe as the"
+            " other backends do. In one process PaddleFormers' DPO evaluation fails (it wraps"
+            " the reference with fleet.distributed_model): pass do_eval=false, or launch two"
+            " workers; full fine-tuning DPO needs two workers.",
+        )
     if stage in PADDLEFORMERS_STAGES:
         return ()
     return (
