@@ -56,11 +56,27 @@ COMPARE_OVERRIDES = (
 )
 
 
+# The preference stages' logged values, judged with the loss's tolerance for their step,
+# relative to their size but never tighter than absolute (the rewards and the KL estimate
+# start at exactly 0). rewards/accuracies is shown, not judged: a pair whose margin is
+# within rounding of 0 may count on one side or the other.
+JUDGED = ("rewards_chosen", "rewards_rejected", "rewards_margins", "kl", "logps_chosen",
+          "logps_rejected")  # fmt: skip
+SHOWN = ("rewards_accuracies",)
+
+
 @dataclass(frozen=True)
 class StepRow:
     step: int
     losses: dict[str, float]
     grad_norms: dict[str, float]
+    # a preference metric (MetricsRow field) -> label -> value
+    values: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def spread(self, name: str) -> float:
+        """How far apart the runs' values of metric ``name`` are (absolute)."""
+        found = list(self.values.get(name, {}).values())
+        return max(found) - min(found) if found else 0.0
 
     @property
     def max_relative(self) -> float:
@@ -95,6 +111,16 @@ class Comparison:
                     f"step {row.step}: losses differ by {row.max_relative:.2e} relative"
                     f" (tolerance {bound:.0e}): {row.losses}"
                 )
+            for name in JUDGED:
+                found = row.values.get(name)
+                if not found:
+                    continue
+                scale = max(1.0, *(abs(v) for v in found.values()))
+                if row.spread(name) > bound * scale:
+                    self.problems.append(
+                        f"step {row.step}: {name} differs by {row.spread(name):.2e}"
+                        f" (tolerance {bound:.0e} x max(1, |value|)): {found}"
+                    )
         if self.logits_max_diff is not None and self.logits_max_diff > LOGITS:
             self.problems.append(
                 f"the exports' logits differ by {self.logits_max_diff:.2e} (tolerance {LOGITS:.0e})"
@@ -103,7 +129,12 @@ class Comparison:
     def to_dict(self) -> dict:
         return {
             "runs": self.runs,
-            "tolerances": {"first_step": FIRST_STEP, "later_steps": LATER_STEPS, "logits": LOGITS},
+            "tolerances": {
+                "first_step": FIRST_STEP,
+                "later_steps": LATER_STEPS,
+                "logits": LOGITS,
+                "preference_values": "the step's tolerance x max(1, |value|)",
+            },
             "steps": [{**asdict(r), "max_relative": r.max_relative} for r in self.rows],
             "logits_max_diff": self.logits_max_diff,
             "passed": self.passed,
@@ -127,6 +158,10 @@ def line_up(runs: dict[str, Path]) -> Comparison:
             row.losses[label] = float(r.loss)  # type: ignore[arg-type]
             if r.grad_norm is not None:
                 row.grad_norms[label] = r.grad_norm
+            for name in (*JUDGED, *SHOWN):
+                value = getattr(r, name)
+                if value is not None:
+                    row.values.setdefault(name, {})[label] = float(value)
     return Comparison(
         {k: str(v) for k, v in runs.items()}, sorted(by_step.values(), key=lambda r: r.step)
     )
@@ -151,16 +186,25 @@ EXPORT_LOGITS = """
 import itertools, json, sys
 from pathlib import Path
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 def load(folder):
+    # a causal LM, or a reward model (stage rm: one score per sequence, compared as logits)
     adapter = folder / "adapter_config.json"
     if adapter.exists():
         from peft import PeftModel
-        base = json.loads(adapter.read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        settings = json.loads(adapter.read_text())
+        base = settings["base_model_name_or_path"]
+        if settings.get("task_type") == "SEQ_CLS":
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base, dtype=torch.float32, num_labels=1)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         return PeftModel.from_pretrained(model, str(folder)), base
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32), str(folder)
+    config = json.loads((folder / "config.json").read_text())
+    scores = any(a.endswith("ForSequenceClassification") for a in config.get("architectures", []))
+    kind = AutoModelForSequenceClassification if scores else AutoModelForCausalLM
+    return kind.from_pretrained(str(folder), dtype=torch.float32), str(folder)
 
 logits = {}
 for folder in map(Path, sys.argv[1:]):

@@ -263,9 +263,10 @@ def report(out: Path, png: Path | None) -> None:
 )
 def compare(targets: tuple[str, ...], backends: str | None, steps: int, out: Path | None) -> None:
     """Run one recipe on several backends (or line up finished runs) and compare them step
-    by step: a table of losses and grad norms, comparison.png, and exit code 1 when they
-    differ beyond the tolerances (first step 1e-4 relative, later steps 1e-3, the exports'
-    logits 1e-3 absolute).
+    by step: a table of losses and grad norms (and reward margins for dpo, kto and rm),
+    comparison.png, and exit code 1 when they differ beyond the tolerances (first step
+    1e-4 relative, later steps 1e-3, the exports' logits 1e-3 absolute; the preference
+    stages' rewards and KL 1e-4 absolute, log-probabilities 1e-3 relative).
 
     \b
     Examples:
@@ -316,12 +317,18 @@ def compare(targets: tuple[str, ...], backends: str | None, steps: int, out: Pat
     table.add_column("max rel. diff")
     for label in runs:
         table.add_column(f"grad norm {label}")
+    margins = any("rewards_margins" in row.values for row in comparison.rows)
+    if margins:  # a preference stage: the reward margins too
+        for label in runs:
+            table.add_column(f"margin {label}")
     for row in comparison.rows:
+        shown = row.values.get("rewards_margins", {})
         table.add_row(
             str(row.step),
             *[f"{row.losses[k]:.6f}" if k in row.losses else "-" for k in runs],
             f"{row.max_relative:.2e}",
             *[f"{row.grad_norms[k]:.4f}" if k in row.grad_norms else "-" for k in runs],
+            *([f"{shown[k]:.6f}" if k in shown else "-" for k in runs] if margins else []),
         )
     results.print(table)
     if comparison.logits_max_diff is not None:
