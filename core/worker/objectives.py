@@ -228,8 +228,9 @@ class PairPreference(Plain):
     - orpo (no reference): -chosen - beta log sigmoid(log-odds(chosen) - log-odds(rejected))
 
     plus ``sft_weight`` times the chosen answer's token-averaged NLL (LLaMA-Factory's
-    ``pref_ftx``; orpo has it built in). The rewards are beta (policy - reference), beta
-    times the policy's (averaged) log-probability without a reference."""
+    ``pref_ftx``; orpo has it built in). The rewards are beta (policy - reference) of the
+    summed log-probabilities (ipo too, as TRL logs them), beta times the policy's averaged
+    log-probability without a reference."""
 
     settings: PreferenceArgs
     stages: tuple[str, ...] = ("dpo",)
@@ -248,9 +249,11 @@ class PairPreference(Plain):
     def averaged(self) -> bool:
         return self.settings.loss in ("ipo", "simpo", "orpo")
 
-    def _halves(self, policy: Any, reference: Any, units: Any) -> tuple[Any, Any, Any, Any]:
+    def _halves(
+        self, policy: Any, reference: Any, units: Any, averaged: bool | None = None
+    ) -> tuple[Any, Any, Any, Any]:
         pairs = policy.shape[0] // 2
-        if self.averaged:
+        if self.averaged if averaged is None else averaged:
             policy, reference = policy / units, reference / units
         return policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:]
 
@@ -291,9 +294,14 @@ class PairPreference(Plain):
 
     def metrics(self, stat: RowLogps) -> dict[str, float]:
         """The logged values summed over the pairs (host arrays in ``stat``): the rewards,
-        their accuracy and margin, the policy's log-probabilities."""
+        their accuracy and margin, the policy's log-probabilities. As TRL logs them: from
+        the summed log-probabilities, except for the reference-free losses, whose rewards
+        are their own averaged ones (ipo averages inside its loss only)."""
         chosen, rejected, ref_chosen, ref_rejected = self._halves(
-            stat.policy, stat.reference, stat.units
+            stat.policy,
+            stat.reference,
+            stat.units,
+            averaged=self.settings.loss in ("simpo", "orpo"),
         )
         beta = self.settings.beta
         good, bad = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)

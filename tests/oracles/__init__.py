@@ -3,6 +3,8 @@ parsers check what ftx writes. Users never install them.
 
     paddlenlp/requirements.lock   paddlepaddle 3.3.1 + paddlenlp 3.0.0b4 (PaddleNLP's
                                   loaders and llm/run_finetune.py's argument parser)
+    trl/requirements.lock         the torch backend's lock + trl 1.16.0 (TRL's DPOTrainer,
+                                  KTOTrainer, RewardTrainer: the preference losses' oracle)
 """
 
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 from ftx.core.backend import EnvironmentSpec
 
 PADDLENLP = "paddlenlp-oracle"
+TRL = "trl-oracle"
 
 ORACLES = {
     PADDLENLP: EnvironmentSpec(
@@ -17,5 +20,11 @@ ORACLES = {
         frameworks=("paddlepaddle", "paddlenlp", "numpy", "safetensors"),
         import_check="import paddle, paddlenlp.transformers, paddlenlp.trl",
         devices="ftx.backends.paddle.environment:visible_devices",
-    )
+    ),
+    TRL: EnvironmentSpec(
+        lock_file=Path(__file__).with_name("trl") / "requirements.lock",
+        frameworks=("torch", "transformers", "peft", "trl"),
+        import_check="import trl, torch, peft",
+        devices="ftx.backends.torch.environment:visible_devices",
+    ),
 }
