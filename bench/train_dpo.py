@@ -86,11 +86,12 @@ args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batc
                  num_train_epochs=1, learning_rate=5e-4, lr_scheduler_type="cosine",
                  logging_steps=10, save_strategy="no", report_to=[], use_cpu=True,
                  dataloader_num_workers=0, seed=0, disable_tqdm=True, beta=0.1,
-                 max_length=None, bf16=False, fp16=False)
+                 max_length=None, bf16=False, fp16=False,
+                 gradient_checkpointing=False)  # TRL's default is on; ftx's (and the run's) off
 trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data,
                      processing_class=tokenizer, peft_config=peft)
 result = trainer.train()
-losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [result.training_loss]
 print(json.dumps({"train_seconds": result.metrics["train_runtime"], "tokens": tokens,
                   "final_loss": losses[-1]}))
 """
