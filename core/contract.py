@@ -342,6 +342,8 @@ class ProgressEvent:
     loss: float | None = None
     tokens_per_s: float | None = None
     logged: bool = False
+    margin: float | None = None  # the preference stages: the step's mean reward margin
+    accuracy: float | None = None  # ... and its reward accuracy (dpo, rm)
 
     def line(self) -> str:
         fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

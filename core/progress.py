@@ -1,6 +1,7 @@
 """What `ftx run` shows while a worker trains, driven by its progress events.
 
-On a terminal: a live bar (step/total, loss, tokens/s, ETA). With ``-q`` or when
+On a terminal: a live bar (step/total, loss, the preference stages' reward margin and
+accuracy, tokens/s, ETA). With ``-q`` or when
 stderr is not a terminal (logs, CI): one plain line per logged step. Other
 worker output goes to the launch log; only ``[ftx]`` lines and errors are shown.
 """
@@ -66,6 +67,8 @@ class RunDisplay:
                 fields["loss"] = f"{event.loss:.4f}"
             if event.tokens_per_s is not None:
                 fields["speed"] = f"{event.tokens_per_s:,.0f}"
+            if event.margin is not None:
+                fields["rewards"] = _rewards(event)
             self.progress.update(self.task, completed=event.step, total=event.total, **fields)
             if event.kind == "done":
                 self.progress.stop()
@@ -79,7 +82,7 @@ class RunDisplay:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} tok/s"),
+            TextColumn("{task.fields[rewards]}{task.fields[speed]} tok/s"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -87,7 +90,7 @@ class RunDisplay:
             transient=False,
         )
         self.task = self.progress.add_task(
-            "train", total=event.total, completed=event.step, loss="-", speed="-"
+            "train", total=event.total, completed=event.step, loss="-", speed="-", rewards=""
         )
         self.progress.start()
 
@@ -98,10 +101,20 @@ class RunDisplay:
         parts = [f"step {event.step}/{event.total}"]
         if event.loss is not None:
             parts.append(f"loss {event.loss:.4f}")
+        if event.margin is not None:
+            parts.append(_rewards(event).strip())
         if event.tokens_per_s is not None:
             parts.append(f"{event.tokens_per_s:,.0f} tok/s")
         parts.append(f"ETA {_clock(left)}")
         return "  ".join(parts)
+
+
+def _rewards(event: ProgressEvent) -> str:
+    """A preference step's reward margin (and accuracy), followed by a separator."""
+    text = f"margin {event.margin:.4f}"
+    if event.accuracy is not None:
+        text += f"  acc {event.accuracy:.2f}"
+    return text + "  "
 
 
 def _clock(seconds: float) -> str:

@@ -21,8 +21,20 @@ KEYS = {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/mar
 
 
 def test_dpo_starts_at_ln2_with_zero_rewards_and_learns(tmp_path: Path, tiny_llama: Path) -> None:
-    """LoRA: the reference is the base with the adapter off, equal to the policy at first."""
-    out = train(pairs_recipe(tmp_path, tiny_llama, steps=6), tmp_path / "out", "torch")
+    """LoRA: the reference is the base with the adapter off, equal to the policy at first.
+    The progress lines show the reward margin and accuracy; `ftx report` plots the rewards
+    under the loss."""
+    out = tmp_path / "out"
+    path = pairs_recipe(tmp_path, tiny_llama, steps=6)
+    result = run_ftx("run", str(path), "--backend", "torch", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("step ")]
+    assert lines and all("margin " in ln and "acc " in ln for ln in lines), lines
+    report = run_ftx("report", str(out))
+    assert report.returncode == 0, report.stderr
+    data = (out / "loss.png").read_bytes()
+    size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert size == (960, 840)  # two panels: the loss, the rewards (an SFT run's is 960 x 540)
     first, *later = [r for r in rows(out) if "loss" in r]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert set(first) >= KEYS

@@ -203,7 +203,20 @@ class RunTracker:
         now = time.time()
         per_s = round(result.tokens / max(now - self._step_started, 1e-9), 1)
         loss = round(result.loss_sum / max(result.units, 1), 6)
-        self.rank.emit(ProgressEvent("step", step, total, loss, per_s, logged))
+        means = self.metric_means(result.extras, result.units) if result.extras else {}
+        margin, accuracy = means.get("rewards_margins"), means.get("rewards_accuracies")
+        self.rank.emit(
+            ProgressEvent(
+                "step",
+                step,
+                total,
+                loss,
+                per_s,
+                logged,
+                margin=None if margin is None else round(margin, 6),
+                accuracy=None if accuracy is None else round(accuracy, 6),
+            )
+        )
         if self._saves(step):
             self.save()
         self._step_started = time.time()
