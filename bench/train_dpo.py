@@ -17,6 +17,8 @@ fresh process:
                                 example, batch 2 x --batch: the rows of a DPO batch)
   ftx dpo full precomputed      the reference's log-probs written before training
 
+(--only TEXT keeps the runs whose label holds TEXT, e.g. --only "full (frozen".)
+
 Speed: real (non-pad) tokens per second of the training loop (model loading and the
 precomputation excluded), chosen and rejected rows counted alike on both sides; TRL
 gets ftx's token ids as its pre-tokenised dataset (its own collator and loss). Memory:
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ftx-bench-dpo"))
+    parser.add_argument("--only", help="run only the runs whose label holds this text")
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -182,6 +185,8 @@ def main() -> None:
             ),
         ),
     ]
+    if args.only:
+        runs = [run for run in runs if args.only in run.label]
     started = machine()
     interleave(runs, args.repeats)
 
@@ -205,14 +210,16 @@ def main() -> None:
     versus = {"ftx dpo lora (adapter off)": "TRL DPOTrainer lora (adapter off)",
               "ftx dpo full (frozen copy)": "TRL DPOTrainer full (frozen copy)"}  # fmt: skip
     for run in runs:
-        ratio = f"{rate(run) / rate(by[versus[run.label]]):.2f}x" if run.label in versus else ""
+        other = by.get(versus.get(run.label, ""))
+        ratio = f"{rate(run) / rate(other):.2f}x" if other else ""
         print(f"| {run.label} | {rate(run):,.0f} | {ratio} | {run.peak_mb:,.0f} |"
               f" {loss(run):.4f} |")  # fmt: skip
-    lora = by["ftx dpo lora (adapter off)"].peak_mb / by["ftx sft lora, same rows"].peak_mb
-    full = by["ftx dpo full (precomputed)"].peak_mb / by["ftx sft full, same rows"].peak_mb
-    copy = by["ftx dpo full (frozen copy)"].peak_mb / by["ftx sft full, same rows"].peak_mb
-    print(f"\npeak memory: LoRA DPO / LoRA SFT {lora:.2f}x; full DPO precomputed / full SFT"
-          f" {full:.2f}x (a frozen copy: {copy:.2f}x)")  # fmt: skip
+    if len(by) == 7:
+        lora = by["ftx dpo lora (adapter off)"].peak_mb / by["ftx sft lora, same rows"].peak_mb
+        full = by["ftx dpo full (precomputed)"].peak_mb / by["ftx sft full, same rows"].peak_mb
+        copy = by["ftx dpo full (frozen copy)"].peak_mb / by["ftx sft full, same rows"].peak_mb
+        print(f"\npeak memory: LoRA DPO / LoRA SFT {lora:.2f}x; full DPO precomputed / full"
+              f" SFT {full:.2f}x (a frozen copy: {copy:.2f}x)")  # fmt: skip
 
 
 def result(sample: object) -> dict:
