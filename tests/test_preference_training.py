@@ -131,10 +131,20 @@ def test_every_loss_starts_where_its_formula_says(tmp_path: Path, tiny_llama: Pa
     assert first["simpo"]["rewards/margins"] == pytest.approx(expected["simpo_margin"], abs=2e-6)
 
 
-def test_sigterm_and_resume_continue_a_dpo_run_identically(
-    tmp_path: Path, tiny_llama: Path
+def stage_recipe(tmp_path: Path, model: Path, stage: str, steps: int) -> Path:
+    """The toy set of ``stage``: pairs for dpo and rm, judged answers for kto."""
+    if stage == "kto":
+        return feedback_recipe(tmp_path, model, steps=steps)
+    path = pairs_recipe(tmp_path, model, steps=steps)
+    path.write_text(path.read_text().replace("stage: dpo", f"stage: {stage}"))
+    return path
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto", "rm"])
+def test_sigterm_and_resume_continue_a_preference_run_identically(
+    tmp_path: Path, tiny_llama: Path, stage: str
 ) -> None:
-    path = pairs_recipe(tmp_path, tiny_llama, steps=16)
+    path = stage_recipe(tmp_path, tiny_llama, stage, steps=16)
     reference = train(path, tmp_path / "reference", "torch")
     out = tmp_path / "interrupted"
     interrupted_run(path, out, "torch")
@@ -142,6 +152,23 @@ def test_sigterm_and_resume_continue_a_dpo_run_identically(
     assert losses(out) == pytest.approx(losses(reference), abs=1e-5)
     margins = [r["rewards/margins"] for r in rows(out) if "loss" in r]
     assert margins == pytest.approx([r["rewards/margins"] for r in rows(reference) if "loss" in r],
+                                    abs=1e-5)  # fmt: skip
+
+
+def test_a_reward_model_in_two_processes_matches_one(tmp_path: Path, tiny_llama: Path) -> None:
+    """rm trains on torch only (the backend suite runs dpo and kto on every backend)."""
+    from training import free_port
+
+    path = stage_recipe(tmp_path, tiny_llama, "rm", steps=4)
+    one = train(path, tmp_path / "one", "torch")
+    path.write_text(
+        path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2")
+        + f"parallel: {{nproc_per_node: 2, master_port: {free_port()}}}\n"
+    )
+    two = train(path, tmp_path / "two", "torch")
+    assert losses(two) == pytest.approx(losses(one), abs=1e-5)
+    margins = [r["rewards/margins"] for r in rows(two) if "loss" in r]
+    assert margins == pytest.approx([r["rewards/margins"] for r in rows(one) if "loss" in r],
                                     abs=1e-5)  # fmt: skip
 
 
