@@ -59,18 +59,17 @@ print(sum(p.numel() for p in model.parameters()))
 """
 
 TRL_DPO = r"""
-import json, sys, tempfile, numpy as np, torch
+import json, sys, tempfile, torch
 from pathlib import Path
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
+from ftx.core.prepared import load_split
 prepared, model_dir, kind, batch = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-split = prepared / "train"
-def rows_of(folder):
-    ids, offsets = np.load(folder / "input_ids.npy"), np.load(folder / "offsets.npy")
-    return [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-chosen, rejected = rows_of(split / "chosen"), rows_of(split / "rejected")
-prompts = np.load(split / "prompt_lengths.npy")
+split = load_split(prepared, "train")  # ftx's reader (the oracle has ftx installed)
+chosen = [split.chosen[i][0].tolist() for i in range(len(split))]
+rejected = [split.rejected[i][0].tolist() for i in range(len(split))]
+prompts = split.column("prompt_lengths")
 data = Dataset.from_list([{"prompt_ids": c[:p], "chosen_ids": c[p:], "rejected_ids": r[p:]}
                           for c, r, p in zip(chosen, rejected, prompts)])
 tokens = sum(len(c) + len(r) for c, r in zip(chosen, rejected))
@@ -228,20 +227,15 @@ def result(sample: object) -> dict:
 
 
 def _parameters(model: Path) -> int:
-    """The parameter count from the safetensors header (no framework needed)."""
-    import struct
+    """The parameter count, from the safetensors headers (ftx's reader; no framework)."""
+    import numpy as np
+
+    from ftx.core.convert.safetensors_stream import SafetensorsReader
 
     total = 0
     for file in model.glob("*.safetensors"):
-        with file.open("rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in entry["shape"]:
-                    count *= dim
-                total += count
+        reader = SafetensorsReader(file)
+        total += sum(int(np.prod(reader.info(name).shape)) for name in reader.names)
     return total
 
 

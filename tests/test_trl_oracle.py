@@ -23,18 +23,17 @@ pytestmark = pytest.mark.env
 TRL_STEP = r"""
 import json, sys, tempfile
 from pathlib import Path
-import numpy as np, torch
+import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from ftx.core.prepared import load_split
 
 stage, loss, base, checkpoint, data = sys.argv[1:6]
 settings = json.loads(sys.argv[6])
-split = Path(data) / "train"
+split = load_split(Path(data), "train")  # ftx's reader (the oracle has ftx installed)
 
-def rows_of(folder):
-    ids, labels = np.load(folder / "input_ids.npy"), np.load(folder / "labels.npy")
-    offsets = np.load(folder / "offsets.npy")
-    return [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+def rows_of(part):
+    return [part[i][0].tolist() for i in range(len(part))]
 
 tokenizer = AutoTokenizer.from_pretrained(base)
 if tokenizer.pad_token is None:
@@ -52,8 +51,8 @@ reference = lambda: AutoModelForCausalLM.from_pretrained(base, dtype=torch.float
 
 if stage == "dpo":
     from trl import DPOConfig, DPOTrainer
-    chosen, rejected = rows_of(split / "chosen"), rows_of(split / "rejected")
-    prompts = np.load(split / "prompt_lengths.npy")
+    chosen, rejected = rows_of(split.chosen), rows_of(split.rejected)
+    prompts = split.column("prompt_lengths")
     examples = [{"prompt_ids": c[:p], "chosen_ids": c[p:], "rejected_ids": r[p:]}
                 for c, r, p in zip(chosen, rejected, prompts)]
     dummy = Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}])
@@ -62,8 +61,8 @@ if stage == "dpo":
                          train_dataset=dummy, processing_class=tokenizer)
 elif stage == "kto":
     from trl import KTOConfig, KTOTrainer
-    rows, kl = rows_of(split), rows_of(split / "kl")
-    prompts, tags = np.load(split / "prompt_lengths.npy"), np.load(split / "kto_tag.npy")
+    rows, kl = rows_of(split), rows_of(split.kl)
+    prompts, tags = split.column("prompt_lengths"), split.column("kto_tag")
     examples = [{"prompt_ids": r[:p], "completion_ids": r[p:], "KL_completion_ids": k[p:],
                  "label": bool(t)} for r, k, p, t in zip(rows, kl, prompts, tags)]
     dummy = Dataset.from_list([{"prompt": "a", "completion": "b", "label": True}])
@@ -72,8 +71,8 @@ elif stage == "kto":
     trainer = KTOTrainer(model=peft_policy(), ref_model=reference(), args=args,
                          train_dataset=dummy, processing_class=tokenizer)
 elif stage in ("simpo", "orpo"):  # TRL's experimental CPO (loss simpo) and ORPO trainers
-    chosen, rejected = rows_of(split / "chosen"), rows_of(split / "rejected")
-    prompts = np.load(split / "prompt_lengths.npy")
+    chosen, rejected = rows_of(split.chosen), rows_of(split.rejected)
+    prompts = split.column("prompt_lengths")
     def answer(name, ids, p):
         return {f"{name}_input_ids": ids, f"{name}_attention_mask": [1] * len(ids),
                 f"{name}_labels": [-100] * p + ids[p:]}
@@ -103,7 +102,7 @@ elif stage in ("simpo", "orpo"):  # TRL's experimental CPO (loss simpo) and ORPO
     sys.exit(0)
 else:
     from trl import RewardConfig, RewardTrainer
-    chosen, rejected = rows_of(split / "chosen"), rows_of(split / "rejected")
+    chosen, rejected = rows_of(split.chosen), rows_of(split.rejected)
     examples = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(chosen, rejected)]
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint, dtype=torch.float32)
     dummy = Dataset.from_list([{"chosen": "a", "rejected": "b"}])

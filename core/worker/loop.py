@@ -133,11 +133,11 @@ def with_step_kl(
     log-ratio of the KL rows of every (counted) group on every rank, clamped at 0 and
     without gradient; ``batches`` themselves for other objectives. Every rank scores the
     same number of groups (a collective forward needs it)."""
-    if not groups or objective.kl_rows(split, groups[0], pad_id) is None:
+    kl_batches = [objective.kl_rows(split, group, pad_id) for group in groups]
+    if not kl_batches or kl_batches[0] is None:
         return batches
     total, rows = 0.0, 0
-    for i, group in enumerate(groups):
-        kl_batch = objective.kl_rows(split, group, pad_id)
+    for i, kl_batch in enumerate(kl_batches):
         assert kl_batch is not None
         policy = framework.row_logps(kl_batch, reference=False)
         reference = kl_batch.arrays.get("reference_logps")  # precomputed

@@ -193,17 +193,18 @@ def pair_rows(split: PairedSplit, indices: Sequence[int], pad_id: int) -> TokenB
     reference = split.column("reference_logps")  # method.preference.reference: precomputed
     if reference is not None:
         reference = np.concatenate([reference[indices, 0], reference[indices, 1]])
-    arrays = scored_rows(rows, pad_id, reference)
-    learned = int(arrays["row_units"].sum())
-    return TokenBatch(arrays, learned, int(arrays["token_mask"].sum()), len(indices))
+    return scored_batch(rows, pad_id, reference, len(indices))
 
 
-def scored_rows(
-    rows: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int, reference: np.ndarray | None
-) -> dict[str, np.ndarray]:
+def scored_batch(
+    rows: Sequence[tuple[np.ndarray, np.ndarray]],
+    pad_id: int,
+    reference: np.ndarray | None,
+    units: int,
+) -> TokenBatch:
     """Rows as a batch whose rows are scored: padded, next-token ``targets``, each row's
     learned tokens (``row_units``), the precomputed reference's log-probs when given, and
-    zero ``row_aux``."""
+    zero ``row_aux``; ``units`` is what the stage averages over (pairs, rows)."""
     arrays = padded_rows(rows, pad_id)
     targets = arrays["labels"][:, 1:].copy()
     arrays["targets"] = targets
@@ -211,11 +212,35 @@ def scored_rows(
     arrays["row_aux"] = np.zeros((len(rows), 2), dtype=np.float32)
     if reference is not None:
         arrays["reference_logps"] = reference.astype(np.float32)
-    return arrays
+    learned = int(arrays["row_units"].sum())
+    return TokenBatch(arrays, learned, int(arrays["token_mask"].sum()), units)
+
+
+class PerExample(Plain):
+    """The preference stages' normalisation: each example's loss (a pair's, a row's)
+    summed by the framework, the sum weighted so that the step's gradient is their mean
+    over the whole optimizer step (accumulation and ranks)."""
+
+    def weight(self, batch: TokenBatch, totals: StepTotals, reduction: Reduction) -> float:
+        return totals.world / max(totals.units, 1)  # frameworks average over ranks
+
+    def loss(self, statistic: Any, weight: Any) -> Any:
+        return statistic * weight
+
+
+class LogRatioLoss(PerExample):
+    """What the objectives over :class:`RowLogps` share: their summed loss."""
+
+    def losses(self, policy: Any, reference: Any, units: Any, aux: Any, ops: TensorOps) -> Any:
+        raise NotImplementedError
+
+    def summed_losses(self, stat: RowLogps, ops: TensorOps) -> Any:
+        """The examples' losses summed (what the step reports and weights)."""
+        return ops.total(self.losses(stat.policy, stat.reference, stat.units, stat.aux, ops))
 
 
 @dataclass(frozen=True)
-class PairPreference(Plain):
+class PairPreference(LogRatioLoss):
     """dpo: a loss over pairs of answers to one prompt, averaged over the pairs of the whole
     optimizer step (accumulation and ranks). The formulas are TRL's and LLaMA-Factory's,
     with z = (policy chosen - policy rejected) - (reference chosen - reference rejected)
@@ -238,12 +263,6 @@ class PairPreference(Plain):
 
     def collate(self, split: Any, indices: Sequence[int], pad_id: int) -> TokenBatch:
         return pair_rows(split, indices, pad_id)
-
-    def weight(self, batch: TokenBatch, totals: StepTotals, reduction: Reduction) -> float:
-        return totals.world / max(totals.units, 1)  # the per-pair losses are summed
-
-    def loss(self, statistic: Any, weight: Any) -> Any:
-        return statistic * weight
 
     @property
     def averaged(self) -> bool:
@@ -288,10 +307,6 @@ class PairPreference(Plain):
             losses = losses - p.sft_weight * policy[:pairs] / units[:pairs]
         return losses
 
-    def summed_losses(self, stat: RowLogps, ops: TensorOps) -> Any:
-        """The pairs' losses summed (what the step reports and weights)."""
-        return ops.total(self.losses(stat.policy, stat.reference, stat.units, stat.aux, ops))
-
     def metrics(self, stat: RowLogps) -> dict[str, float]:
         """The logged values summed over the pairs (host arrays in ``stat``): the rewards,
         their accuracy and margin, the policy's log-probabilities. As TRL logs them: from
@@ -316,7 +331,7 @@ class PairPreference(Plain):
 
 
 @dataclass(frozen=True)
-class Feedback:
+class Feedback(LogRatioLoss):
     """kto: each answer judged alone, desirable or not (KTO, as TRL's ``KTOTrainer`` and
     LLaMA-Factory compute it), averaged over the rows of the whole optimizer step. With r
     the row's log-ratio (policy - reference, summed log-probabilities) and z the step's KL
@@ -334,25 +349,14 @@ class Feedback:
     needs = "row_logps"
 
     def collate(self, split: Any, indices: Sequence[int], pad_id: int) -> TokenBatch:
-        reference = split.column("reference_logps")
-        arrays = scored_rows(
-            [split[i] for i in indices],
-            pad_id,
-            None if reference is None else reference[indices, 0],
-        )
-        arrays["row_aux"][:, 0] = split.column("kto_tag")[list(indices)]
-        learned = int(arrays["row_units"].sum())
-        return TokenBatch(arrays, learned, int(arrays["token_mask"].sum()), len(indices))
+        rows = [split[i] for i in indices]
+        batch = scored_batch(rows, pad_id, _precomputed(split, indices, 0), len(indices))
+        batch.arrays["row_aux"][:, 0] = split.column("kto_tag")[list(indices)]
+        return batch
 
     def kl_rows(self, split: Any, indices: Sequence[int], pad_id: int) -> TokenBatch:
-        reference = split.column("reference_logps")
-        arrays = scored_rows(
-            [split.kl[i] for i in indices],
-            pad_id,
-            None if reference is None else reference[indices, 1],
-        )
-        learned = int(arrays["row_units"].sum())
-        return TokenBatch(arrays, learned, int(arrays["token_mask"].sum()), len(indices))
+        rows = [split.kl[i] for i in indices]
+        return scored_batch(rows, pad_id, _precomputed(split, indices, 1), len(indices))
 
     def with_kl(self, batch: TokenBatch, kl: float) -> TokenBatch:
         arrays = dict(batch.arrays, row_aux=batch.arrays["row_aux"].copy())
@@ -363,15 +367,7 @@ class Feedback:
         """The rows a precomputed reference scores for rows ``indices``: the rows, then
         their KL rows (``reference_logps.npy``'s two columns)."""
         rows = [split[i] for i in indices] + [split.kl[i] for i in indices]
-        arrays = scored_rows(rows, pad_id, None)
-        return TokenBatch(arrays, int(arrays["row_units"].sum()), int(arrays["token_mask"].sum()),
-                          len(indices))  # fmt: skip
-
-    def weight(self, batch: TokenBatch, totals: StepTotals, reduction: Reduction) -> float:
-        return totals.world / max(totals.units, 1)  # the per-row losses are summed
-
-    def loss(self, statistic: Any, weight: Any) -> Any:
-        return statistic * weight
+        return scored_batch(rows, pad_id, None, len(indices))
 
     def losses(self, policy: Any, reference: Any, units: Any, aux: Any, ops: TensorOps) -> Any:
         """Each row's loss (a framework tensor [rows]); ``aux`` holds each row's tag and the
@@ -381,9 +377,6 @@ class Feedback:
         desirable = p.desirable_weight * ops.exp(ops.log_sigmoid(-p.beta * (ratio - kl)))
         undesirable = p.undesirable_weight * ops.exp(ops.log_sigmoid(-p.beta * (kl - ratio)))
         return tag * desirable + (1 - tag) * undesirable
-
-    def summed_losses(self, stat: RowLogps, ops: TensorOps) -> Any:
-        return ops.total(self.losses(stat.policy, stat.reference, stat.units, stat.aux, ops))
 
     def metrics(self, stat: RowLogps) -> dict[str, float]:
         """Sums over the rows (host arrays): the rewards and the policy's log-probabilities of
@@ -415,6 +408,12 @@ class Feedback:
         return means
 
 
+def _precomputed(split: Any, indices: Sequence[int], column: int) -> np.ndarray | None:
+    """A KTO split's precomputed reference of its rows (column 0) or KL rows (1), if any."""
+    found = split.column("reference_logps")
+    return None if found is None else found[indices, column]
+
+
 @dataclass(frozen=True)
 class RowScores:
     """What the reward model stage needs of a pair batch: each row's scalar score (a
@@ -435,7 +434,7 @@ def score_positions(input_ids: np.ndarray, pad_id: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PairwiseReward(Plain):
+class PairwiseReward(PerExample):
     """rm: a reward model, a scalar score per row from a linear head (``score``, one output,
     started at zero so that every score is 0 at first) on the last hidden state at the
     row's last token (:func:`score_positions`), trained so that the chosen answer of each
@@ -450,12 +449,6 @@ class PairwiseReward(Plain):
         batch = pair_rows(split, indices, pad_id)
         batch.arrays["score_positions"] = score_positions(batch.arrays["input_ids"], pad_id)
         return batch
-
-    def weight(self, batch: TokenBatch, totals: StepTotals, reduction: Reduction) -> float:
-        return totals.world / max(totals.units, 1)  # the per-pair losses are summed
-
-    def loss(self, statistic: Any, weight: Any) -> Any:
-        return statistic * weight
 
     def losses(self, scores: Any, ops: TensorOps) -> Any:
         """Each pair's loss (a framework tensor [pairs])."""
