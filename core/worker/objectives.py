@@ -229,10 +229,10 @@ class PerExample(Plain):
 
 
 class LogRatioLoss(PerExample):
-    """What the objectives over :class:`RowLogps` share: their summed loss."""
+    """What the objectives over :class:`RowLogps` share: their summed loss, from the
+    ``losses(policy, reference, units, aux, ops)`` each of them defines."""
 
-    def losses(self, policy: Any, reference: Any, units: Any, aux: Any, ops: TensorOps) -> Any:
-        raise NotImplementedError
+    losses: Callable[..., Any]
 
     def summed_losses(self, stat: RowLogps, ops: TensorOps) -> Any:
         """The examples' losses summed (what the step reports and weights)."""
