@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_ftx, run_in_env
 from ftx.core.backend import Capabilities
 from ftx.core.compare import hf_environment
+from ftx.core.convert.safetensors_stream import SafetensorsReader
 from ftx.core.registry import backend_names, get_spec
 from training import (
     Runs,
@@ -88,20 +90,22 @@ PREFERENCE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
 
 
 @pytest.mark.parametrize("finetuning", ["lora", "full"])
-@pytest.mark.parametrize("stage", ["dpo", "kto"])
+@pytest.mark.parametrize("stage", ["dpo", "kto", "rm"])
 def test_preference_matches_the_reference_step_for_step(
     backend: str, runs: Runs, stage: str, finetuning: str
 ) -> None:
-    """dpo and kto: the same losses, rewards, log-probabilities (kto: KL estimates) and grad
-    norms as torch's, from the same reference (the adapter off under LoRA, a frozen copy
-    under full fine-tuning; scored before training where the framework keeps none)."""
+    """dpo, kto and rm: the same losses, rewards, log-probabilities (kto: KL estimates) and
+    grad norms as torch's, from the same reference (the adapter off under LoRA, a frozen
+    copy under full fine-tuning; scored before training where the framework keeps none;
+    rm: none, its score head starts at zero beside the framework's causal LM)."""
     needs(backend, stage=stage)
     if backend == REFERENCE:
         pytest.skip(f"{REFERENCE} is the reference")
     reference = rows(runs.get(REFERENCE, f"{stage}-{finetuning}"))
     mine = rows(runs.get(backend, f"{stage}-{finetuning}"))
-    if stage == "dpo":
-        assert mine[0]["loss"] == pytest.approx(0.693147, abs=1e-6)  # ln 2: policy = reference
+    if stage in ("dpo", "rm"):
+        # ln 2: dpo's policy is its reference, rm's every score is 0
+        assert mine[0]["loss"] == pytest.approx(0.693147, abs=1e-6)
     else:
         assert mine[0]["kl"] == 0 and mine[0]["rewards/chosen"] == 0  # policy = reference
     assert len(mine) == len(reference)
@@ -181,7 +185,77 @@ def test_lora_exports_a_peft_adapter_and_a_merged_model(
         assert losses(out)[0] == pytest.approx(first, rel=TOLERANCE)
 
 
-# --------------------------------------------------------------------------- processes
+REWARD_SCORES = """
+import json, sys, torch
+import torch.nn.functional as F
+from pathlib import Path
+from transformers import AutoModelForSequenceClassification
+from ftx.core.prepared import load_split
+model_dir, data, adapter = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+extra = {"num_labels": 1} if adapter else {}  # the base is a causal LM: one score asked
+model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, **extra)
+if adapter:
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(model, adapter)
+model.eval()
+split = load_split(data, "val")
+losses, right = [], 0
+for i in range(len(split)):
+    (chosen, _), (rejected, _) = split[i]
+    with torch.no_grad():
+        a = model(torch.tensor([chosen.astype("int64")])).logits[0, 0].double()
+        b = model(torch.tensor([rejected.astype("int64")])).logits[0, 0].double()
+    losses.append(float(-F.logsigmoid(a - b)))
+    right += int(a > b)
+config = model.config
+print(json.dumps({"loss": sum(losses) / len(losses), "accuracy": right / len(losses),
+                  "num_labels": config.num_labels, "architectures": config.architectures}))
+"""
+
+
+@pytest.mark.parametrize("finetuning", ["full", "lora"])
+def test_a_reward_model_learns_and_scores_in_transformers(
+    backend: str, runs: Runs, tiny_llama: Path, finetuning: str, tmp_path: Path
+) -> None:
+    """rm: the score head starts at zero (every score 0, the first loss ln 2); the chosen
+    answers come to score higher; OUT/final loads as transformers'
+    AutoModelForSequenceClassification (num_labels 1; LoRA: the PEFT SEQ_CLS adapter with
+    its score head, and the merged model) and gives the run's last eval loss on the
+    held-out pairs; the framework's own files keep the head (score.safetensors)."""
+    needs(backend, stage="rm", finetuning=finetuning)
+    out = runs.get(backend, f"rm-{finetuning}")
+    logged = [r for r in rows(out) if "loss" in r]
+    assert logged[0]["rewards/chosen"] == logged[0]["rewards/rejected"] == 0
+    later = logged[len(logged) // 2 :]  # single steps are noisy: the second half's means
+    assert sum(r["rewards/margins"] for r in later) > 0
+    assert sum(r["rewards/accuracies"] for r in later) / len(later) > 0.6
+    assert sum(r["loss"] for r in later) / len(later) < 0.693147
+    final, data = out / "final", str(out / "data")
+    models = [(final, "")]
+    if finetuning == "lora":  # the run's merge, ftx merge-lora's, and the adapter on its base
+        merged = run_ftx("merge-lora", str(tiny_llama), str(final), str(tmp_path / "merged"))
+        assert merged.returncode == 0, merged.stderr
+        models = [(final / "merged", ""), (tmp_path / "merged", ""), (tiny_llama, final)]
+        refused = run_ftx("convert", str(final), str(tmp_path / "ms"), "--to", "mindspore")
+        assert refused.returncode == 2 and "whole modules (score.weight)" in refused.stderr
+    for model, adapter in models:
+        found = run_in_env(hf_environment(), REWARD_SCORES, str(model), data, str(adapter))
+        assert found["num_labels"] == 1
+        assert found["architectures"] == ["LlamaForSequenceClassification"] or adapter
+        assert found["loss"] == pytest.approx(last_eval_loss(out), abs=TOLERANCE), model
+    if finetuning == "lora":
+        config = json.loads((final / "adapter_config.json").read_text())
+        assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]
+    # torch trains transformers' class itself; the others keep the head beside their files
+    (native,) = final.glob("*/score.safetensors") if backend != REFERENCE else (None,)
+    if native is not None:
+        head = SafetensorsReader(native).read("score.weight")
+        exported = (final / "merged") if finetuning == "lora" else final
+        weights = SafetensorsReader(exported / "model.safetensors")
+        if finetuning == "full":
+            assert np.array_equal(head, weights.read("score.weight"))
+        assert "lm_head.weight" not in weights.names and head.shape == (1, 128)
+        assert abs(head).max() > 0  # it trained
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues_identically(
@@ -200,6 +274,22 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_identically(
     assert losses(out) == pytest.approx(losses(reference), abs=1e-5)
     assert [r["step"] for r in rows(out)] == [r["step"] for r in rows(reference)]
     assert (out / "final/config.json").exists()
+
+
+def test_a_reward_model_resumes_from_its_checkpoint(
+    backend: str, runs: Runs, tmp_path: Path
+) -> None:
+    """rm's checkpoints hold the score head beside the framework's weights and optimizer:
+    resumed from step 3 into a new folder, steps 4 to 6 are the run's own."""
+    needs(backend, stage="rm")
+    run = runs.get(backend, "rm-lora")
+    resumed = train(run.parent / "dpo.yaml", tmp_path / "resumed", backend,
+                    f"train.resume={run}/checkpoints/checkpoint-3")  # fmt: skip
+    assert [r["step"] for r in rows(resumed) if "loss" in r] == [4, 5, 6]
+    assert losses(resumed) == pytest.approx(losses(run)[3:], abs=1e-5)
+    margins = [r["rewards/margins"] for r in rows(resumed) if "loss" in r]
+    assert margins == pytest.approx([r["rewards/margins"] for r in rows(run)[3:] if "loss" in r],
+                                    abs=1e-5)  # fmt: skip
 
 
 def one_process(tmp_path: Path, model: Path, backend: str) -> Path:
@@ -229,14 +319,15 @@ def test_two_processes_match_one(backend: str, tmp_path: Path, tiny_llama: Path)
     assert found["keys"] and found["diff"] < TOLERANCE
 
 
-@pytest.mark.parametrize("stage", ["dpo", "kto"])
+@pytest.mark.parametrize("stage", ["dpo", "kto", "rm"])
 def test_preference_in_two_processes_matches_one(
     backend: str, tmp_path: Path, tiny_llama: Path, stage: str
 ) -> None:
     """Each rank its half of every step; the same losses and margins (kto: one KL estimate
-    over both ranks' rows)."""
+    over both ranks' rows; rm: the score head's gradients all-reduced with the model's)."""
     needs(backend, stage=stage, parallel="dp")
-    path = (pairs_recipe if stage == "dpo" else feedback_recipe)(tmp_path, tiny_llama)
+    path = (feedback_recipe if stage == "kto" else pairs_recipe)(tmp_path, tiny_llama)
+    path.write_text(path.read_text().replace("stage: dpo", f"stage: {stage}"))
     one = train(path, tmp_path / "one", backend)
     port = free_port()
     path.write_text(

@@ -75,20 +75,28 @@ def test_runs_that_differ_fail_with_exit_code_1(tmp_path: Path, tiny_llama: Path
     assert missing.returncode == 2 and "nosuch" in missing.stderr
 
 
-@pytest.mark.parametrize(("stage", "finetuning"), [("dpo", "lora"), ("kto", "full")])
+@pytest.mark.parametrize(
+    ("stage", "finetuning"), [("dpo", "lora"), ("kto", "full"), ("rm", "full")]
+)
 def test_preference_runs_agree_on_every_backend(
     tmp_path: Path, tiny_llama: Path, stage: str, finetuning: str
 ) -> None:
-    """20 steps of dpo (LoRA) and kto (full): the same losses, rewards, log-probabilities
-    and KL estimates on the three backends (the backend suite runs the other two pairings
-    for 6 steps)."""
-    made = pairs_recipe if stage == "dpo" else feedback_recipe
+    """20 steps of dpo (LoRA), kto and rm (full): the same losses, rewards,
+    log-probabilities, KL estimates and scores on the three backends, and (rm) exports that
+    transformers loads as reward models scoring alike (the backend suite runs the other
+    pairings for 6 steps)."""
+    made = feedback_recipe if stage == "kto" else pairs_recipe
+    path = made(tmp_path, tiny_llama)
+    path.write_text(path.read_text().replace("stage: dpo", f"stage: {stage}"))
     lr = "5.0e-3" if finetuning == "lora" else "1.0e-3"  # full: the SFT comparison's rate
-    found = compare(made(tmp_path, tiny_llama), tmp_path / "cmp", EVERY,
+    found = compare(path, tmp_path / "cmp", EVERY,
                     f"method.finetuning={finetuning}", f"train.learning_rate={lr}",
                     steps=20)  # fmt: skip
-    keys = {"rewards_chosen", "rewards_rejected", "rewards_margins", "logps_chosen", "kl"}
-    wanted = keys - ({"kl"} if stage == "dpo" else set())
+    wanted = {
+        "dpo": {"rewards_chosen", "rewards_rejected", "rewards_margins", "logps_chosen"},
+        "kto": {"rewards_chosen", "rewards_rejected", "rewards_margins", "logps_chosen", "kl"},
+        "rm": {"rewards_chosen", "rewards_rejected", "rewards_margins", "rewards_accuracies"},
+    }[stage]
     for step in found["steps"]:
         assert wanted <= set(step["values"])
         assert all(sorted(v) == sorted(EVERY.split(",")) for v in step["values"].values())
@@ -97,19 +105,3 @@ def test_preference_runs_agree_on_every_backend(
 
 def test_qwen2_dpo_agrees_on_torch_and_mindformers(tmp_path: Path, tiny_qwen2: Path) -> None:
     compare(pairs_recipe(tmp_path, tiny_qwen2), tmp_path / "cmp", "torch,mindformers", steps=20)
-
-
-def test_reward_model_runs_line_up_and_their_exports_score_alike(
-    tmp_path: Path, tiny_llama: Path
-) -> None:
-    """rm trains on torch only: two runs of one recipe compared as folders, their exports
-    loaded as transformers reward models (one score each, compared as logits)."""
-    path = pairs_recipe(tmp_path, tiny_llama)
-    path.write_text(path.read_text().replace("stage: dpo", "stage: rm"))
-    one, two = (train(path, tmp_path / name, "torch") for name in ("one", "two"))
-    result = run_ftx("compare", str(one), str(two), "--out", str(tmp_path / "cmp"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    found = json.loads((tmp_path / "cmp/comparison.json").read_text())
-    assert found["passed"] and found["logits_max_diff"] == 0.0
-    assert "margin torch:one" in result.stdout
-    assert all("rewards_margins" in step["values"] for step in found["steps"])

@@ -155,30 +155,6 @@ def test_sigterm_and_resume_continue_a_preference_run_identically(
                                     abs=1e-5)  # fmt: skip
 
 
-def test_a_reward_model_in_two_processes_matches_one(tmp_path: Path, tiny_llama: Path) -> None:
-    """rm trains on torch only (the backend suite runs dpo and kto on every backend)."""
-    from training import free_port
-
-    path = stage_recipe(tmp_path, tiny_llama, "rm", steps=4)
-    one = train(path, tmp_path / "one", "torch")
-    path.write_text(
-        path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2")
-        + f"parallel: {{nproc_per_node: 2, master_port: {free_port()}}}\n"
-    )
-    two = train(path, tmp_path / "two", "torch")
-    assert losses(two) == pytest.approx(losses(one), abs=1e-5)
-    margins = [r["rewards/margins"] for r in rows(two) if "loss" in r]
-    assert margins == pytest.approx([r["rewards/margins"] for r in rows(one) if "loss" in r],
-                                    abs=1e-5)  # fmt: skip
-
-
-def test_backends_without_a_preference_stage_refuse_it(tmp_path: Path, tiny_llama: Path) -> None:
-    path = pairs_recipe(tmp_path, tiny_llama)
-    path.write_text(path.read_text().replace("stage: dpo", "stage: rm"))
-    refused = run_ftx("validate", str(path), "--backend", "mindformers")
-    assert refused.returncode == 2 and "method.stage: 'rm'" in refused.stderr, refused.stderr
-
-
 # --------------------------------------------------------------------------- kto
 
 KTO_KEYS = {"rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
@@ -280,67 +256,6 @@ def test_kto_refuses_a_run_without_a_reference(tmp_path: Path, tiny_llama: Path)
 
 
 # --------------------------------------------------------------------------- rm
-
-REWARD_SCORES = """
-import json, sys, torch
-import torch.nn.functional as F
-from pathlib import Path
-from transformers import AutoModelForSequenceClassification
-from ftx.core.prepared import load_split
-model_dir, data, adapter = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-extra = {"num_labels": 1} if adapter else {}  # the base is a causal LM: one score asked
-model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, **extra)
-if adapter:
-    from peft import PeftModel
-    model = PeftModel.from_pretrained(model, adapter)
-model.eval()
-split = load_split(data, "val")
-losses, right = [], 0
-for i in range(len(split)):
-    (chosen, _), (rejected, _) = split[i]
-    with torch.no_grad():
-        a = model(torch.tensor([chosen.astype("int64")])).logits[0, 0].double()
-        b = model(torch.tensor([rejected.astype("int64")])).logits[0, 0].double()
-    losses.append(float(-F.logsigmoid(a - b)))
-    right += int(a > b)
-config = model.config
-print(json.dumps({"loss": sum(losses) / len(losses), "accuracy": right / len(losses),
-                  "num_labels": config.num_labels, "architectures": config.architectures}))
-"""
-
-
-@pytest.mark.parametrize("finetuning", ["full", "lora"])
-def test_a_reward_model_starts_at_ln2_learns_and_scores_in_transformers(
-    tmp_path: Path, tiny_llama: Path, finetuning: str
-) -> None:
-    """rm: the score head starts at zero (every score 0, the first loss ln 2); the chosen
-    answers come to score higher; OUT/final loads as transformers'
-    AutoModelForSequenceClassification (num_labels 1; LoRA: the PEFT adapter with its score
-    head, and the merged model) and gives the run's last eval loss on the held-out pairs."""
-    path = pairs_recipe(tmp_path, tiny_llama, steps=8)
-    text = path.read_text().replace("stage: dpo", "stage: rm")
-    text = text.replace("finetuning: lora", f"finetuning: {finetuning}")
-    path.write_text(text + ("output: {merge_lora: true}\n" if finetuning == "lora" else ""))
-    out = train(path, tmp_path / "out", "torch")
-    logged = [r for r in rows(out) if "loss" in r]
-    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert logged[0]["rewards/chosen"] == logged[0]["rewards/rejected"] == 0
-    later = logged[len(logged) // 2 :]  # single steps are noisy: the second half's means
-    assert sum(r["rewards/margins"] for r in later) > 0
-    assert sum(r["rewards/accuracies"] for r in later) / len(later) > 0.6
-    assert sum(r["loss"] for r in later) / len(later) < math.log(2)
-    last_eval = [r["eval_loss"] for r in rows(out) if "eval_loss" in r][-1]
-    final, data = out / "final", str(out / "data")
-    models = [(final, "")] if finetuning == "full" else [(final / "merged", ""),
-                                                        (tiny_llama, final)]  # fmt: skip
-    for model, adapter in models:
-        found = run_in_env("torch", REWARD_SCORES, str(model), data, str(adapter))
-        assert found["num_labels"] == 1
-        assert found["architectures"] == ["LlamaForSequenceClassification"] or adapter
-        assert found["loss"] == pytest.approx(last_eval, abs=1e-5), model
-    if finetuning == "lora":
-        config = json.loads((final / "adapter_config.json").read_text())
-        assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]
 
 
 def test_a_reward_model_refuses_held_out_generation(tmp_path: Path, tiny_llama: Path) -> None:

@@ -136,7 +136,8 @@ class Runs:
     backend-specific tests: ``full`` (the recipe above, keeping the framework's own files
     too), ``lora`` (rank 4 on q/v, packed where the backend packs, merged), and
     ``dpo-lora`` / ``dpo-full`` (:func:`pairs_recipe`, 6 steps), ``kto-lora`` / ``kto-full``
-    (:func:`feedback_recipe`, 6 steps)."""
+    (:func:`feedback_recipe`, 6 steps), ``rm-lora`` / ``rm-full`` (the pairs, 6 steps,
+    checkpoints every 3, the framework's own files kept, LoRA merged)."""
 
     def __init__(self, folder: Path, model: Path):
         self.folder, self.model, self.made = folder, model, {}
@@ -151,13 +152,19 @@ class Runs:
         return self.made[key]
 
     def recipe(self, folder: Path, backend: str, kind: str) -> Path:
-        if kind.startswith(("dpo-", "kto-")):  # dpo-lora, dpo-full, kto-lora, kto-full
+        if kind.startswith(("dpo-", "kto-", "rm-")):  # dpo-lora, ..., kto-full, rm-full
             stage, finetuning = kind.split("-")
-            made = pairs_recipe if stage == "dpo" else feedback_recipe
+            made = feedback_recipe if stage == "kto" else pairs_recipe
             path = made(folder, self.model, steps=6)
-            path.write_text(
-                path.read_text().replace("finetuning: lora", f"finetuning: {finetuning}")
-            )
+            text = path.read_text().replace("finetuning: lora", f"finetuning: {finetuning}")
+            if stage == "rm":  # checkpoints to resume from, and every export
+                text = text.replace("stage: dpo", "stage: rm")
+                text = text.replace("logging_steps: 1,", "logging_steps: 1, save_steps: 3,")
+                merged = ", merge_lora: true" if finetuning == "lora" else ""
+                if finetuning == "full":  # the SFT comparison's rate: scores are not scaled
+                    text = text.replace("learning_rate: 5.0e-3", "learning_rate: 1.0e-3")
+                text += f"output: {{save_format: both{merged}}}\n"
+            path.write_text(text)
             return path
         if kind == "full":
             return recipe(folder, self.model, "output: {save_format: both}\n")

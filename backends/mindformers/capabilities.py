@@ -5,7 +5,7 @@ from ftx.core.backend import Capabilities, Override, alias
 ON_ASCEND = "runs on Ascend through MindFormers' own trainer with OUT/plan/finetune.yaml"
 
 CAPABILITIES = Capabilities(
-    stages=frozenset({"sft", "pt", "dpo", "kto"}),
+    stages=frozenset({"sft", "pt", "dpo", "kto", "rm"}),
     finetuning=frozenset({"full", "lora"}),
     precisions=frozenset({"fp32"}),
     parallel=frozenset({"dp", "multinode"}),

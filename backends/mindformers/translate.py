@@ -487,12 +487,23 @@ def plan_notes(recipe: Recipe) -> tuple[str, ...]:
     stage = recipe.method.stage
     if stage in ("sft", "pt"):
         return ()
-    return (
+    trainer = (
         f"method.stage {stage}: MindFormers 1.9 has no {stage} trainer (its DPO trainer"
         " existed in 1.4-1.5 only; Qwen2 DPO lives in the separate MindRLHF). finetune.yaml"
         " describes the model, optimizer and schedule, and ftx's mindformers worker trains"
         f" {stage} on them with MindFormers' own network, on MindSpore's CPU kernels."
-        " MindFormers' Trainer would fine-tune (sft) with this file.",
+        " MindFormers' Trainer would fine-tune (sft) with this file."
+    )
+    if stage == "rm":
+        return (
+            trainer,
+            "MindFormers has no Llama sequence classifier: the score head (zero at first, on"
+            " the decoder's last hidden state at each row's last token) trains beside the"
+            " causal LM, and OUT/final is transformers' *ForSequenceClassification (the head"
+            " also as score.safetensors beside MindFormers' own files).",
+        )
+    return (
+        trainer,
         "The reference (method.preference.reference auto) is scored once before training"
         " (reference_logps.npy beside the prepared split): PetModel has no switch that turns"
         " LoRA off, and a second network would double the memory.",

@@ -56,6 +56,7 @@ from ftx.core.worker.loop import train
 from ftx.core.worker.objectives import (
     Objective,
     RowLogps,
+    RowScores,
     StepTotals,
     TensorOps,
     TokenBatch,
@@ -120,12 +121,17 @@ class MindFormers:
         if config.method.finetuning == "lora":
             start_lora_like_every_backend(net, self.model_type, config.train.seed)
         self.net = net
+        # rm: MindFormers 1.9 has no Llama sequence classifier; the head trains beside it
+        self.score = score_head(net) if objective.needs == "row_scores" else None
+        head = [] if self.score is None else [self.score.weight]
         self.lr_schedule = build_lr_schedule(self.yaml, schedule)
-        self.optimizer = build_optimizer(net, self.yaml, self.lr_schedule)
-        self.step = TrainStep(net, self.optimizer, objective, config.train.max_grad_norm)
+        self.optimizer = build_optimizer(net, self.yaml, self.lr_schedule, head)
+        self.step = TrainStep(
+            net, self.optimizer, objective, config.train.max_grad_norm, self.score
+        )
         net.set_train(True)
-        params = sum(int(np.prod(p.shape)) for p in net.get_parameters())
-        return ModelSize(params, sum(int(np.prod(p.shape)) for p in trainable(net)))
+        params = sum(int(np.prod(p.shape)) for p in [*net.get_parameters(), *head])
+        return ModelSize(params, sum(int(np.prod(p.shape)) for p in [*trainable(net), *head]))
 
     # ---------------------------------------------------------------- one step
 
@@ -135,6 +141,8 @@ class MindFormers:
         summed over micro-batches, all-reduced and divided by the world size."""
         if self.objective.needs == "row_logps":
             return self._preference_step(batches, totals)
+        if self.objective.needs == "row_scores":
+            return self._reward_step(batches, totals)
         grads: tuple | None = None
         loss_sum: Tensor | None = None
         # MindFormers' mean times the weight, times the step's learned tokens per rank, is
@@ -184,6 +192,29 @@ class MindFormers:
         local_loss, norm_value = self._update(grads, loss_sum)
         return StepOutput(local_loss, norm_value, extras)
 
+    def _reward_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
+        """rm's step: each micro-batch's pairs scored in one compiled forward and backward
+        (the pairwise loss traced into it)."""
+        grads: tuple | None = None
+        loss_sum: Tensor | None = None
+        extras: dict[str, float] = {}
+        for host in batches:
+            weight = Tensor(self.objective.weight(host, totals, "sum"), ms.float32)
+            (_, total, scores), g = self.step.score_gradients(*self._score_inputs(host), weight)
+            loss_sum = total if loss_sum is None else loss_sum + total
+            grads = g if grads is None else tuple(a + c for a, c in zip(grads, g, strict=True))
+            extras = summed(extras, self.objective.metrics(RowScores(scores.asnumpy())))
+        assert grads is not None and loss_sum is not None
+        local_loss, norm_value = self._update(grads, loss_sum)
+        return StepOutput(local_loss, norm_value, extras)
+
+    def _score_inputs(self, host: TokenBatch) -> tuple[Tensor, Tensor]:
+        """A pair batch as the compiled score loss takes it: seq_length input tokens and
+        the position each row is scored at."""
+        rows = fixed_rows(host, self.pad_id, self.width)
+        positions = host.arrays["score_positions"].astype(np.int32)
+        return Tensor(rows["input_ids"][:, : self.width - 1]), Tensor(positions)
+
     def _pair_inputs(self, host: TokenBatch) -> tuple[Tensor, ...]:
         """A preference batch as the compiled pair loss takes it: seq_length input tokens,
         each position's target index and learned mask, the reference's summed
@@ -215,11 +246,15 @@ class MindFormers:
         """MindFormers' mean loss of each counted batch with learned tokens, times their
         number (its loss is computed in training mode, where the network returns it)."""
         total, count = 0.0, 0
-        if self.objective.needs == "row_logps":
+        if self.objective.needs != "nll":
             for host, counted in batches:
-                if counted:
+                if not counted:
+                    continue
+                if self.objective.needs == "row_scores":
+                    _, loss, _ = self.step.score_loss(*self._score_inputs(host), Tensor(1.0))
+                else:
                     _, loss, _ = self.step.pair_loss(*self._pair_inputs(host), Tensor(1.0))
-                    total, count = total + float(loss), count + host.units
+                total, count = total + float(loss), count + host.units
             return total, count
         for host, counted in batches:
             if counted and host.learned:
@@ -279,12 +314,16 @@ class MindFormers:
         format (rank 0: data parallel keeps every worker's copy equal)."""
         if not self.rank.main:
             return
-        weights = [{"name": p.name, "data": p} for p in trainable(self.net)]
+        trained = [*trainable(self.net), *([] if self.score is None else [self.score.weight])]
+        weights = [{"name": p.name, "data": p} for p in trained]
         ms.save_checkpoint(weights, str(folder / "model.ckpt"))
         ms.save_checkpoint(self.optimizer, str(folder / "optimizer.ckpt"))
 
     def load_state(self, folder: Path) -> None:
-        ms.load_param_into_net(self.net, ms.load_checkpoint(str(folder / "model.ckpt")))
+        weights = ms.load_checkpoint(str(folder / "model.ckpt"))
+        if self.score is not None:
+            self.score.weight.set_data(weights.pop(self.score.weight.name))
+        ms.load_param_into_net(self.net, weights)
         ms.load_param_into_net(self.optimizer, ms.load_checkpoint(str(folder / "optimizer.ckpt")))
 
     # ---------------------------------------------------------------- outputs
@@ -310,6 +349,9 @@ class MindFormers:
     def save_merged(self, folder: Path) -> bool:
         return False  # ftx merges the converted PEFT adapter
 
+    def score_head(self) -> np.ndarray | None:
+        return None if self.score is None else self.score.weight.asnumpy().astype(np.float32)
+
     def summary_writer(self, folder: Path) -> Any:
         from tensorboardX import SummaryWriter
 
@@ -324,9 +366,16 @@ class TrainStep:
     :meth:`ftx.core.worker.objectives.Objective.loss` like the rest of ``_weighted_loss``);
     the weight comes in as a Tensor, so one compiled graph serves every micro-batch."""
 
-    def __init__(self, net: Any, optimizer: Any, objective: Objective, max_grad_norm: float):
+    def __init__(
+        self,
+        net: Any,
+        optimizer: Any,
+        objective: Objective,
+        max_grad_norm: float,
+        score: Any = None,
+    ):
         self.net, self.optimizer, self.objective = net, optimizer, objective
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm, self.score = max_grad_norm, score
         grad = ms.value_and_grad(self._weighted_loss, None, optimizer.parameters)
         self.gradients = ms.jit(grad)
         self.loss = ms.jit(self._forward)
@@ -338,6 +387,11 @@ class TrainStep:
             self.pair_gradients = ms.jit(pair)
             self.pair_loss = ms.jit(self._pair_loss)
             self.row_logps = ms.jit(self._row_logps)
+        if objective.needs == "row_scores":
+            self.causal = causal_lm(net)
+            scored = ms.value_and_grad(self._score_loss, None, optimizer.parameters, has_aux=True)
+            self.score_gradients = ms.jit(scored)
+            self.score_loss = ms.jit(self._score_loss)
 
     def _forward(self, ids: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         return self.net(ids, labels, loss_mask=mask)  # MindFormers' mean over the mask
@@ -364,6 +418,18 @@ class TrainStep:
         policy = self._row_logps(tokens, index, mask)
         total = ops.sum(self.objective.losses(policy, reference, units, aux, MS_OPS))
         return self.objective.loss(total, weight), total, policy
+
+    def _score_loss(
+        self, tokens: Tensor, positions: Tensor, weight: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The weighted pairwise loss, the pairs' summed loss and each row's score: the
+        head on the decoder's last hidden state (after its final norm) at each row's
+        position."""
+        scores = self.score(self.causal.model(tokens), positions)
+        # the objective's per-pair losses, not summed_losses: a RowScores built inside the
+        # graph would be a Python object there, and the gradient would stop at it
+        total = ops.sum(self.objective.losses(scores, MS_OPS))
+        return self.objective.loss(total, weight), total, scores
 
     def _row_logps(self, tokens: Tensor, index: Tensor, mask: Tensor) -> Tensor:
         logits = self.causal.lm_head(self.causal.model(tokens)).astype(ms.float32)
@@ -438,9 +504,30 @@ def build_lr_schedule(yaml_config: Any, schedule: Schedule) -> Any:
     return build_lr(settings)
 
 
-def build_optimizer(net: Any, yaml_config: Any, lr_schedule: Any) -> Any:
+class ScoreHead(ms.nn.Cell):
+    """A reward model's score head beside MindFormers' causal LM: transformers' ``score``
+    [1, hidden] (no bias), started at zero (ftx.core.worker.objectives.PairwiseReward),
+    applied to the decoder's last hidden state at each row's position."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.weight = ms.Parameter(Tensor(np.zeros((1, hidden), np.float32)), name="score.weight")
+
+    def construct(self, hidden_states: Tensor, positions: Tensor) -> Tensor:
+        rows = ops.arange(positions.shape[0], dtype=ms.int32)
+        picked = ops.gather_nd(hidden_states, ops.stack([rows, positions], -1))
+        return ops.matmul(picked.astype(ms.float32), self.weight.T)[:, 0]
+
+
+def score_head(net: Any) -> ScoreHead:
+    """The score head of a reward model on ``net``."""
+    return ScoreHead(int(causal_lm(net).config.hidden_size))
+
+
+def build_optimizer(net: Any, yaml_config: Any, lr_schedule: Any, extra: Sequence = ()) -> Any:
     """The YAML's optimizer (MindFormers' AdamW: torch's update rule) with no weight decay
-    on biases and norm weights (ftx.core.worker.rules.decays)."""
+    on biases and norm weights (ftx.core.worker.rules.decays), over the net's trainable
+    parameters and ``extra`` ones (a reward model's head)."""
     from mindformers.core.optim import AdamW
 
     settings = yaml_config.optimizer
@@ -450,7 +537,7 @@ def build_optimizer(net: Any, yaml_config: Any, lr_schedule: Any) -> Any:
             where=FINETUNE_YAML,
             fix="set optimizer.type: AdamW",
         )
-    params = trainable(net)
+    params = [*trainable(net), *extra]
     groups = [
         {
             "params": [p for p in params if decays(p.name, p.shape)],

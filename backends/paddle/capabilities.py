@@ -3,7 +3,7 @@
 from ftx.core.backend import TRAINING_ARGUMENTS, Capabilities, Override, alias
 
 CAPABILITIES = Capabilities(
-    stages=frozenset({"sft", "pt", "dpo", "kto"}),
+    stages=frozenset({"sft", "pt", "dpo", "kto", "rm"}),
     finetuning=frozenset({"full", "lora"}),
     precisions=frozenset({"fp32"}),
     parallel=frozenset({"dp", "multinode"}),

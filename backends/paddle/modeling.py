@@ -146,7 +146,51 @@ def device_batch(host: TokenBatch) -> dict[str, paddle.Tensor]:
 
 
 # host-side arrays of a batch that are no model input
-MODEL_INPUTS_EXCLUDED = ("labels", "targets", "row_units", "row_aux", "reference_logps")
+MODEL_INPUTS_EXCLUDED = (
+    "labels",
+    "targets",
+    "row_units",
+    "row_aux",
+    "reference_logps",
+    "score_positions",
+)
+
+
+class RewardModel(paddle.nn.Layer):
+    """stage rm on PaddleFormers, which has no Llama sequence classifier: its causal LM
+    (LoRA applied or not) and a score head beside it, a linear layer [hidden, 1] without
+    bias (transformers' ``score``, transposed as Paddle keeps weights), started at zero
+    (ftx.core.worker.objectives.PairwiseReward), on the decoder's last hidden state (after
+    the final norm) at each row's ``score_positions``. One Layer, so that data parallel
+    all-reduces the head's gradients with the model's."""
+
+    def __init__(self, causal: Any):
+        super().__init__()
+        self.causal = causal
+        hidden = decoder(causal).config.hidden_size
+        self.score = paddle.nn.Linear(hidden, 1, bias_attr=False)
+        self.score.weight.set_value(paddle.zeros([hidden, 1], dtype=self.score.weight.dtype))
+
+    def forward(self, **batch: paddle.Tensor) -> paddle.Tensor:
+        """Each row's score [rows], float32."""
+        inputs = {k: v for k, v in batch.items() if k not in MODEL_INPUTS_EXCLUDED}
+        hidden = decoder(self.causal)(**inputs, return_dict=True).last_hidden_state
+        rows = paddle.arange(hidden.shape[0], dtype="int64")
+        where = paddle.stack([rows, batch["score_positions"].astype("int64")], axis=-1)
+        picked = paddle.gather_nd(hidden, where).astype(self.score.weight.dtype)
+        return self.score(picked)[:, 0].astype("float32")
+
+    def head(self) -> np.ndarray:
+        """The head in transformers' orientation [1, hidden], float32."""
+        return self.score.weight.numpy().astype(np.float32).T.copy()
+
+
+def decoder(model: Any) -> Any:
+    """PaddleFormers' decoder (``LlamaModel``) inside its causal LM, under LoRAModel."""
+    from paddleformers.peft import LoRAModel
+
+    causal = model.model if isinstance(model, LoRAModel) else model
+    return causal.model
 
 
 def _next_token_logits(model: Any, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:

@@ -342,6 +342,15 @@ def plan_notes(recipe: Recipe) -> tuple[str, ...]:
         )
     if stage in PADDLEFORMERS_STAGES:
         return ()
+    if stage == "rm":
+        return (
+            "method.stage rm: PaddleFormers 1.2 has no reward-model stage and no Llama"
+            " sequence classifier, so this plan has no paddleformers.yaml; ftx's paddle"
+            " worker trains PaddleFormers' causal LM with a score head beside it (zero at"
+            " first, on the last hidden state at each row's last token) and writes OUT/final"
+            " as transformers' LlamaForSequenceClassification (the head also as"
+            " score.safetensors beside Paddle's own files).",
+        )
     return (
         f"method.stage {stage}: PaddleFormers 1.2 trains SFT, PT and DPO (its kto_pair loss"
         " is a DPO loss over chosen/rejected pairs, not KTO over answers judged one by one),"

@@ -26,6 +26,7 @@ import numpy as np
 import paddle
 
 from ftx.backends.paddle.modeling import (
+    RewardModel,
     device_batch,
     load_model,
     nll_sum,
@@ -43,6 +44,7 @@ from ftx.core.worker.loop import train
 from ftx.core.worker.objectives import (
     Objective,
     RowLogps,
+    RowScores,
     StepTotals,
     TensorOps,
     TokenBatch,
@@ -94,18 +96,22 @@ class Paddle:
     ) -> ModelSize:
         self.objective, self.max_grad_norm = objective, config.train.max_grad_norm
         self.model = load_model(config, layout, self.rank.rank, packed=split.packed)
+        # what trains: the model, or (rm) the model and its score head
+        self.scored = RewardModel(self.model) if objective.needs == "row_scores" else None
+        self.trained = self.model if self.scored is None else self.scored
         self.reference = reference_of(self.model, config)
         self.scheduler = build_scheduler(config.train, schedule)
-        self.optimizer = build_optimizer(self.model, config.train, self.scheduler)
-        self.wrapped = paddle.DataParallel(self.model) if self.rank.world > 1 else self.model
-        self.model.train()
-        params = sum(int(np.prod(p.shape)) for p in self.model.parameters())
-        return ModelSize(params, sum(int(np.prod(p.shape)) for p in trainable(self.model)))
+        self.optimizer = build_optimizer(self.trained, config.train, self.scheduler)
+        world = self.rank.world
+        self.wrapped = paddle.DataParallel(self.trained) if world > 1 else self.trained
+        self.trained.train()
+        params = sum(int(np.prod(p.shape)) for p in self.trained.parameters())
+        return ModelSize(params, sum(int(np.prod(p.shape)) for p in trainable(self.trained)))
 
     # ---------------------------------------------------------------- one step
 
     def optimizer_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
-        if self.objective.needs == "row_logps":
+        if self.objective.needs != "nll":
             return self._preference_step(batches, totals)
         loss_sum = 0.0
         for i, host in enumerate(batches):
@@ -123,24 +129,31 @@ class Paddle:
         return StepOutput(loss_sum, grad_norm)
 
     def _preference_step(self, batches: Sequence[TokenBatch], totals: StepTotals) -> StepOutput:
-        """dpo's and kto's step: each micro-batch's rows in one forward (a pair batch: chosen
-        and rejected together), the objective's per-pair or per-row losses summed and
-        weighted; the rewards and log-probabilities logged."""
+        """dpo's, kto's and rm's step: each micro-batch's rows in one forward (a pair batch:
+        chosen and rejected together), the objective's per-pair or per-row losses summed
+        and weighted; the rewards (and log-probabilities) logged."""
         objective, loss_sum, extras = self.objective, 0.0, {}
         for i, host in enumerate(batches):
             sync = self.rank.world == 1 or i == len(batches) - 1
             batch = device_batch(host)
             with self.wrapped.no_sync() if not sync else _nothing():
-                stat = self._pair_logps(self.wrapped, batch)
+                stat = self._statistic(self.wrapped, batch)
                 total = objective.summed_losses(stat, PADDLE_OPS)
                 objective.loss(total, objective.weight(host, totals, "sum")).backward()
             loss_sum += float(total)
             extras = summed(extras, objective.metrics(stat.apply(on_host)))
-        grad_norm = clip_gradients(self.model, self.max_grad_norm)
+        grad_norm = clip_gradients(self.trained, self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.clear_grad()
         self.scheduler.step()
         return StepOutput(loss_sum, grad_norm, extras)
+
+    def _statistic(self, model: Any, batch: dict[str, Any]) -> RowLogps | RowScores:
+        """What the preference objective asks for: rows' log-probabilities or (rm, where
+        ``model`` is the RewardModel) scores."""
+        if self.objective.needs == "row_scores":
+            return RowScores(model(**batch))
+        return self._pair_logps(model, batch)
 
     def _pair_logps(self, model: Any, batch: dict[str, Any]) -> RowLogps:
         """The policy's summed log-probabilities per row and the reference's (precomputed in
@@ -173,18 +186,18 @@ class Paddle:
 
     @paddle.no_grad()
     def eval_loss(self, batches: Sequence[tuple[TokenBatch, bool]]) -> tuple[float, int]:
-        self.model.eval()
+        self.trained.eval()
         total, count = 0.0, 0
         for host, counted in batches:
             if counted:
                 batch = device_batch(host)
-                if self.objective.needs == "row_logps":
-                    stat = self._pair_logps(self.model, batch)
+                if self.objective.needs != "nll":
+                    stat = self._statistic(self.trained, batch)
                     loss = self.objective.summed_losses(stat, PADDLE_OPS)
                 else:
                     loss = nll_sum(self.model, batch)
                 total, count = total + float(loss), count + host.units
-        self.model.train()
+        self.trained.train()
         return total, count
 
     def token_logprobs(self, batch: TokenBatch) -> paddle.Tensor:
@@ -216,14 +229,14 @@ class Paddle:
         parallel keeps every rank's copy equal)."""
         if not self.rank.main:
             return
-        weights = {n: p for n, p in self.model.named_parameters() if not p.stop_gradient}
+        weights = {n: p for n, p in self.trained.named_parameters() if not p.stop_gradient}
         paddle.save(weights, str(folder / "model_state.pdparams"))
         paddle.save(self.optimizer.state_dict(), str(folder / "optimizer.pdopt"))
         paddle.save(self.scheduler.state_dict(), str(folder / "scheduler.pdparams"))
         paddle.save(paddle.get_rng_state(), str(folder / "rng_state.pdparams"))
 
     def load_state(self, folder: Path) -> None:
-        named = dict(self.model.named_parameters())
+        named = dict(self.trained.named_parameters())
         for name, value in paddle.load(str(folder / "model_state.pdparams")).items():
             named[name].set_value(value)
         self.optimizer.set_state_dict(paddle.load(str(folder / "optimizer.pdopt")))
@@ -253,6 +266,9 @@ class Paddle:
 
     def save_merged(self, folder: Path) -> bool:
         return False  # ftx merges the converted PEFT adapter
+
+    def score_head(self) -> np.ndarray | None:
+        return None if self.scored is None else self.scored.head()
 
     def summary_writer(self, folder: Path) -> Any:
         raise FtxError(

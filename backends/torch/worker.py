@@ -239,6 +239,9 @@ class Torch:
         self.engine.inner.merge_and_unload().save_pretrained(str(folder), safe_serialization=True)
         return True
 
+    def score_head(self) -> None:
+        return None  # transformers' *ForSequenceClassification saves its own head
+
     def summary_writer(self, folder: Path) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -76,6 +76,9 @@ class Adapter:
     model_type: str | None = None
     base: str | None = None  # base_model_name_or_path, carried across forms
     pairs: dict[str, dict[str, Factor]] = field(default_factory=dict)
+    # PEFT's modules_to_save: whole tensors by HF name (a reward model's score.weight)
+    modules: dict[str, Factor] = field(default_factory=dict)
+    task_type: str = "CAUSAL_LM"
 
     @property
     def scaling(self) -> float:
@@ -180,12 +183,6 @@ def _adapter_config(folder: Path) -> Adapter:
             where=str(path),
             fix="merge it into the base with peft's merge_and_unload first",
         )
-    if config.get("modules_to_save"):
-        raise FtxError(
-            f"the adapter also trains whole modules ({config['modules_to_save']})",
-            where=str(path),
-            fix="merge it into the base with ftx merge-lora, then convert the merged model",
-        )
     base, model_type = _base(config)
     return Adapter(
         config["r"],
@@ -194,16 +191,22 @@ def _adapter_config(folder: Path) -> Adapter:
         bool(config.get("use_rslora")),
         model_type,
         base,
+        task_type=str(config.get("task_type") or "CAUSAL_LM"),
     )
 
 
 def _read_peft(folder: Path) -> Adapter:
     adapter = _adapter_config(folder)
+    whole = set(_json(folder / "adapter_config.json").get("modules_to_save") or ())
     path = _need(folder / "adapter_model.safetensors", "weights")
     reader = open_weights(path)
     pattern = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(\.default)?\.weight$")
     for name in reader.names:
         found = pattern.match(name)
+        hf_name = name.removeprefix(PEFT_PREFIX).replace(".modules_to_save.default", "")
+        if not found and hf_name.split(".")[0] in whole:
+            adapter.modules[hf_name] = Factor(reader, name, False)
+            continue
         if not found:
             raise FtxError(
                 f"tensor {name} is not a LoRA A/B weight (embedding LoRA or extra"
@@ -424,6 +427,13 @@ def convert_adapter(
     if source == to:
         raise FtxError(f"{src} is already a {to} adapter", fix="pick another --to")
     adapter = read_adapter(src, trust_pickle=trust_pickle)
+    if adapter.modules:
+        raise FtxError(
+            f"the adapter also trains whole modules ({', '.join(adapter.modules)}), which"
+            " the other frameworks' adapter forms have no place for",
+            where=str(src / "adapter_config.json"),
+            fix="merge it into the base with ftx merge-lora, then convert the merged model",
+        )
     adapter.model_type = model_type or adapter.model_type
     with staged_dir(dst, replace=True) as tmp:
         written = write_adapter(adapter, tmp, to, file_format)

@@ -4,6 +4,12 @@ W' = W + (B @ A) * scaling, computed in float32 and cast back to W's dtype, tens
 tensor; scaling = alpha / r (alpha / sqrt(r) with rsLoRA). The adapter may be PEFT,
 PaddleNLP or MindFormers; the base any format ftx reads. The output has the base's
 format and file kind (names, layout, safetensors/.ckpt/.pdparams), staged, then renamed.
+
+A PEFT ``SEQ_CLS`` adapter (a reward model: its score head saved whole, as
+``modules_to_save``) merges into a Hugging Face causal LM base as the
+``*ForSequenceClassification`` model (:mod:`ftx.core.convert.reward_model`): the head
+added, ``lm_head`` dropped, the config changed; the pad token that finds each row's last
+token is the base config's, else its tokenizer's pad (or end-of-text) token.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from ftx.core.convert.convert import write_weights
 from ftx.core.convert.floats import from_float32, to_float32
 from ftx.core.convert.layout import copy_side_files, transpose_2d
 from ftx.core.convert.names import NameMap
+from ftx.core.convert.reward_model import LM_HEAD, sequence_classifier_config
 from ftx.core.convert.safetensors_stream import TensorInfo, WeightFile
 from ftx.core.convert.sources import weight_files
 from ftx.core.errors import FtxError
@@ -32,13 +39,28 @@ def base_file_format(readers: list[WeightFile]) -> str:
 
 
 def merge_lora(
-    base: Path, adapter_dir: Path, out: Path, *, force: bool = False, trust_pickle: bool = False
+    base: Path,
+    adapter_dir: Path,
+    out: Path,
+    *,
+    force: bool = False,
+    trust_pickle: bool = False,
+    pad_token_id: int | None = None,
 ) -> dict:
-    """Write base + adapter to ``out`` in the base's format; return a summary."""
+    """Write base + adapter to ``out`` in the base's format; return a summary.
+    ``pad_token_id`` overrides how a reward model finds each row's last token."""
     claim_destination(out, force=force, inputs=[base, adapter_dir])
     fmt = detect_format(base)
     config = load_config(base)
     adapter = read_adapter(adapter_dir, trust_pickle=trust_pickle)
+    reward = adapter.task_type == "SEQ_CLS"
+    if (adapter.modules or reward) and fmt != "hf":
+        raise FtxError(
+            f"the adapter trains whole modules ({', '.join(adapter.modules) or 'a score head'}),"
+            f" which ftx merges into a Hugging Face base only, and this base is {fmt}",
+            where=str(base),
+            fix=f"convert the base first: ftx convert {base} BASE-HF --to hf",
+        )
     to_base = NameMap(config["model_type"], "hf", fmt)
     targets = {}
     for hf_name, pair in adapter.pairs.items():
@@ -80,12 +102,57 @@ def merge_lora(
 
         return make
 
+    dropped = {LM_HEAD} if reward else set()
     groups = [
-        [(reader.info(n), produce(reader, n, reader.info(n))) for n in reader.names]
+        [
+            (reader.info(n), produce(reader, n, reader.info(n)))
+            for n in reader.names
+            if n not in dropped and n not in adapter.modules
+        ]
         for reader in readers
     ]
+    groups[-1] += [
+        (TensorInfo(name, factor.info.dtype, factor.info.shape), factor.read)
+        for name, factor in adapter.modules.items()
+    ]
+    if reward:
+        score = adapter.modules.get("score.weight")
+        if score is None:
+            raise FtxError(
+                "the SEQ_CLS adapter saves no score head (base_model.model.score.weight)",
+                where=str(adapter_dir),
+                fix="merge the adapter that the reward-model run wrote",
+            )
+        pad = pad_token_id if pad_token_id is not None else reward_pad_id(base, config)
+        config = sequence_classifier_config(config, score.info.shape[0], pad)
     with staged_dir(out, replace=True) as tmp:
-        write_weights(tmp, groups, fmt, base_file_format(readers))
+        write_weights(tmp, [g for g in groups if g], fmt, base_file_format(readers))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         copy_side_files(base, tmp)
     return {"format": fmt, "merged": len(targets), "scaling": adapter.scaling}
+
+
+def reward_pad_id(base: Path, config: dict) -> int:
+    """The pad id a reward model trained on ``base`` used: the config's, else the
+    tokenizer's pad token, else its end of text (ftx's data rule)."""
+    if config.get("pad_token_id") is not None:
+        return int(config["pad_token_id"])
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(base))
+    except Exception:  # no transformers here, or no tokenizer in the folder
+        tokenizer = None
+    found = None if tokenizer is None else tokenizer.pad_token_id
+    found = found if found is not None else (tokenizer.eos_token_id if tokenizer else None)
+    found = found if found is not None else config.get("eos_token_id")
+    if isinstance(found, list):
+        found = found[0] if found else None
+    if found is None:
+        raise FtxError(
+            "cannot tell the reward model's pad token: the base config has no pad_token_id"
+            " or eos_token_id and no tokenizer",
+            where=str(base / "config.json"),
+            fix="set pad_token_id in the base's config.json",
+        )
+    return int(found)

@@ -7,6 +7,10 @@
   ``native``: only those, in final itself
 - ``output.merge_lora``: final/merged, by the framework's own merge where it has one, else
   ftx's fp32 merge of the PEFT adapter into the base
+- stage rm, where the framework trains the score head beside its causal LM
+  (``score_head``): the HF weights or PEFT adapter made transformers'
+  ``*ForSequenceClassification`` (:mod:`ftx.core.convert.reward_model`), the head as
+  score.safetensors beside the framework's own files
 - the tokenizer and generation files of the base beside every model folder
 """
 
@@ -18,6 +22,12 @@ from pathlib import Path
 
 from ftx.core.contract import RunLayout, WorkerConfig
 from ftx.core.convert.layout import copy_side_files
+from ftx.core.convert.reward_model import (
+    add_score_to_adapter,
+    write_native_score,
+    write_reward_model,
+)
+from ftx.core.prepared import read_manifest
 from ftx.core.worker.checkpoints import staged_on_every_rank
 from ftx.core.worker.framework import Framework, Rank
 
@@ -26,14 +36,21 @@ ADAPTER_STAGE = ".native-adapter"  # the framework's adapter, while it is conver
 
 def write_final(layout: RunLayout, rank: Rank, framework: Framework, config: WorkerConfig) -> None:
     """OUT/final, written on every rank into a staged folder renamed into place."""
-    staged_on_every_rank(layout.final, rank, lambda folder: export(folder, rank, framework, config))
+    pad_id = int(read_manifest(layout.at(config.data.prepared))["pad_token_id"])
+    staged_on_every_rank(
+        layout.final, rank, lambda folder: export(folder, rank, framework, config, pad_id)
+    )
 
 
-def export(folder: Path, rank: Rank, framework: Framework, config: WorkerConfig) -> None:
-    """Fill the staged final ``folder`` (called on every rank)."""
+def export(
+    folder: Path, rank: Rank, framework: Framework, config: WorkerConfig, pad_id: int
+) -> None:
+    """Fill the staged final ``folder`` (called on every rank); ``pad_id`` is the prepared
+    data's, which a reward model's config needs."""
     source = Path(config.model.path)
     adapter = config.method.finetuning in ("lora", "qlora")
     fmt = config.output.save_format if framework.native_name else "hf"
+    score = framework.score_head() if config.method.stage == "rm" else None
     native = None
     if fmt != "hf":
         native = folder if fmt == "native" else folder / str(framework.native_name)
@@ -41,6 +58,8 @@ def export(folder: Path, rank: Rank, framework: Framework, config: WorkerConfig)
         rank.barrier()
         if rank.main:
             copy_side_files(source, native)
+            if score is not None:
+                write_native_score(native, score)
     if fmt == "native":
         return
     if adapter and framework.adapter_format == "native":
@@ -57,11 +76,15 @@ def export(folder: Path, rank: Rank, framework: Framework, config: WorkerConfig)
     rank.barrier()
     if not rank.main:
         return
+    if score is not None and adapter:
+        add_score_to_adapter(folder, score)
+    elif score is not None:
+        write_reward_model(folder, score, pad_id)
     copy_side_files(source, folder)
     if adapter and config.output.merge_lora:
         merged = folder / "merged"
         if not framework.save_merged(merged):
-            merge_with_ftx(source, folder, merged)
+            merge_with_ftx(source, folder, merged, pad_id)
         copy_side_files(source, merged)
 
 
@@ -83,11 +106,11 @@ def peft_from_native(native: Path, folder: Path, base: Path) -> None:
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def merge_with_ftx(base: Path, adapter: Path, merged: Path) -> None:
+def merge_with_ftx(base: Path, adapter: Path, merged: Path, pad_id: int) -> None:
     """ftx's fp32 merge of the PEFT adapter in ``adapter`` into ``base``, as ``merged``
     (written beside the adapter folder, which it reads, then moved into place)."""
     from ftx.core.convert.merge_lora import merge_lora
 
     beside = adapter.with_name(f"{adapter.name}.merged")
-    merge_lora(base, adapter, beside, force=True)
+    merge_lora(base, adapter, beside, force=True, pad_token_id=pad_id)
     beside.replace(merged)

@@ -206,6 +206,14 @@ class Framework(Protocol):
         False when it has none (the kit then merges the PEFT adapter with ftx's fp32 merge)."""
         ...
 
+    def score_head(self) -> Any:
+        """A reward model's (stage rm) score head as a host array [1, hidden], in
+        transformers' orientation, when the framework trains it beside its causal LM; the
+        kit then writes OUT/final as transformers' *ForSequenceClassification
+        (:mod:`ftx.core.convert.reward_model`). None when the framework's own saves hold
+        the head already (torch trains transformers' class itself), or for other stages."""
+        ...
+
     def summary_writer(self, folder: Path) -> Any:
         """A TensorBoard writer (``add_scalar(tag, value, step)``, ``close()``) logging into
         ``folder``, for output.report_to tensorboard."""
