@@ -350,6 +350,26 @@ def test_two_local_nodes_train_together(backend: str, tmp_path: Path, tiny_llama
     assert (tmp_path / "n0/final/config.json").exists()
 
 
+def test_kto_on_two_local_nodes_matches_one_process(
+    backend: str, runs: Runs, tmp_path: Path, tiny_llama: Path
+) -> None:
+    """The preference stages across nodes: full-fine-tuning kto, whose step shares one KL
+    estimate over the rows of every rank (and whose reference is a frozen copy, or scored
+    before training by every node into its own OUT), on two "nodes" gives the one-process
+    run's losses, KL and margins."""
+    needs(backend, parallel="multinode", stage="kto")
+    one = runs.get(backend, "kto-full")
+    path = feedback_recipe(tmp_path, tiny_llama, steps=6)
+    path.write_text(path.read_text().replace("finetuning: lora", "finetuning: full"))
+    two_local_nodes(tmp_path, tiny_llama, backend, path)
+    mine = [r for r in rows(tmp_path / "n0") if "loss" in r]
+    theirs = [r for r in rows(one) if "loss" in r]
+    assert len(mine) == len(theirs) == 6
+    for key in ("loss", "kl", "rewards/margins"):
+        assert [r[key] for r in mine] == pytest.approx([r[key] for r in theirs], abs=TOLERANCE)
+    assert any(r["kl"] > 0 for r in mine)  # the shared estimate, not a zero on every rank
+
+
 # --------------------------------------------------------------------------- refusals
 
 # Each value a recipe can ask for, and the overrides that ask for it.

@@ -106,16 +106,20 @@ def assert_one_plan_for_both_nodes(folder: Path, port: int) -> str:
     return launch
 
 
-def two_local_nodes(tmp_path: Path, model: Path, backend: str) -> tuple[Path, int]:
+def two_local_nodes(
+    tmp_path: Path, model: Path, backend: str, path: Path | None = None
+) -> tuple[Path, int]:
     """Two "nodes" on localhost (one process each, micro batch 2: the batches of one
-    process with micro batch 4), run together; returns the folder holding n0/ and n1/ and
-    the master port."""
+    process with micro batch 4), run together, of ``path`` (default: :func:`recipe`);
+    returns the folder holding n0/ and n1/ and the master port."""
     port = free_port()
-    path = recipe(
-        tmp_path,
-        model,
-        f"parallel: {{nnodes: 2, nproc_per_node: 1, master_addr: 127.0.0.1, master_port: {port}}}",
+    nodes = (
+        f"parallel: {{nnodes: 2, nproc_per_node: 1, master_addr: 127.0.0.1, master_port: {port}}}"
     )
+    if path is None:
+        path = recipe(tmp_path, model, nodes)
+    else:
+        path.write_text(path.read_text() + nodes + "\n")
     path.write_text(path.read_text().replace("micro_batch_size: 4", "micro_batch_size: 2"))
     run = [str(FTX), "run", str(path), "--backend", backend]
     run_nodes(

@@ -25,9 +25,15 @@ def precompute_reference(
     rank: Rank,
 ) -> None:
     """Write ``split``'s reference log-probabilities unless a run has already (every rank
-    scores its share of the examples; rank 0 writes the whole)."""
+    scores its share of the examples; each rank whose OUT still lacks the file writes the
+    whole, since every node prepares the data in its own OUT and launchers disagree on
+    what a node's first rank is: ranks that share an OUT write the same bytes, each by an
+    atomic rename). Whether to score is decided by every rank together, so no rank waits
+    in a collective that another skips (a node whose OUT has the file and one whose OUT
+    does not)."""
     path = split.folder / FILE
-    if not path.exists():
+    missing = framework.all_reduce_sum([0.0 if path.exists() else 1.0])[0]
+    if missing:
         found = np.zeros((len(split), 2), dtype=np.float64)
         mine = list(range(rank.rank, len(split), rank.world))
         for start in range(0, len(mine), batch_size):
@@ -36,7 +42,7 @@ def precompute_reference(
             rows = framework.row_logps(batch, reference=False)
             found[indices, 0], found[indices, 1] = rows[: len(indices)], rows[len(indices) :]
         summed = framework.all_reduce_sum(found.reshape(-1).tolist())
-        if rank.main:
+        if not path.exists():
             values = np.asarray(summed, dtype=np.float32).reshape(len(split), 2)
             with staged_file(path) as tmp, tmp.open("wb") as handle:
                 np.save(handle, values)
