@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/ftx env create torch --if-missing
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=30
 
 # Every backend's image built (podman, debootstrap base) and the quickstart run in it.
 test-images: setup

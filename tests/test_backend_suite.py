@@ -341,27 +341,20 @@ def test_preference_in_two_processes_matches_one(
                                     abs=TOLERANCE)  # fmt: skip
 
 
-def test_two_local_nodes_train_together(backend: str, tmp_path: Path, tiny_llama: Path) -> None:
-    needs(backend, parallel="multinode")
-    one = one_process(tmp_path, tiny_llama, backend)
-    _, port = two_local_nodes(tmp_path, tiny_llama, backend)
-    assert_one_plan_for_both_nodes(tmp_path, port)
-    assert losses(tmp_path / "n0") == pytest.approx(losses(one), abs=TOLERANCE)
-    assert (tmp_path / "n0/final/config.json").exists()
-
-
-def test_kto_on_two_local_nodes_matches_one_process(
+def test_two_local_nodes_train_together(
     backend: str, runs: Runs, tmp_path: Path, tiny_llama: Path
 ) -> None:
-    """The preference stages across nodes: full-fine-tuning kto, whose step shares one KL
-    estimate over the rows of every rank (and whose reference is a frozen copy, or scored
-    before training by every node into its own OUT), on two "nodes" gives the one-process
-    run's losses, KL and margins."""
+    """Two "nodes" on localhost from one plan, on the most demanding stage: full-fine-tuning
+    kto, whose step shares one KL estimate over the rows of every rank (and whose reference
+    is a frozen copy, or scored before training by every node into its own OUT), gives the
+    one-process run's losses, KL and margins."""
     needs(backend, parallel="multinode", stage="kto")
     one = runs.get(backend, "kto-full")
     path = feedback_recipe(tmp_path, tiny_llama, steps=6)
     path.write_text(path.read_text().replace("finetuning: lora", "finetuning: full"))
-    two_local_nodes(tmp_path, tiny_llama, backend, path)
+    _, port = two_local_nodes(tmp_path, tiny_llama, backend, path)
+    assert_one_plan_for_both_nodes(tmp_path, port)
+    assert (tmp_path / "n0/final/config.json").exists()
     mine = [r for r in rows(tmp_path / "n0") if "loss" in r]
     theirs = [r for r in rows(one) if "loss" in r]
     assert len(mine) == len(theirs) == 6
