@@ -45,6 +45,24 @@ class EnvironmentSpec:
 
 
 @dataclass(frozen=True)
+class NativeTrainer:
+    """The framework's own trainer, which ``train.trainer: native`` runs on the plan ftx
+    wrote, under ftx's launcher, with ftx's outputs (metrics, checkpoints, OUT/final)."""
+
+    name: str  # "PaddleFormers' Trainer"
+    command: str  # what a native user types on the plan, from OUT
+    stages: frozenset[str]
+    finetuning: frozenset[str]
+    # Values (precisions, parallel modes, model types) only this trainer runs: `auto` picks
+    # it for them, and `train.trainer: ftx` refuses them.
+    only: frozenset[str] = frozenset()
+    # Values it runs only where the environment sees a GPU/NPU (the CPU kernels lack them).
+    accelerator_only: frozenset[str] = frozenset()
+    # Whether ftx runs it only where the environment sees a GPU/NPU at all (with why).
+    needs_accelerator: str = ""
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a backend can train. ``notes`` explain limits a row cannot show."""
 
@@ -55,10 +73,9 @@ class Capabilities:
     packing: bool = True
     model_formats: frozenset[str] = frozenset({"hf"})  # checkpoint formats it trains from
     accelerator_only: frozenset[str] = frozenset()  # methods that need a GPU/NPU
-    # Values (finetuning methods, precisions, parallel modes, model types) the translator
-    # writes into the native plan for the framework's own trainer, but ftx's worker does not
-    # run: `ftx plan` takes them, `ftx run` refuses them and says how to run the plan.
-    plan_only: frozenset[str] = frozenset()
+    # The framework's own trainer (``train.trainer: native``); None: ftx's worker is the
+    # framework's own training stack already (torch: transformers + peft + DeepSpeed).
+    native: NativeTrainer | None = None
     notes: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -168,6 +168,7 @@ class TrainArgs:
     save_total_limit: int | None
     eval_steps: int | None
     resume: str | None  # "auto" (newest checkpoint in OUT), a checkpoint folder, or None
+    trainer: Literal["ftx", "native"]  # ftx's loop, or the framework's own trainer on the plan
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ftx.core.backend import BackendSpec
-from ftx.core.capabilities import check_devices, check_recipe
+from ftx.core.capabilities import TrainerChoice, check_devices, check_recipe, choose_trainer
 from ftx.core.console import info
 from ftx.core.contract import (
     RunLayout,
@@ -48,7 +48,9 @@ class Target:
     """A backend and the recipe as it runs there (its ``backends.<name>`` applied)."""
 
     spec: BackendSpec
-    recipe: Recipe
+    recipe: Recipe  # train.trainer resolved: ftx or native
+    trainer: TrainerChoice
+    model_type: str | None = None
 
     def translate(self) -> NativePlan:
         """The backend's plan for the recipe and its model's config.json (read here, so
@@ -96,40 +98,48 @@ def target_for(loaded: LoadedRecipe, backend: str, *, here: bool = True) -> Targ
     """The backend and effective recipe, after checking the recipe against the backend's
     overrides and capabilities (and, when ``here``, the devices this machine's
     environment has)."""
-    target = checked_target(loaded, backend, running=here)
+    target = checked_target(loaded, backend)
     if here:
         check_target_devices(target, loaded)
     return target
 
 
-def checked_target(loaded: LoadedRecipe, backend: str, *, running: bool) -> Target:
-    """:func:`target_for` without the device check (``running``: refuse what the backend
-    only plans)."""
+def checked_target(loaded: LoadedRecipe, backend: str) -> Target:
+    """:func:`target_for` without the device check: the recipe with its backend section
+    applied and ``train.trainer`` resolved, checked against what that trainer runs."""
     check_model(loaded)
     check_overrides(loaded)
     spec = get_spec(backend)
     recipe = apply_overrides(loaded.recipe, spec, str(loaded.source))
     model_dir = Path(recipe.model.path)
     model_format = recipe.model.format or (detect_format(model_dir) if model_dir.exists() else None)
-    assert spec.capabilities is not None
+    model_type = ModelConfig.read(model_dir).model_type
+    caps = spec.capabilities
+    assert caps is not None
+    source = str(loaded.source)
+    choice = choose_trainer(recipe, backend, caps, model_type, source=source)
+    recipe = recipe.model_copy(
+        update={"train": recipe.train.model_copy(update={"trainer": choice.trainer})}
+    )
     check_recipe(
         recipe,
         backend,
-        spec.capabilities,
+        caps,
         capability_matrix(),
-        source=str(loaded.source),
+        source=source,
         model_format=model_format,
-        model_type=ModelConfig.read(model_dir).model_type,
-        running=running,
+        model_type=model_type,
     )
-    return Target(spec, recipe)
+    return Target(spec, recipe, choice, model_type)
 
 
 def check_target_devices(target: Target, loaded: LoadedRecipe) -> None:
     """Refuse what the devices the backend's environment saw cannot run."""
     assert target.spec.capabilities is not None
     seen = accelerator_seen(target.spec.name)
-    check_devices(target.recipe, target.spec.capabilities, seen, str(loaded.source))
+    check_devices(
+        target.recipe, target.spec.capabilities, seen, str(loaded.source), target.model_type
+    )
 
 
 def accelerator_seen(backend: str) -> bool | None:
@@ -216,8 +226,9 @@ def stage(
     OUT/data, write OUT/plan (``here``: also check the devices this host has)."""
     from ftx.core.data.prepare import prepared_data
 
-    target = checked_target(loaded, backend, running=here)
+    target = checked_target(loaded, backend)
     recipe, spec = target.recipe, target.spec
+    info(f"[bold]Trainer[/]: {target.trainer.trainer} ({target.trainer.reason})")
     layout = layout_for(loaded, out)
     # the runtime first: a missing engine or image fails before OUT is touched
     environment = runtime.prepare(spec.name)
@@ -245,6 +256,7 @@ def stage(
         "runtime": runtime.name,
         "recipe": str(loaded.source),
         "recipe_sha256": loaded.digest,
+        "trainer": dataclasses.asdict(target.trainer),
         "overrides": list(loaded.overrides),
         "framework_versions": environment.get("versions", {}),
         **({"image": environment["image"]} if "image" in environment else {}),

@@ -45,6 +45,8 @@ def worker_config(recipe: Recipe, backend: str) -> WorkerConfig:
     """Everything a backend's worker needs, in the recipe's terms (the Adam settings from
     the recipe's ``backends.<backend>`` section, where the backend honours them)."""
     t, m, native = recipe.train, recipe.method, recipe.backends.get(backend, {})
+    # ftx.core.capabilities.choose_trainer resolves `auto` before any translator runs.
+    assert t.trainer != "auto", "train.trainer is resolved before translation"
     lora = m.lora
     return WorkerConfig(
         version=CONTRACT_VERSION,
@@ -103,6 +105,7 @@ def worker_config(recipe: Recipe, backend: str) -> WorkerConfig:
             save_total_limit=t.save_total_limit,
             eval_steps=t.eval_steps,
             resume=t.resume or None,
+            trainer=t.trainer,
         ),
         data=DataArgs(prepared=DATA_DIR, max_seq_len=recipe.data.max_seq_len),
         evaluate=(

@@ -385,9 +385,11 @@ ASKS = {
 
 
 def declared(caps: Capabilities, key: str, value: str) -> str:
-    """What the backend declares for one value: 'runs', 'plan only', 'needs a GPU' or 'no'."""
-    if value in caps.plan_only:
-        return "plan only"
+    """What the backend declares for one value: 'runs', 'native on a GPU' (the framework's
+    own trainer runs it on accelerators only), 'needs a GPU' or 'no'."""
+    native = caps.native
+    if native is not None and value in native.only:
+        return "native on a GPU" if value in native.accelerator_only else "runs"
     if value in caps.accelerator_only:
         return "needs a GPU"
     held = {
@@ -403,7 +405,8 @@ def test_what_the_backend_cannot_run_is_refused_naming_the_key(
     backend: str, tmp_path: Path, tiny_llama: Path
 ) -> None:
     """Every value the backend's capabilities do not run is refused by `ftx validate` with
-    exit code 2 naming the key; a plan-only value is still written by `ftx plan`; every
+    exit code 2 naming the key; what the native trainer runs on accelerators only is refused
+    naming the device, and `ftx plan` still writes it (worker.json: trainer native); every
     value it runs validates."""
     caps = capabilities(backend)
     path = recipe(tmp_path, tiny_llama)
@@ -415,13 +418,19 @@ def test_what_the_backend_cannot_run_is_refused_naming_the_key(
             continue
         assert result.returncode == 2, (value, verdict, result.stderr[-1500:])
         assert key in result.stderr and "Traceback" not in result.stderr, (value, result.stderr)
-        if verdict == "plan only":
-            assert "native plan" in result.stderr, result.stderr
+        if verdict == "native on a GPU":
+            assert "GPU/NPU only" in result.stderr and "sees only the CPU" in result.stderr
             out = tmp_path / f"plan-{value}"
             planned = run_ftx(
                 "plan", str(path), "--backend", backend, "--out", str(out), *overrides
             )
             assert planned.returncode == 0, (value, planned.stderr[-1500:])
+            assert json.loads((out / "plan/worker.json").read_text())["train"]["trainer"] == (
+                "native"
+            )
+            ftx = run_ftx("validate", str(path), "--backend", backend, "train.trainer=ftx",
+                          *overrides)  # fmt: skip
+            assert ftx.returncode == 2 and "train.trainer: native" in ftx.stderr, ftx.stderr
     assert not (tmp_path / "out").exists()  # validation writes nothing
 
 

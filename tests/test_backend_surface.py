@@ -106,7 +106,8 @@ def test_backends_table_shows_every_spec_and_its_override_keys() -> None:
     for spec in specs().values():
         assert spec.name in result.stdout and spec.launcher.split()[0] in result.stdout
     assert "seq_length" in result.stdout and "data.max_seq_len" in result.stdout  # mindformers
-    assert "plan only" in result.stdout and "zero2" in result.stdout  # paddle: via its CLI
+    assert "native only" in result.stdout and "zero2" in result.stdout  # paddle's own trainer
+    assert "PaddleFormers' Trainer" in result.stdout and "MindFormers' Trainer" in result.stdout
     assert "gradient_accumulation_steps" in result.stdout and "train.grad_accum" in result.stdout
 
 

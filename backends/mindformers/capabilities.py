@@ -1,8 +1,11 @@
 """What the mindformers backend trains, and the keys of ``backends.mindformers`` it honours."""
 
-from ftx.core.backend import Capabilities, Override, alias
+from ftx.core.backend import Capabilities, NativeTrainer, Override, alias
 
 ON_ASCEND = "runs on Ascend through MindFormers' own trainer with OUT/plan/finetune.yaml"
+# What only MindFormers' own trainer runs, and only on Ascend (bf16 fails on CPU and fp16
+# computes in fp32 there; the parallel layouts and the MCore path need NPUs).
+ON_NPUS = frozenset({"bf16", "fp16", "tp", "pp", "zero1", "zero2", "zero3", "qwen3"})
 
 CAPABILITIES = Capabilities(
     stages=frozenset({"sft", "pt", "dpo", "kto", "rm"}),
@@ -13,7 +16,15 @@ CAPABILITIES = Capabilities(
     # causal mask: nothing keeps packed examples apart (its eod mask compression needs
     # flash attention, on Ascend only).
     packing=False,
-    plan_only=frozenset({"bf16", "fp16", "tp", "pp", "zero1", "zero2", "zero3", "qwen3"}),
+    native=NativeTrainer(
+        name="MindFormers' Trainer",
+        command="python run_mindformer.py --config plan/finetune.yaml",
+        stages=frozenset({"sft", "pt"}),
+        finetuning=frozenset({"full", "lora"}),
+        only=ON_NPUS,
+        accelerator_only=ON_NPUS,
+        needs_accelerator="its CPU run, through a CPU-safe overflow check, is not wired yet",
+    ),
     notes={
         "prefix": "MindFormers' prefix tuning exists for ChatGLM only, not for Llama models",
         "qlora": "MindFormers has no quantised LoRA",
@@ -29,7 +40,7 @@ CAPABILITIES = Capabilities(
         f" training kernels exist on Ascend only; it {ON_ASCEND}",
         "models": "Llama-architecture models (Llama 2/3, Qwen2/2.5 with q/k/v biases) through"
         " MindFormers' legacy LlamaForCausalLM; on CPU in fp32, PyNative + jit. Qwen3: the"
-        " MCore path, plan only",
+        " MCore path, on Ascend",
     },
 )
 

@@ -578,6 +578,13 @@ def main(config: WorkerConfig, layout: RunLayout) -> int:
     if os.environ.get("MS_ROLE") == "MS_SCHED":
         return schedule_the_cluster()
     framework = make_framework(config, layout)
+    if config.train.trainer == "native" and not on_ascend():
+        raise FtxError(
+            "train.trainer is native, and MindFormers' Trainer runs under ftx on Ascend only"
+            " (its CPU run is not wired yet); this machine has no Ascend NPU",
+            where="train.trainer",
+            fix="set train.trainer to auto or ftx: ftx's loop trains the recipe on CPU",
+        )
     if on_ascend():
         if config.method.stage not in ("sft", "pt"):
             raise FtxError(

@@ -1,6 +1,11 @@
 """What the paddle backend trains, and the keys of ``backends.paddle`` it honours."""
 
-from ftx.core.backend import TRAINING_ARGUMENTS, Capabilities, Override, alias
+from ftx.core.backend import TRAINING_ARGUMENTS, Capabilities, NativeTrainer, Override, alias
+
+# What only PaddleFormers' own trainer runs; its CPU kernels run none of it (no bf16
+# matmul, auto_cast a no-op; sharding's tensor fusion and the fleet's model/pipeline
+# groups need GPUs), so a CPU machine is refused them by name.
+ON_GPUS = frozenset({"bf16", "fp16", "tp", "pp", "zero1", "zero2", "zero3"})
 
 CAPABILITIES = Capabilities(
     stages=frozenset({"sft", "pt", "dpo", "kto", "rm"}),
@@ -8,22 +13,24 @@ CAPABILITIES = Capabilities(
     precisions=frozenset({"fp32"}),
     parallel=frozenset({"dp", "multinode"}),
     packing=True,
-    plan_only=frozenset({"bf16", "fp16", "tp", "pp", "zero1", "zero2", "zero3"}),
+    native=NativeTrainer(
+        name="PaddleFormers' Trainer",
+        command="paddleformers-cli train plan/paddleformers.yaml",
+        stages=frozenset({"sft", "pt"}),
+        finetuning=frozenset({"full", "lora"}),
+        only=ON_GPUS,
+        accelerator_only=ON_GPUS,
+    ),
     notes={
         "prefix": "PaddleFormers 1.2 has LoRA only (prefix tuning was PaddleNLP's)",
         "qlora": "PaddleFormers' weight_quantize_algo needs a GPU; not translated yet",
-        "bf16": "run the plan with `paddleformers-cli train OUT/plan/paddleformers.yaml` on a GPU",
-        "fp16": "run the plan with `paddleformers-cli train OUT/plan/paddleformers.yaml` on a GPU",
-        "tp": "tensor parallelism runs in PaddleFormers' fleet trainer: `paddleformers-cli train"
-        " OUT/plan/paddleformers.yaml` on GPUs",
-        "pp": "pipeline parallelism runs in PaddleFormers' fleet trainer: `paddleformers-cli train"
-        " OUT/plan/paddleformers.yaml` on GPUs",
-        "zero1": "sharding stage1 runs in PaddleFormers' trainer (`paddleformers-cli train"
-        " OUT/plan/paddleformers.yaml`)",
-        "zero2": "sharding stage2 runs in PaddleFormers' trainer (`paddleformers-cli train"
-        " OUT/plan/paddleformers.yaml`)",
-        "zero3": "sharding stage3 runs in PaddleFormers' trainer (`paddleformers-cli train"
-        " OUT/plan/paddleformers.yaml`)",
+        "bf16": "paddle's CPU kernels have no bfloat16 matmul",
+        "fp16": "paddle.amp's auto_cast does nothing on a CPU",
+        "tp": "tensor_model_parallel_size: the fleet's model-parallel groups need GPUs",
+        "pp": "pipeline_model_parallel_size: the fleet's pipeline groups need GPUs",
+        "zero1": "sharding stage1: its tensor-fusion helper fails on a CPU",
+        "zero2": "sharding stage2: its tensor-fusion helper fails on a CPU",
+        "zero3": "sharding stage3: its tensor-fusion helper fails on a CPU",
         "models": "on CPU PaddleFormers 1.2 builds Llama-architecture models only (Qwen2/Qwen3"
         " need PaddleFleet, in the GPU image)",
     },

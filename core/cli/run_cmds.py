@@ -214,8 +214,23 @@ def backends() -> None:
         "precision": row(lambda c: ", ".join(sorted(c.precisions))),
         "parallel": row(lambda c: ", ".join(sorted(c.parallel))),
         "packing": row(lambda c: "yes" if c.packing else "no"),
-        "GPU/NPU only": row(lambda c: ", ".join(sorted(c.accelerator_only)) or "-"),
-        "plan only": row(lambda c: ", ".join(sorted(c.plan_only)) or "-"),
+        "GPU/NPU only": row(
+            lambda c: (
+                ", ".join(
+                    sorted(c.accelerator_only | (c.native.accelerator_only if c.native else set()))
+                )
+                or "-"
+            )
+        ),
+        "native trainer": row(
+            lambda c: (
+                f"{c.native.name}: {', '.join(sorted(c.native.stages))};"
+                f" {', '.join(sorted(c.native.finetuning))}"
+                if c.native
+                else "- (the worker is the framework's own stack)"
+            )
+        ),
+        "native only": row(lambda c: ", ".join(sorted(c.native.only)) if c.native else "-"),
         "data export": [", ".join(sorted(s.exporters)) or "-" for s in every.values()],
     }
     for label, cells in rows.items():

@@ -305,6 +305,12 @@ class TrainSection(Section):
     resume: Literal["auto"] | Literal[False] | str = Field(
         False, description="'auto' (newest checkpoint in the output dir), a path, or false."
     )
+    trainer: Literal["auto", "ftx", "native"] = Field(
+        "auto",
+        description="Who trains: 'ftx' (ftx's loop, the same on every backend), 'native' (the"
+        " framework's own trainer on the plan: PaddleFormers', MindFormers'), or 'auto' (native"
+        " for what only it runs: bf16/fp16, tp, pp, sharding; else ftx).",
+    )
 
     @model_validator(mode="after")
     def _exclusive(self) -> TrainSection:
