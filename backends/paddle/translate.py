@@ -142,10 +142,22 @@ def _parallel(recipe: Recipe) -> dict[str, Any]:
     if p.zero:
         keys["sharding"] = SHARDING[p.zero] + (" offload" if p.offload != "none" else "")
         keys["sharding_parallel_size"] = p.dp
+    else:
+        keys["sharding"] = ""  # absent, PaddleFormers shards stage1 over every worker
     if t.gradient_checkpointing:
         keys.update(recompute_granularity="full", recompute_method="uniform")
         keys["recompute_num_layers"] = 1
     return keys
+
+
+def _checkpoints(unified: bool) -> dict[str, Any]:
+    """Checkpoint settings: unified checkpoints are read and written in that format by
+    name (left to PaddleFormers, several workers load and save with flex_checkpoint's
+    CUDA collectives)."""
+    if not unified:
+        return {"unified_checkpoint": False}
+    formats = {f"{way}_checkpoint_format": "unified_checkpoint" for way in ("load", "save")}
+    return {"unified_checkpoint": True, **formats}
 
 
 def paddleformers_config(recipe: Recipe) -> dict[str, Any]:
@@ -196,7 +208,7 @@ def paddleformers_config(recipe: Recipe) -> dict[str, Any]:
         "output_dir": NATIVE_OUTPUT,
         "logging_dir": f"{NATIVE_OUTPUT}/visualdl",
         "disable_tqdm": True,
-        "unified_checkpoint": native.get("unified_checkpoint", True),
+        **_checkpoints(native.get("unified_checkpoint", True)),
         "save_to_hf": True,
     }
     if m.stage == "dpo":

@@ -396,6 +396,11 @@ def make_framework(config: WorkerConfig, layout: RunLayout) -> Paddle:
 
 
 def main(config: WorkerConfig, layout: RunLayout) -> int:
+    """ftx's loop, or (train.trainer: native) PaddleFormers' Trainer on the plan."""
+    if config.train.trainer == "native":
+        from ftx.backends.paddle.native import run_native
+
+        return run_native(config, layout, make_framework(config, layout))
     return train(make_framework(config, layout), config, layout)
 
 

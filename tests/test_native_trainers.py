@@ -1,0 +1,170 @@
+"""train.trainer: native for real: PaddleFormers' own Trainer runs the plan under ftx's
+launcher, on ftx's token stream, and leaves the run layout every backend shares."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_paddle_backend import cpu_model, logits
+
+from conftest import FTX, ROOT, run_ftx
+from ftx.core.contract import MetricsRow
+from training import losses, rows
+
+pytestmark = pytest.mark.env
+
+TOLERANCE = 1e-4
+
+
+def whole_set_recipe(tmp_path: Path, model: Path, finetuning: str) -> Path:
+    """Two optimizer steps, each over the same 16 rows in one micro-batch: the first
+    step's loss does not depend on the order a trainer draws rows in."""
+    path = tmp_path / f"whole-{finetuning}.yaml"
+    path.write_text(
+        f"""
+model: {{path: {model}}}
+data:
+  datasets: [{{path: {ROOT / "recipes/data/quickstart_train.jsonl"}, format: alpaca}}]
+  max_seq_len: 64
+  max_samples: 16
+  val_size: 0
+method: {{finetuning: {finetuning}}}
+train: {{max_steps: 2, learning_rate: 1.0e-3, micro_batch_size: 16, logging_steps: 1}}
+"""
+    )
+    return path
+
+
+def run_ok(*args: str) -> None:
+    result = run_ftx(*args, timeout=900)
+    assert result.returncode == 0, (args, result.stderr[-3000:])
+
+
+@pytest.mark.parametrize("finetuning", ["full", "lora"])
+def test_paddleformers_trainer_takes_ftx_first_step_and_exports_what_it_trained(
+    finetuning: str, tmp_path: Path, tiny_llama: Path
+) -> None:
+    """PaddleFormers' Trainer and ftx's loop on the same first batch: the same loss (and,
+    full fine-tuning, the same gradient norm: the same weights, tokens and masks). Its
+    OUT/final loads in transformers (peft for LoRA) with the logits of the model
+    PaddleFormers itself saved in OUT/native. Full fine-tuning also on two workers."""
+    from ftx.core.contract import RunLayout, read_metrics
+
+    model = cpu_model(tmp_path, tiny_llama)
+    path = whole_set_recipe(tmp_path, model, finetuning)
+    found = {}
+    for trainer in ("ftx", "native"):
+        out = tmp_path / trainer
+        run_ok("run", str(path), "--backend", "paddle", "--out", str(out),
+               f"train.trainer={trainer}")  # fmt: skip
+        found[trainer] = read_metrics(RunLayout(out))  # the contract's reader
+    ours, theirs = found["ftx"][0], found["native"][0]
+    assert theirs.loss == pytest.approx(ours.loss, abs=TOLERANCE)
+    assert theirs.tokens == ours.tokens and theirs.lr == ours.lr
+    if finetuning == "full":  # LoRA: PaddleFormers draws its own A matrices
+        assert theirs.grad_norm == pytest.approx(ours.grad_norm, rel=TOLERANCE)
+    assert [r.step for r in found["native"]] == [1, 2]
+
+    out = tmp_path / "native"
+    run = json.loads((out / "run.json").read_text())
+    assert run["trainer"]["trainer"] == "native" and "PaddleFormers" in run["trainer"]["reason"]
+    assert json.loads((out / "plan/worker.json").read_text())["train"]["trainer"] == "native"
+    if finetuning == "full":
+        in_torch = logits("torch", out / "final", tmp_path / "t.npy")
+        in_paddle = logits("paddle", out / "native", tmp_path / "p.npy")
+    else:
+        in_torch = logits("torch", model, tmp_path / "t.npy", out / "final")
+        in_paddle = logits("paddle", model, tmp_path / "p.npy", out / "native")
+    assert abs(in_torch - in_paddle).max() <= TOLERANCE
+    if finetuning == "full":
+        two_workers(path, tmp_path / "two", found["native"][0])
+
+
+def two_workers(path: Path, two: Path, one: MetricsRow) -> None:
+    """Two CPU workers (gloo) under paddle.distributed.launch: the plan shards nothing
+    (``sharding: ''``) and reads and writes unified checkpoints. PaddleFormers averages
+    each worker's mean loss where ftx weighs every token alike, so the first loss agrees
+    with one worker's to the ranks' difference in token counts (here 3e-5 relative)."""
+    import yaml
+
+    run_ok("run", str(path), "--backend", "paddle", "--out", str(two), "train.trainer=native",
+           "parallel.nproc_per_node=2", "train.micro_batch_size=8")  # fmt: skip
+    plan = yaml.safe_load((two / "plan/paddleformers.yaml").read_text())
+    assert plan["sharding"] == "" and plan["save_checkpoint_format"] == "unified_checkpoint"
+    assert plan["load_checkpoint_format"] == "unified_checkpoint"
+    assert "paddle.distributed.launch" in (two / "plan/launch.sh").read_text()
+    first = rows(two)[0]
+    assert first["tokens"] == one.tokens  # summed over both workers
+    assert first["loss"] == pytest.approx(one.loss, rel=TOLERANCE)
+    assert (two / "final/model.safetensors").exists()
+
+
+def test_paddleformers_trainer_learns_the_quickstart_stops_and_resumes(tmp_path: Path) -> None:
+    """The quickstart through PaddleFormers' Trainer, 40 steps of its 375 (1.4 s a step
+    on this CPU): SIGTERM after a few logged steps leaves the trainer's own checkpoint and
+    exit code 143; train.resume=auto continues from it (metrics trimmed to it, no step
+    twice) to a model whose loss fell by over 40%, with held-out exact match before
+    and after in OUT/eval.json."""
+    model = tmp_path / "quickstart-llama"
+    run_ok("init-model", "--arch", "llama", "--size", "small", "--out", str(model))
+    out = tmp_path / "run"
+    args = ["run", "recipes/quickstart.yaml", "--backend", "paddle", "--out", str(out),
+            f"model.path={model}", "train.trainer=native", "train.logging_steps=5",
+            "train.save_steps=10", "train.epochs=null", "train.max_steps=40",
+            "train.eval_steps=20"]  # fmt: skip
+    proc = subprocess.Popen([str(FTX), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 600
+    while time.time() < deadline and not (
+        (out / "metrics.jsonl").exists() and len(losses(out)) >= 3
+    ):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    saved = sorted((out / "native").glob("checkpoint-*"))
+    assert saved and not (out / "final").exists(), stderr[-2000:]
+    stopped_at = int(saved[-1].name.split("-")[1])
+
+    resumed = run_ftx(*args, "train.resume=auto", cwd=ROOT, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [r["step"] for r in rows(out) if "loss" in r]
+    assert steps == list(range(5, 41, 5)), steps  # none lost, none twice
+    run = json.loads((out / "run.json").read_text())
+    assert run["training"]["steps"] == 40 - stopped_at, run["training"]  # resumed, not restarted
+    assert run["status"] == "completed" and run["trainer"]["trainer"] == "native"
+    assert run["final_loss"] < 0.6 * run["first_loss"], run  # 6.04 -> 3.24 measured
+    assert [r["step"] for r in rows(out) if "eval_loss" in r][:1] == [20]
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["before"]["exact_match"] <= 0.05, evaluation["before"]
+    assert evaluation["after"]["examples"] == evaluation["before"]["examples"] > 0
+    assert (out / "final/model.safetensors").exists()
+
+
+def test_what_a_cpu_cannot_run_natively_is_refused_naming_the_device(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    """bf16 picks PaddleFormers' Trainer (auto) and is refused on this CPU by name, after
+    `ftx plan` wrote it for a GPU; torch has no separate native trainer; MindFormers'
+    runs under ftx on Ascend only."""
+    path = whole_set_recipe(tmp_path, tiny_llama, "full")
+    bf16 = run_ftx("run", str(path), "--backend", "paddle", "--out", str(tmp_path / "o"),
+                   "train.precision=bf16")  # fmt: skip
+    assert bf16.returncode == 2, bf16.stderr
+    assert "GPU/NPU only" in bf16.stderr and "bfloat16 matmul" in bf16.stderr
+    assert not (tmp_path / "o").exists()
+    planned = run_ftx("plan", str(path), "--backend", "paddle", "--out", str(tmp_path / "p"),
+                      "train.precision=bf16")  # fmt: skip
+    assert planned.returncode == 0, planned.stderr
+    worker = json.loads((tmp_path / "p/plan/worker.json").read_text())
+    assert worker["train"]["trainer"] == "native" and worker["train"]["precision"] == "bf16"
+    torch = run_ftx("validate", str(path), "--backend", "torch", "train.trainer=native")
+    assert torch.returncode == 2 and "no separate native trainer" in torch.stderr
+    mindformers = run_ftx("validate", str(path), "--backend", "mindformers",
+                          "train.trainer=native")  # fmt: skip
+    assert mindformers.returncode == 2 and "GPU/NPU only" in mindformers.stderr
