@@ -6,9 +6,11 @@ same plan, on this machine's CPU.
 
 One recipe (llama "small", 3.4M parameters, fp32, alpaca-like rows, max_seq_len 2048 so that
 no row is cut or dropped, one epoch, micro batch --batch, no accumulation, no evaluation, no
-checkpoints) runs two ways, interleaved (bench/harness.py), each --repeats times in a fresh
-process:
-  ftx paddle           `ftx run --backend paddle` (the worker on the core's tokens)
+checkpoints) runs three ways, interleaved (bench/harness.py), each --repeats times in a
+fresh process:
+  ftx paddle           `ftx run --backend paddle` (ftx's loop on the core's tokens)
+  ftx native           `ftx run --backend paddle --trainer native` (PaddleFormers' Trainer on
+                       the plan, fed the core's tokens, with ftx's callback and launcher)
   paddleformers-cli    `paddleformers-cli train OUT/plan/paddleformers.yaml` on the files
                        that same `ftx plan` wrote (its own data pipeline and Trainer), with the
                        CPU settings PaddleFormers needs here (see the README)
@@ -17,9 +19,10 @@ them, and it groups rows by length where ftx keeps its seeded order, so with lon
 or bigger batches the two sides would train different token counts. Here both train the same
 rows, unpadded, once. Measured: rows per second of the training loop alone (ftx:
 OUT/logs/train_timing.json; PaddleFormers: its train_results.json), median (min-max); the
-ratio is ftx / PaddleFormers. PaddleFormers' own "tokens per second" counts max_seq_len per
-row, so the real tokens/s of both sides is ftx's real token count of the epoch (the same
-conversations through the same chat template) over each side's loop time.
+ratio is each row / paddleformers-cli (ftx native vs paddleformers-cli: the cost of ftx's
+callbacks and launcher around the same Trainer). PaddleFormers' own "tokens per second"
+counts max_seq_len per row, so the real tokens/s of every side is ftx's real token count of
+the epoch (the same conversations through the same chat template) over its loop time.
 Target: ftx >= 0.95x (overhead <= 5%).
 """
 
@@ -77,8 +80,9 @@ def main() -> None:
         for leftover in ("native", "paddleformers_dist_log"):
             shutil.rmtree(native / leftover, ignore_errors=True)
 
-    ftx_out = work / "ftx"
+    ftx_out, native_out = work / "ftx", work / "ftx-native"
     ftx_run = [str(FTX), "-q", "run", str(recipe), "--backend", "paddle"]
+    native_run = [*ftx_run, "--trainer", "native", "--out", str(native_out), "--force"]
     ftx_run += ["--out", str(ftx_out), "--force"]
     cli = ["paddleformers-cli", "train", "plan/paddleformers.yaml", "device=cpu"]
     cli += ["_attn_implementation=eager"]
@@ -86,6 +90,10 @@ def main() -> None:
         Run(
             "ftx run --backend paddle",
             [sys.executable, "-c", FTX_RUN, *ftx_run, str(ftx_out / "run.json")],
+        ),
+        Run(
+            "ftx run --backend paddle --trainer native",
+            [sys.executable, "-c", FTX_RUN, *native_run, str(native_out / "run.json")],
         ),
         Run(
             "paddleformers-cli train (the same plan)",
@@ -100,12 +108,16 @@ def main() -> None:
     def results(run: Run) -> list[dict]:
         return [json.loads(s.output.strip().splitlines()[-1]) for s in run.samples]
 
-    ftx_found = results(runs[0])
-    ftx_rows = sorted(r["steps"] * args.batch / r["train_seconds"] for r in ftx_found)
-    native = results(runs[1])
+    def ftx_rates(run: Run) -> tuple[list[float], list[float]]:
+        found = results(run)
+        rows = sorted(r["steps"] * args.batch / r["train_seconds"] for r in found)
+        return rows, sorted(r["tokens"] / r["train_seconds"] for r in found)
+
+    ftx_rows, ftx_tokens = ftx_rates(runs[0])
+    ours_rows, ours_tokens = ftx_rates(runs[1])
+    tokens = results(runs[0])[0]["tokens"]  # real tokens of the epoch, the same everywhere
+    native = results(runs[2])
     native_rows = sorted(r["train_samples_per_second"] for r in native)
-    tokens = ftx_found[0]["tokens"]  # real tokens of the epoch, the same on both sides
-    ftx_tokens = sorted(r["tokens"] / r["train_seconds"] for r in ftx_found)
     native_tokens = sorted(tokens / r["train_runtime"] for r in native)
     mid = args.repeats // 2
     print(header(f"bench/train_paddle.py --rows {args.rows} --repeats {args.repeats}", started))
@@ -119,7 +131,8 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for label, rows, rates in (
         (runs[0].label, ftx_rows, ftx_tokens),
-        (runs[1].label, native_rows, native_tokens),
+        (runs[1].label, ours_rows, ours_tokens),
+        (runs[2].label, native_rows, native_tokens),
     ):
         print(
             f"| {label} | {rows[mid]:.2f} ({rows[0]:.2f}-{rows[-1]:.2f}) |"

@@ -113,6 +113,11 @@ def device_problems(
             f" ({native.needs_accelerator}), and the backend's environment on this machine sees"
             " only the CPU; ftx's loop trains fp32 recipes on it (train.trainer: ftx or auto)"
         )
+    if problems:
+        problems[-1] += (
+            f"; where one is seen `ftx run` trains it, as does `{native.command}` run from"
+            " OUT after `ftx plan`"
+        )
     return problems
 
 

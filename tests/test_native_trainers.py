@@ -60,8 +60,7 @@ def test_paddleformers_trainer_takes_ftx_first_step_and_exports_what_it_trained(
     found = {}
     for trainer in ("ftx", "native"):
         out = tmp_path / trainer
-        run_ok("run", str(path), "--backend", "paddle", "--out", str(out),
-               f"train.trainer={trainer}")  # fmt: skip
+        run_ok("run", str(path), "--backend", "paddle", "--out", str(out), "--trainer", trainer)
         found[trainer] = read_metrics(RunLayout(out))  # the contract's reader
     ours, theirs = found["ftx"][0], found["native"][0]
     assert theirs.loss == pytest.approx(ours.loss, abs=TOLERANCE)

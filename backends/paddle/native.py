@@ -110,6 +110,7 @@ class NativeRun:
         self.grad_norm = 0.0
         self.pending: ProgressEvent | None = None
         self.started, self.start_step, self.start_tokens = time.time(), 0, 0
+        self.ended: float | None = None
 
     # ---------------------------------------------------------------- data
 
@@ -252,7 +253,7 @@ class NativeRun:
         step = int(state.global_step)
         self.flush()
         if self.rank.main:
-            seconds = round(time.time() - self.started, 3)
+            seconds = round((self.ended or time.time()) - self.started, 3)
             timing = TrainTiming(seconds, step - self.start_step, self.tokens - self.start_tokens)
             write_record(self.layout.timing, timing)
         self.metrics.close()
@@ -305,6 +306,9 @@ def ftx_callback(run: NativeRun) -> Any:
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             run.saved()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            run.ended = time.time()  # before PaddleFormers' own final save
 
     return FtxCallback()
 

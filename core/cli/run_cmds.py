@@ -131,6 +131,12 @@ def plan(
 @backend_opt
 @out_opt
 @runtime_opts
+@click.option(
+    "--trainer",
+    type=click.Choice(["auto", "ftx", "native"]),
+    help="Who trains (the recipe's train.trainer): ftx's loop, the framework's own trainer"
+    " on the plan, or auto (native for what only it runs).",
+)
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 def run(
     recipe: Path,
@@ -140,6 +146,7 @@ def run(
     runtime: str,
     variant: str | None,
     registry: str | None,
+    trainer: str | None,
     force: bool,
 ) -> None:
     """Prepare data, translate and train. Overrides are dotted key=value pairs.
@@ -148,9 +155,12 @@ def run(
     Examples:
       ftx run recipes/quickstart.yaml --backend torch train.learning_rate=1e-3 --force
       ftx run recipes/quickstart.yaml --backend paddle --runtime podman --registry reg:5000/ml
+      ftx run recipes/quickstart.yaml --backend paddle --trainer native
     """
     from ftx.core import runner
 
+    if trainer is not None:
+        overrides = (*overrides, f"train.trainer={trainer}")
     record = runner.run(
         load_recipe(recipe, overrides),
         backend,
