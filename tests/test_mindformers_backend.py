@@ -269,7 +269,11 @@ def test_qwen3_plans_the_mcore_path_and_run_refuses_it(tmp_path: Path, tiny_qwen
     learned = [i for i, m in enumerate(first["loss_mask"]) if m]
     assert learned and all(first["labels"][i] == first["input_ids"][i + 1] for i in learned)
     refused = run_ftx("run", str(path), "--backend", "mindformers", "--out", str(tmp_path / "r"))
-    assert refused.returncode == 2 and "model.path: a qwen3 model" in refused.stderr
+    # auto picks MindFormers' Trainer for the MCore path, which needs an NPU
+    assert refused.returncode == 2 and "model.path: 'qwen3'" in refused.stderr
+    assert "GPU/NPU only" in refused.stderr and "MindFormers' Trainer" in refused.stderr
+    ftx = run_ftx("validate", str(path), "--backend", "mindformers", "train.trainer=ftx")
+    assert ftx.returncode == 2 and "a qwen3 model is trained by MindFormers' Trainer" in ftx.stderr
     lora = run_ftx("plan", str(path), "--backend", "mindformers", "--out", str(tmp_path / "l"),
                    "method.finetuning=lora")  # fmt: skip
     assert lora.returncode == 2 and "has no LoRA" in lora.stderr
