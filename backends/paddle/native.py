@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +31,14 @@ import numpy as np
 import paddle
 import yaml
 
-from ftx.backends.paddle.modeling import device_batch, keep_pad_embedding, on_gpu, trainable
+from ftx.backends.paddle.capabilities import CAPABILITIES
+from ftx.backends.paddle.modeling import (
+    device_batch,
+    global_norm,
+    keep_pad_embedding,
+    on_gpu,
+    trainable,
+)
 from ftx.backends.paddle.plan_files import NATIVE_OUTPUT, PADDLEFORMERS_YAML
 from ftx.core.contract import (
     MetricsLog,
@@ -54,7 +59,8 @@ from ftx.core.worker.tracking import StopSignal
 # What a CPU run adds to the plan, as a native user adds it on the command line.
 CPU_FLAGS = {"device": "cpu", "_attn_implementation": "eager"}
 COUNTS = "ftx_counts"  # the collator's (tokens, units) of a micro-batch, popped before the model
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+NATIVE = CAPABILITIES.native
+assert NATIVE is not None
 
 
 class Stopped(Exception):
@@ -130,6 +136,8 @@ class NativeRun:
     def begin(self, trainer: Any) -> None:
         """The model is built (and resumed): join the job, score the held-out prompts."""
         self.trainer = trainer
+        from ftx.backends.paddle.worker import job_rank  # PaddleFormers joined the job
+
         self.rank = job_rank()
         self.framework.rank, self.framework.model = self.rank, trainer.model
         self.stop = StopSignal()  # after PaddleFormers' own handlers
@@ -149,7 +157,7 @@ class NativeRun:
         params = sum(int(np.prod(p.shape)) for p in trainer.model.parameters())
         trained = sum(int(np.prod(p.shape)) for p in trainable(trainer.model))
         self.rank.say(
-            f"{NATIVE_NAME} trains {trained:,} of {params:,} parameters for {total} steps"
+            f"{NATIVE.name} trains {trained:,} of {params:,} parameters for {total} steps"
             f" on {self.rank.world} process{'es' if self.rank.world > 1 else ''}"
         )
         self.rank.emit(ProgressEvent("start", step, total))
@@ -158,9 +166,7 @@ class NativeRun:
     def optimizer_begin(self) -> None:
         """The step's gradients are accumulated and not clipped yet: their global norm."""
         grads = [gradient(p) for p in trainable(self.trainer.model)]
-        grads = [g for g in grads if g is not None]
-        squares = [paddle.square(g.astype("float32")).sum() for g in grads]
-        self.grad_norm = math.sqrt(float(paddle.add_n(squares))) if squares else 0.0
+        self.grad_norm = global_norm([g for g in grads if g is not None])
 
     def step_end(self, control: Any) -> None:
         state = self.trainer.state
@@ -211,9 +217,8 @@ class NativeRun:
     def evaluated(self, metrics: dict[str, Any]) -> None:
         if "eval_loss" in metrics and self.rank.main:
             step = int(self.trainer.state.global_step)
-            row = MetricsRow(step=step, backend=self.config.backend)
             value = round(float(metrics["eval_loss"]), 6)
-            self.metrics.write(MetricsRow(**{**row.to_dict(), "eval_loss": value}))
+            self.metrics.write(MetricsRow(step=step, backend=self.config.backend, eval_loss=value))
 
     def saved(self) -> None:
         state = self.trainer.state
@@ -262,25 +267,11 @@ class NativeRun:
         self.rank.emit(ProgressEvent("done", step, int(state.max_steps)))
 
 
-NATIVE_NAME = "PaddleFormers' Trainer"
-
-
 def gradient(param: Any) -> Any:
     """A parameter's accumulated gradient: PaddleFormers' trainer keeps it in
     ``main_grad`` (fp32 master gradients) when it has one."""
     main = getattr(param, "main_grad", None)
     return main if main is not None else param.grad
-
-
-def job_rank() -> Rank:
-    """This process in the job PaddleFormers' TrainingArguments joined."""
-    world = int(os.environ.get("PADDLE_TRAINERS_NUM", 1))
-    if world == 1:
-        return Rank()
-    import paddle.distributed as dist
-
-    local = int(os.environ.get("PADDLE_RANK_IN_NODE", os.environ.get("PADDLE_LOCAL_RANK", 0)))
-    return Rank(dist.get_rank(), dist.get_world_size(), local, dist.barrier)
 
 
 def ftx_callback(run: NativeRun) -> Any:

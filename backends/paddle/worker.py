@@ -15,7 +15,6 @@ PaddleFormers' Trainer runs the same recipe natively from
 from __future__ import annotations
 
 import copy
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import paddle
 from ftx.backends.paddle.modeling import (
     RewardModel,
     device_batch,
+    global_norm,
     load_model,
     nll_sum,
     on_gpu,
@@ -315,16 +315,21 @@ class _nothing:
 
 def start_processes() -> Rank:
     """Join paddle.distributed.launch's job (gloo on CPU, NCCL on GPUs) when there is one."""
-    world = int(os.environ.get("PADDLE_TRAINERS_NUM", 1))
     if on_gpu():
         paddle.set_device(f"gpu:{int(os.environ.get('PADDLE_LOCAL_RANK', 0))}")
     else:
         paddle.set_device("cpu")
-    if world == 1:
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", 1)) > 1:
+        paddle.distributed.init_parallel_env()
+    return job_rank()
+
+
+def job_rank() -> Rank:
+    """This process in the launcher's job, once the job is joined (a single Rank alone)."""
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", 1)) == 1:
         return Rank()
     import paddle.distributed as dist
 
-    dist.init_parallel_env()
     local = int(os.environ.get("PADDLE_RANK_IN_NODE", os.environ.get("PADDLE_LOCAL_RANK", 0)))
     return Rank(dist.get_rank(), dist.get_world_size(), local, dist.barrier)
 
@@ -365,12 +370,7 @@ def clip_gradients(model: Any, max_norm: float) -> float:
     """The global gradient norm before clipping; gradients scaled by
     :func:`ftx.core.worker.rules.clip_coefficient` when it is below 1."""
     grads = [p.grad for p in trainable(model) if p.grad is not None]
-    # One reduction and one host sync for the whole model (a float() per tensor cost ~12%
-    # of a small model's step).
-    squares = [
-        paddle.square(g if g.dtype == paddle.float32 else g.astype("float32")).sum() for g in grads
-    ]
-    norm = math.sqrt(float(paddle.add_n(squares))) if squares else 0.0
+    norm = global_norm(grads)
     if max_norm > 0:
         coef = clip_coefficient(norm, max_norm)
         if coef < 1:
