@@ -1,13 +1,16 @@
-"""The mindformers backend's overhead: ftx's mindformers worker vs a plain MindSpore loop
-training the same MindFormers model on the same MindRecord, on this machine's CPU.
+"""The mindformers backend's overhead: ftx's mindformers worker, and MindFormers' own Trainer
+under ftx, vs a plain MindSpore loop training the same MindFormers model on the same
+MindRecord, on this machine's CPU.
 
     .venv/bin/python bench/train_mindformers.py [--rows 128] [--batch 4] [--repeats 3]
                                                 [--workdir /tmp/ftx-bench-mindformers]
 
 One recipe (llama "small", 3.4M parameters, fp32, alpaca-like rows, max_seq_len 256, one
-epoch, micro batch --batch, no accumulation, no evaluation, no checkpoints) runs two ways,
-interleaved (bench/harness.py), each --repeats times in a fresh process:
+epoch, micro batch --batch, no accumulation, no evaluation, no checkpoints) runs three
+ways, interleaved (bench/harness.py), each --repeats times in a fresh process:
   ftx mindformers   `ftx run --backend mindformers` (the worker on the core's tokens)
+  ftx native        `ftx run --backend mindformers --trainer native`: MindFormers' Trainer
+                    (its run wrapper and Model.train loop, graph mode) on the core's tokens
   plain MindSpore   the loop a MindSpore user writes by hand (PLAIN_LOOP below): the model
                     built by MindFormers from the OUT/plan/finetune.yaml that same `ftx plan`
                     wrote, HF weights loaded, the plan's train.mindrecord read with
@@ -16,8 +19,8 @@ interleaved (bench/harness.py), each --repeats times in a fresh process:
 Both sides train fixed rows of max_seq_len + 1 (the legacy model's causal mask is built
 for seq_length), the same rows once. Measured: real (non-pad) tokens per second of the
 training loop alone (ftx: OUT/logs/train_timing.json; the plain loop times its own loop,
-after building the model and reading the weights on both sides), median (min-max); the
-ratio is ftx / plain. Target: ftx >= 0.95x (overhead <= 5%).
+after building the model and reading the weights on every side), median (min-max); the
+ratio is each row / plain. Target: ftx >= 0.95x (overhead <= 5%).
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ def main() -> None:
     env = {**envs.process_env("mindformers"), "LOCAL_DEFAULT_PATH": str(work / "plain-logs")}
     ftx_out = work / "ftx"
     ftx_run = [str(FTX), "-q", "run", str(recipe), "--backend", "mindformers"]
+    native_out = work / "ftx-native"
+    native_run = [*ftx_run, "--trainer", "native", "--out", str(native_out), "--force"]
     ftx_run += ["--out", str(ftx_out), "--force"]
     plain = work / "plain_loop.py"  # ms.jit compiles from source files only, not from -c
     plain.write_text(PLAIN_LOOP)
@@ -113,6 +118,10 @@ def main() -> None:
         Run(
             "ftx run --backend mindformers",
             [sys.executable, "-c", FTX_RUN, *ftx_run, str(ftx_out / "run.json")],
+        ),
+        Run(
+            "ftx run --backend mindformers --trainer native",
+            [sys.executable, "-c", FTX_RUN, *native_run, str(native_out / "run.json")],
         ),
         Run(
             "plain MindSpore loop (the same plan)",
@@ -129,7 +138,8 @@ def main() -> None:
     ftx_found = results(runs[0])
     tokens = ftx_found[0]["tokens"]  # real tokens of the epoch: the same rows on both sides
     ftx_rates = sorted(r["tokens"] / r["train_seconds"] for r in ftx_found)
-    plain_rates = sorted(tokens / r["train_seconds"] for r in results(runs[1]))
+    native_rates = sorted(r["tokens"] / r["train_seconds"] for r in results(runs[1]))
+    plain_rates = sorted(tokens / r["train_seconds"] for r in results(runs[2]))
     mid = args.repeats // 2
     title = f"bench/train_mindformers.py --rows {args.rows} --repeats {args.repeats}"
     print(header(title, started))
@@ -141,7 +151,9 @@ def main() -> None:
     )
     print("| run | real tokens/s | ratio |")
     print("| --- | --- | --- |")
-    for label, rates in ((runs[0].label, ftx_rates), (runs[1].label, plain_rates)):
+    for label, rates in zip(
+        (run.label for run in runs), (ftx_rates, native_rates, plain_rates), strict=True
+    ):
         print(
             f"| {label} | {rates[mid]:,.0f} ({rates[0]:,.0f}-{rates[-1]:,.0f}) |"
             f" {rates[mid] / plain_rates[mid]:.2f}x |"

@@ -58,8 +58,6 @@ class NativeTrainer:
     only: frozenset[str] = frozenset()
     # Values it runs only where the environment sees a GPU/NPU (the CPU kernels lack them).
     accelerator_only: frozenset[str] = frozenset()
-    # Whether ftx runs it only where the environment sees a GPU/NPU at all (with why).
-    needs_accelerator: str = ""
 
 
 @dataclass(frozen=True)

@@ -107,12 +107,6 @@ def device_problems(
         for key, value in asked_values(recipe, model_type)
         if value in native.accelerator_only
     ]
-    if native.needs_accelerator:
-        problems.append(
-            f"train.trainer: native: {native.name} runs here on a GPU/NPU only"
-            f" ({native.needs_accelerator}), and the backend's environment on this machine sees"
-            " only the CPU; ftx's loop trains fp32 recipes on it (train.trainer: ftx or auto)"
-        )
     if problems:
         problems[-1] += (
             f"; where one is seen `ftx run` trains it, as does `{native.command}` run from"

@@ -1,5 +1,6 @@
-"""train.trainer: native for real: PaddleFormers' own Trainer runs the plan under ftx's
-launcher, on ftx's token stream, and leaves the run layout every backend shares."""
+"""train.trainer: native for real: PaddleFormers' and MindFormers' own Trainers run the
+plan under ftx's launcher, on ftx's token stream, and leave the run layout every backend
+shares."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_mindformers_backend import HF_LOSS, IDS, MF_LOSS
 from test_paddle_backend import cpu_model, logits
 
-from conftest import FTX, ROOT, run_ftx
+from conftest import FTX, ROOT, run_ftx, run_in_env
 from ftx.core.contract import MetricsRow
 from training import losses, rows
 
@@ -103,16 +105,81 @@ def two_workers(path: Path, two: Path, one: MetricsRow) -> None:
     assert (two / "final/model.safetensors").exists()
 
 
-def test_paddleformers_trainer_learns_the_quickstart_stops_and_resumes(tmp_path: Path) -> None:
-    """The quickstart through PaddleFormers' Trainer, 40 steps of its 375 (1.4 s a step
-    on this CPU): SIGTERM after a few logged steps leaves the trainer's own checkpoint and
-    exit code 143; train.resume=auto continues from it (metrics trimmed to it, no step
-    twice) to a model whose loss fell by over 40%, with held-out exact match before
-    and after in OUT/eval.json."""
+@pytest.mark.parametrize("finetuning", ["full", "lora"])
+def test_mindformers_trainer_takes_ftx_first_step_and_exports_what_it_trained(
+    finetuning: str, tmp_path: Path, tiny_llama: Path
+) -> None:
+    """MindFormers' Trainer (its run wrapper, AdamW, schedule and loop, in graph mode on
+    this CPU) and ftx's loop on the same rows: the same loss, gradient norm and learning
+    rate at both steps (LoRA's A matrices are ftx's draw in both). OUT/final loads in
+    transformers (peft for LoRA) with the loss MindFormers gives the model it kept in
+    OUT/final/mindspore."""
+    from ftx.core.contract import RunLayout, read_metrics
+
+    path = whole_set_recipe(tmp_path, tiny_llama, finetuning)
+    found = {}
+    for trainer in ("ftx", "native"):
+        out = tmp_path / trainer
+        run_ok("run", str(path), "--backend", "mindformers", "--out", str(out),
+               "--trainer", trainer, "output.save_format=both")  # fmt: skip
+        found[trainer] = read_metrics(RunLayout(out))  # the contract's reader
+    for ours, theirs in zip(found["ftx"], found["native"], strict=True):
+        assert theirs.loss == pytest.approx(ours.loss, abs=TOLERANCE)
+        assert theirs.grad_norm == pytest.approx(ours.grad_norm, rel=TOLERANCE)
+        assert theirs.tokens == ours.tokens and theirs.lr == ours.lr
+    assert [r.step for r in found["native"]] == [1, 2]
+
+    out = tmp_path / "native"
+    run = json.loads((out / "run.json").read_text())
+    assert run["trainer"]["trainer"] == "native" and "MindFormers" in run["trainer"]["reason"]
+    kept = out / "final/mindspore"
+    weights = kept / ("model.ckpt" if finetuning == "full" else "adapter_model.ckpt")
+    mf = run_in_env("mindformers", MF_LOSS, str(kept / "finetune.yaml"), str(tiny_llama),
+                    str(weights), IDS)  # fmt: skip
+    if finetuning == "full":
+        hf = run_in_env("torch", HF_LOSS, str(out / "final"), IDS)
+    else:
+        hf = run_in_env("torch", HF_LOSS, str(tiny_llama), IDS, str(out / "final"))
+    base = run_in_env("torch", HF_LOSS, str(tiny_llama), IDS)
+    assert abs(hf["loss"] - mf["loss"]) <= TOLERANCE
+    assert abs(hf["loss"] - base["loss"]) > 1e-4  # the export is the trained model
+    if finetuning == "full":
+        two_msrun_workers(path, tmp_path / "two", found["native"][0])
+
+
+def two_msrun_workers(path: Path, two: Path, one: MetricsRow) -> None:
+    """Two CPU workers under msrun (mccl), each on its own rows of ftx's order, MindFormers
+    averaging their gradients: ftx weighs every token alike, MindFormers each worker's mean,
+    so the gradient norm agrees with one worker's to the ranks' difference in token counts
+    (9e-5 relative here); the loss is ftx's token-weighted sum over both."""
+    run_ok("run", str(path), "--backend", "mindformers", "--out", str(two), "--trainer",
+           "native", "parallel.nproc_per_node=2", "train.micro_batch_size=8")  # fmt: skip
+    assert "msrun" in (two / "plan/launch.sh").read_text()
+    first = rows(two)[0]
+    assert first["tokens"] == one.tokens  # summed over both workers
+    assert first["loss"] == pytest.approx(one.loss, rel=TOLERANCE)
+    assert first["grad_norm"] == pytest.approx(one.grad_norm, rel=1e-3)
+    assert (two / "final/model.safetensors").exists()
+
+
+# Where each native trainer leaves its checkpoints: PaddleFormers' own under OUT/native;
+# under MindFormers' Trainer, ftx's (the network's and optimizer's MindSpore state).
+CHECKPOINTS = {"paddle": "native", "mindformers": "checkpoints"}
+
+
+@pytest.mark.parametrize("backend", ["paddle", "mindformers"])
+def test_native_trainer_learns_the_quickstart_stops_and_resumes(
+    backend: str, tmp_path: Path
+) -> None:
+    """The quickstart through the framework's Trainer, 40 steps of its 375 (PaddleFormers
+    1.4 s a step on this CPU, MindFormers 0.8 s): SIGTERM after a few logged steps leaves
+    a checkpoint and exit code 143; train.resume=auto continues from it (metrics trimmed
+    to it, no step twice) to a model whose loss fell by over 40%, with held-out exact
+    match before and after in OUT/eval.json and an eval loss at step 20."""
     model = tmp_path / "quickstart-llama"
     run_ok("init-model", "--arch", "llama", "--size", "small", "--out", str(model))
     out = tmp_path / "run"
-    args = ["run", "recipes/quickstart.yaml", "--backend", "paddle", "--out", str(out),
+    args = ["run", "recipes/quickstart.yaml", "--backend", backend, "--out", str(out),
             f"model.path={model}", "train.trainer=native", "train.logging_steps=5",
             "train.save_steps=10", "train.epochs=null", "train.max_steps=40",
             "train.eval_steps=20"]  # fmt: skip
@@ -126,7 +193,7 @@ def test_paddleformers_trainer_learns_the_quickstart_stops_and_resumes(tmp_path:
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 143, stderr[-3000:]
-    saved = sorted((out / "native").glob("checkpoint-*"))
+    saved = sorted((out / CHECKPOINTS[backend]).glob("checkpoint-*"))
     assert saved and not (out / "final").exists(), stderr[-2000:]
     stopped_at = int(saved[-1].name.split("-")[1])
 
@@ -137,7 +204,7 @@ def test_paddleformers_trainer_learns_the_quickstart_stops_and_resumes(tmp_path:
     run = json.loads((out / "run.json").read_text())
     assert run["training"]["steps"] == 40 - stopped_at, run["training"]  # resumed, not restarted
     assert run["status"] == "completed" and run["trainer"]["trainer"] == "native"
-    assert run["final_loss"] < 0.6 * run["first_loss"], run  # 6.04 -> 3.24 measured
+    assert run["final_loss"] < 0.6 * run["first_loss"], run  # 6.04 -> 3.24 / 3.20 measured
     assert [r["step"] for r in rows(out) if "eval_loss" in r][:1] == [20]
     evaluation = json.loads((out / "eval.json").read_text())
     assert evaluation["before"]["exact_match"] <= 0.05, evaluation["before"]
@@ -150,7 +217,7 @@ def test_what_a_cpu_cannot_run_natively_is_refused_naming_the_device(
 ) -> None:
     """bf16 picks PaddleFormers' Trainer (auto) and is refused on this CPU by name, after
     `ftx plan` wrote it for a GPU; torch has no separate native trainer; MindFormers'
-    runs under ftx on Ascend only."""
+    Trainer takes fp32 on this CPU and bf16 on NPUs only."""
     path = whole_set_recipe(tmp_path, tiny_llama, "full")
     bf16 = run_ftx("run", str(path), "--backend", "paddle", "--out", str(tmp_path / "o"),
                    "train.precision=bf16")  # fmt: skip
@@ -166,4 +233,6 @@ def test_what_a_cpu_cannot_run_natively_is_refused_naming_the_device(
     assert torch.returncode == 2 and "no separate native trainer" in torch.stderr
     mindformers = run_ftx("validate", str(path), "--backend", "mindformers",
                           "train.trainer=native")  # fmt: skip
-    assert mindformers.returncode == 2 and "GPU/NPU only" in mindformers.stderr
+    assert mindformers.returncode == 0, mindformers.stderr
+    bf16 = run_ftx("validate", str(path), "--backend", "mindformers", "train.precision=bf16")
+    assert bf16.returncode == 2 and "MindFormers' Trainer on a GPU/NPU only" in bf16.stderr

@@ -23,7 +23,6 @@ CAPABILITIES = Capabilities(
         finetuning=frozenset({"full", "lora"}),
         only=ON_NPUS,
         accelerator_only=ON_NPUS,
-        needs_accelerator="its CPU run, through a CPU-safe overflow check, is not wired yet",
     ),
     notes={
         "prefix": "MindFormers' prefix tuning exists for ChatGLM only, not for Llama models",

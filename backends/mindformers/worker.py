@@ -5,16 +5,16 @@ entry point.
     msrun --worker_num 2 ... plan/mindformers_worker.py plan/worker.json  # data parallel
 
 The entry point (:func:`main`) keeps what is MindSpore's alone: msrun's scheduler
-process, and on Ascend the hand-off of ``finetune.yaml`` to MindFormers' own Trainer.
+process, and ``train.trainer: native``, MindFormers' own Trainer on ``finetune.yaml``
+(:mod:`ftx.backends.mindformers.native`).
 Everywhere else :class:`MindFormers` implements :class:`ftx.core.worker.framework.Framework`
 and :func:`ftx.core.worker.loop.train` runs the loop. The model is MindFormers' own,
 built from ``OUT/plan/finetune.yaml`` (see :mod:`ftx.backends.mindformers.modeling`),
-and so is its loss. On CPU MindFormers' Trainer stops at the Ascend-only overflow check
-of its MFTrainOneStepCell (NPUGetFloatStatusV2), so the step is MindSpore's:
-``value_and_grad`` compiled with ``ms.jit`` (the objective's formula traced into it),
-the YAML's AdamW (MindFormers' ``AdamW``) and warm-up schedule (MindFormers'
-``*WithWarmUpLR``), clipping by torch's rule. Workers started by msrun join MindSpore's
-CPU collective (mccl) and all-reduce gradients.
+and so is its loss; the step is MindSpore's: ``value_and_grad`` compiled with
+``ms.jit`` (the objective's formula traced into it), the YAML's AdamW (MindFormers'
+``AdamW``) and warm-up schedule (MindFormers' ``*WithWarmUpLR``), clipping by torch's
+rule. Workers started by msrun join MindSpore's CPU collective (mccl) and all-reduce
+gradients.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from ftx.core.worker.objectives import (
     StepTotals,
     TensorOps,
     TokenBatch,
+    objective_for,
     summed,
 )
 from ftx.core.worker.rules import clip_coefficient, decays
@@ -83,7 +84,8 @@ class MindFormers:
 
     def start(self, config: WorkerConfig, layout: RunLayout) -> Rank:
         self.config, self.layout = config, layout
-        cpu_profile(self.yaml)
+        if config.train.trainer == "ftx" or not on_ascend():
+            cpu_profile(self.yaml)  # ftx's loop runs on MindSpore's CPU kernels
         self.rank = start_processes()
         self._reduce = ops.AllReduce() if self.rank.world > 1 else None
         return self.rank
@@ -110,28 +112,59 @@ class MindFormers:
         schedule: Schedule,
         objective: Objective,
     ) -> ModelSize:
-        self.objective = objective
-        self.width = config.data.max_seq_len + 1  # rows of seq_length + 1 tokens
-        self.pad_id = int(read_manifest(layout.at(config.data.prepared))["pad_token_id"])
-        net = build_model(self.yaml)
-        load_hf_weights(net, Path(config.model.path), self.yaml)
-        self.model_type = json.loads((Path(config.model.path) / "config.json").read_text())[
-            "model_type"
-        ]
-        if config.method.finetuning == "lora":
-            start_lora_like_every_backend(net, self.model_type, config.train.seed)
-        self.net = net
+        self.describe_run(config, layout, objective)
+        net = self.network(config, Path(config.model.path))
         # rm: MindFormers 1.9 has no Llama sequence classifier; the head trains beside it
         self.score = score_head(net) if objective.needs == "row_scores" else None
         head = [] if self.score is None else [self.score.weight]
-        self.lr_schedule = build_lr_schedule(self.yaml, schedule)
-        self.optimizer = build_optimizer(net, self.yaml, self.lr_schedule, head)
-        self.step = TrainStep(
-            net, self.optimizer, objective, config.train.max_grad_norm, self.score
-        )
+        lr_schedule = build_lr(self.schedule_settings(schedule))
+        self.adopt(net, build_optimizer(net, self.yaml, lr_schedule, head), lr_schedule)
         net.set_train(True)
-        params = sum(int(np.prod(p.shape)) for p in [*net.get_parameters(), *head])
-        return ModelSize(params, sum(int(np.prod(p.shape)) for p in [*trainable(net), *head]))
+        return self.size()
+
+    def describe_run(self, config: WorkerConfig, layout: RunLayout, objective: Objective) -> None:
+        """What the model's inputs look like: rows of seq_length + 1 tokens, the pad id."""
+        self.objective, self.score = objective, None
+        self.width = config.data.max_seq_len + 1
+        self.pad_id = int(read_manifest(layout.at(config.data.prepared))["pad_token_id"])
+        config_json = json.loads((Path(config.model.path) / "config.json").read_text())
+        self.model_type = config_json["model_type"]
+
+    def network(self, config: WorkerConfig, source: Path) -> Any:
+        """MindFormers' network from the YAML with the model's HF weights (LoRA's A
+        matrices from ftx's seeded draw): where both of this backend's trainers start."""
+        net = build_model(self.yaml)
+        load_hf_weights(net, source, self.yaml)
+        if config.method.finetuning == "lora":
+            start_lora_like_every_backend(net, self.model_type, config.train.seed)
+        return net
+
+    def adopt(self, net: Any, optimizer: Any, lr_schedule: Any = None) -> None:
+        """Train ``net`` with ``optimizer`` (whose learning rate is ``lr_schedule``, or
+        its own schedule cell): ftx's optimizer, or the one MindFormers' Trainer built."""
+        self.net, self.optimizer = net, optimizer
+        self.lr_schedule = optimizer.learning_rate if lr_schedule is None else lr_schedule
+        clip = self.config.train.max_grad_norm
+        self.step = TrainStep(net, optimizer, self.objective, clip, self.score)
+
+    def size(self) -> ModelSize:
+        head = [] if self.score is None else [self.score.weight]
+        params = sum(int(np.prod(p.shape)) for p in [*self.net.get_parameters(), *head])
+        trained = sum(int(np.prod(p.shape)) for p in [*trainable(self.net), *head])
+        return ModelSize(params, trained)
+
+    def schedule_settings(self, schedule: Schedule) -> dict[str, Any]:
+        """The YAML's lr_schedule over the run's optimizer steps (warm-up by ftx's rule)."""
+        settings = dict(self.yaml.lr_schedule)
+        total = settings["total_steps"] = schedule.total_steps
+        if "warmup_ratio" in settings:
+            settings["warmup_steps"] = math.ceil(settings.pop("warmup_ratio") * total)
+        return settings
+
+    def begin_native(self, config: WorkerConfig, layout: RunLayout) -> None:
+        """Before MindFormers' Trainer runs: the processes joined and the run described."""
+        self.start(config, layout)
+        self.describe_run(config, layout, objective_for(config.method))
 
     # ---------------------------------------------------------------- one step
 
@@ -492,16 +525,11 @@ def start_processes() -> Rank:
 # --------------------------------------------------------------------------- optimizer
 
 
-def build_lr_schedule(yaml_config: Any, schedule: Schedule) -> Any:
-    """The YAML's lr_schedule (MindFormers' class), over the run's optimizer steps."""
-    from mindformers.core.lr import build_lr
+def build_lr(settings: dict[str, Any]) -> Any:
+    """MindFormers' learning-rate schedule cell of the YAML's lr_schedule ``settings``."""
+    from mindformers.core.lr import build_lr as build
 
-    settings = dict(yaml_config.lr_schedule)
-    total = schedule.total_steps
-    settings["total_steps"] = total
-    if "warmup_ratio" in settings:
-        settings["warmup_steps"] = math.ceil(settings.pop("warmup_ratio") * total)
-    return build_lr(settings)
+    return build(settings)
 
 
 class ScoreHead(ms.nn.Cell):
@@ -556,15 +584,6 @@ def build_optimizer(net: Any, yaml_config: Any, lr_schedule: Any, extra: Sequenc
 # --------------------------------------------------------------------------- entry point
 
 
-def run_mindformers_trainer(yaml_config: Any) -> int:
-    """On Ascend: MindFormers' own Trainer runs finetune.yaml as it is (its checkpoints,
-    logs and loss monitor under OUT/native). Not exercised here: no Ascend machine."""
-    from mindformers import Trainer
-
-    Trainer(args=yaml_config, task="text_generation").finetune()
-    return 0
-
-
 def make_framework(config: WorkerConfig, layout: RunLayout) -> MindFormers:
     """This backend's framework for the run ``config`` describes (the plan's finetune.yaml;
     MindFormers writes its logs under LOCAL_DEFAULT_PATH)."""
@@ -573,28 +592,15 @@ def make_framework(config: WorkerConfig, layout: RunLayout) -> MindFormers:
 
 
 def main(config: WorkerConfig, layout: RunLayout) -> int:
-    """msrun's scheduler process hosts the cluster; on Ascend MindFormers' own Trainer runs
-    the plan; everywhere else ftx's loop."""
+    """msrun's scheduler process hosts the cluster; ``train.trainer: native`` runs
+    MindFormers' own Trainer (:mod:`ftx.backends.mindformers.native`), ``ftx`` ftx's loop."""
     if os.environ.get("MS_ROLE") == "MS_SCHED":
         return schedule_the_cluster()
     framework = make_framework(config, layout)
-    if config.train.trainer == "native" and not on_ascend():
-        raise FtxError(
-            "train.trainer is native, and MindFormers' Trainer runs under ftx on Ascend only"
-            " (its CPU run is not wired yet); this machine has no Ascend NPU",
-            where="train.trainer",
-            fix="set train.trainer to auto or ftx: ftx's loop trains the recipe on CPU",
-        )
-    if on_ascend():
-        if config.method.stage not in ("sft", "pt"):
-            raise FtxError(
-                f"MindFormers 1.9 has no {config.method.stage} trainer, and ftx's mindformers"
-                " worker runs on MindSpore's CPU kernels",
-                where="method.stage",
-                fix="train the preference stages on a machine without Ascend NPUs, or with"
-                " --backend torch",
-            )
-        return run_mindformers_trainer(framework.yaml)
+    if config.train.trainer == "native":
+        from ftx.backends.mindformers.native import run_native
+
+        return run_native(config, layout, framework)
     return train(framework, config, layout)
 
 

@@ -152,12 +152,13 @@ class RunTracker:
         self.rank.say(f"resumed from {folder} at step {self.state.step}")
         return True
 
-    def start(self, params: int, trainable: int) -> None:
+    def start(self, params: int, trainable: int, trainer: str = "") -> None:
+        """Training begins (``trainer``: who trains, when not ftx's loop)."""
         total = self.schedule.total_steps
         world = self.rank.world
         self.rank.say(
-            f"training {trainable:,} of {params:,} parameters for {total} steps"
-            f" on {world} process{'es' if world > 1 else ''}"
+            f"{trainer + ' trains' if trainer else 'training'} {trainable:,} of {params:,}"
+            f" parameters for {total} steps on {world} process{'es' if world > 1 else ''}"
         )
         self.rank.emit(ProgressEvent("start", self.state.step, total))
         self.started, self.at_start, self.window = time.time(), self.state, MetricsWindow()
