@@ -130,6 +130,11 @@ def checked_target(loaded: LoadedRecipe, backend: str) -> Target:
         model_format=model_format,
         model_type=model_type,
     )
+    if recipe.train.steps_win:
+        info(
+            f"[bold]Steps[/]: train.max_steps {recipe.train.max_steps} wins over train.epochs"
+            f" {recipe.train.epochs:g} (as in transformers and LLaMA-Factory)"
+        )
     return Target(spec, recipe, choice, model_type)
 
 

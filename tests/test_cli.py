@@ -40,6 +40,17 @@ def test_validate_against_backend_capabilities(tmp_path: Path) -> None:
     assert "method.finetuning: 'prefix' is not supported by the torch backend" in result.stderr
 
 
+def test_max_steps_on_the_command_line_wins_over_the_recipes_epochs(tmp_path: Path) -> None:
+    """The quickstart sets epochs: 6; `train.max_steps=20` is taken (as transformers and
+    LLaMA-Factory take it), said on the console and written into the worker's contract."""
+    out = tmp_path / "plan"
+    result = run_ftx("plan", "recipes/quickstart.yaml", "--backend", "torch", "--out", str(out),
+                     "train.max_steps=20")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "train.max_steps 20 wins over train.epochs 6" in " ".join(result.stderr.split())
+    assert json.loads((out / "plan/worker.json").read_text())["train"]["max_steps"] == 20
+
+
 def test_unknown_backend_and_runtime() -> None:
     result = run_ftx("plan", "recipes/quickstart.yaml", "--backend", "jax")
     assert result.returncode == 2 and "unknown backend 'jax'" in result.stderr

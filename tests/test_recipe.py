@@ -54,6 +54,22 @@ def test_overrides_merge_on_top(tmp_path: Path) -> None:
     )
 
 
+def test_max_steps_wins_over_epochs_in_the_recipe_and_in_overrides(tmp_path: Path) -> None:
+    """As in transformers' TrainingArguments and LLaMA-Factory: both set, max_steps decides
+    the run's length (the shared schedule), whether the recipe or an override sets it."""
+    from ftx.core.worker.schedule import Schedule
+    from ftx.core.worker_config import worker_config
+
+    def steps(extra: str, *overrides: str) -> tuple[bool, int]:
+        loaded = load_recipe(recipe_file(tmp_path, extra), [*overrides, "train.trainer=ftx"])
+        args = worker_config(loaded.recipe, "torch").train
+        return loaded.recipe.train.steps_win, Schedule.plan(10, args, 1).total_steps
+
+    assert steps("train:\n  epochs: 3\n  max_steps: 5\n") == (True, 5)
+    assert steps("train:\n  epochs: 3\n", "train.max_steps=5") == (True, 5)
+    assert steps("train:\n  epochs: 3\n") == (False, 30)  # 10 rows, batch 1, 3 epochs
+
+
 BAD = [
     # (recipe text appended to BASE, override list, expected fragments of the message)
     (
@@ -62,7 +78,6 @@ BAD = [
         [":6: train.learning_rat", "did you mean 'learning_rate'"],
     ),
     ("trian:\n  epochs: 1\n", [], ["unknown key 'trian'", "did you mean 'train'"]),
-    ("train:\n  epochs: 1\n  max_steps: 5\n", [], ["train", "either 'epochs' or 'max_steps'"]),
     ("train:\n  warmup_ratio: 0.1\n  warmup_steps: 5\n", [], ["warmup_ratio' or 'warmup_steps'"]),
     ("train:\n  learning_rate: -1\n", [], ["train.learning_rate", "greater than 0"]),
     ("train:\n  precision: fp8\n", [], ["train.precision", "'fp32', 'bf16' or 'fp16'"]),

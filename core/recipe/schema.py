@@ -283,7 +283,10 @@ class TrainSection(Section):
         None, gt=0, le=100_000, description="Passes over the data (default 3)."
     )
     max_steps: int | None = Field(
-        None, ge=1, le=1_000_000_000, description="Optimizer steps (instead of epochs)."
+        None,
+        ge=1,
+        le=1_000_000_000,
+        description="Optimizer steps; when set it wins over epochs (as in transformers).",
     )
     learning_rate: float = Field(5e-5, gt=0, le=1)
     scheduler: Literal["linear", "cosine", "constant"] = "cosine"
@@ -314,11 +317,15 @@ class TrainSection(Section):
 
     @model_validator(mode="after")
     def _exclusive(self) -> TrainSection:
-        if self.epochs is not None and self.max_steps is not None:
-            raise ValueError("set either 'epochs' or 'max_steps', not both")
         if self.warmup_ratio is not None and self.warmup_steps is not None:
             raise ValueError("set either 'warmup_ratio' or 'warmup_steps', not both")
         return self
+
+    @property
+    def steps_win(self) -> bool:
+        """Both epochs and max_steps are set: max_steps decides, as in transformers'
+        TrainingArguments and LLaMA-Factory."""
+        return self.epochs is not None and self.max_steps is not None
 
     @property
     def num_epochs(self) -> float:
