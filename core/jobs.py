@@ -75,6 +75,11 @@ def plan_job(
     registry: str | None = None,
 ) -> tuple[Staged, list[Path]]:
     """Prepare the data, write the plan and the scheduler's job files; submit nothing."""
+    image = None
+    if scheduler == "kubernetes":
+        from ftx.core.schedulers.kubernetes import pod_image
+
+        image = pod_image(loaded.recipe, backend, variant, registry)  # before OUT is claimed
     runtime = get_runtime(runtime_name, variant=variant, registry=registry)
     try:
         staged = stage(loaded, backend, runtime, out=out, force=force, here=False)
@@ -85,7 +90,8 @@ def plan_job(
     else:
         from ftx.core.schedulers.kubernetes import write_manifests
 
-        files = write_manifests(staged, registry=registry, variant=variant)
+        assert image is not None
+        files = write_manifests(staged, image=image, variant=variant)
     staged.record.update(status="planned", scheduler={"name": scheduler})
     atomic_write_json(staged.layout.run_json, staged.record)
     return staged, files

@@ -145,9 +145,14 @@ def test_plan_scheduler_kubernetes_writes_valid_files(tmp_path: Path) -> None:
 
 
 def test_kubernetes_without_a_registry_says_how_to_name_the_image(tmp_path: Path) -> None:
-    result = run_ftx(
-        "plan", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(tmp_path / "o"),
-        "--scheduler", "kubernetes",
-    )  # fmt: skip
+    """Refused before OUT is claimed: nothing is left behind, and the corrected command
+    runs without --force."""
+    out = tmp_path / "o"
+    args = ["plan", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out),
+            "--scheduler", "kubernetes"]  # fmt: skip
+    result = run_ftx(*args)
     assert result.returncode == 2
     assert "scheduler.kubernetes.image" in result.stderr and "--registry" in result.stderr
+    assert not out.exists()
+    fixed = run_ftx(*args, "--registry", "registry.example.com/ml")
+    assert fixed.returncode == 0, fixed.stderr[-2000:]

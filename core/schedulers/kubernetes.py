@@ -304,24 +304,32 @@ def plan_files(layout: RunLayout, recipe_text: str) -> dict[str, str]:
     return files
 
 
-def write_manifests(staged: Any, *, registry: str | None, variant: str | None) -> list[Path]:
-    """OUT/plan/kubernetes/*.yaml for a staged run."""
-    from ftx.core.containers.images import ImageRef, variant_of
+def pod_image(recipe: Recipe, backend: str, variant: str | None, registry: str | None) -> str:
+    """The image the pods run: scheduler.kubernetes.image, or the backend's image in
+    ``registry``. Checked before a command claims OUT (nothing is left behind)."""
+    from ftx.core.containers.images import ImageRef
+
+    image = recipe.scheduler.kubernetes.image
+    if image is not None:
+        return image
+    ref = ImageRef.of(backend, variant or "cpu", registry)
+    if not ref.pullable:
+        raise FtxError(
+            "the pods need an image a registry serves",
+            where="scheduler.kubernetes.image",
+            fix="pass --registry HOST/PATH (where `ftx image push` put it) or set"
+            " scheduler.kubernetes.image",
+        )
+    return ref.name
+
+
+def write_manifests(staged: Any, *, image: str, variant: str | None) -> list[Path]:
+    """OUT/plan/kubernetes/*.yaml for a staged run whose pods run ``image``."""
+    from ftx.core.containers.images import variant_of
     from ftx.core.fsutil import atomic_write_text
 
     recipe, backend = staged.target.recipe, staged.target.spec.name
     chosen = variant or "cpu"
-    image = recipe.scheduler.kubernetes.image
-    if image is None:
-        ref = ImageRef.of(backend, chosen, registry)
-        if not ref.pullable:
-            raise FtxError(
-                "the pods need an image a registry serves",
-                where="scheduler.kubernetes.image",
-                fix="pass --registry HOST/PATH (where `ftx image push` put it) or set"
-                " scheduler.kubernetes.image",
-            )
-        image = ref.name
     layout = staged.layout
     effective = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
     files = plan_files(layout, effective)
