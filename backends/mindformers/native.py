@@ -49,11 +49,10 @@ from ftx.core.prepared import PreparedSplit, load_split, read_manifest
 from ftx.core.worker.checkpoints import Checkpoints, seed_host
 from ftx.core.worker.exports import write_final
 from ftx.core.worker.heldout import HeldOut
-from ftx.core.worker.loop import evaluation_loss, load_checkpoint, open_metrics, save_checkpoint
+from ftx.core.worker.loop import load_checkpoint, run_tracker
 from ftx.core.worker.objectives import objective_for
 from ftx.core.worker.schedule import Schedule
-from ftx.core.worker.throughput import Utilisation
-from ftx.core.worker.tracking import RunTracker, StepResult, StopSignal
+from ftx.core.worker.tracking import RunTracker, StepResult
 
 CPU_WRAPPER = "FtxCpuTrainOneStepCell"
 NATIVE = CAPABILITIES.native
@@ -130,31 +129,21 @@ class NativeRun:
     def begin(self, train_network: Any) -> None:
         """MindFormers built the run wrapper: take its network and optimizer, resume, score
         the held-out prompts before training."""
-        f, t = self.framework, self.config.train
+        f = self.framework
         # the network ftx built (the run wrapper holds it inside MindFormers' tool cells)
         f.adopt(self.net, train_network.optimizer)
         size = f.size()
-        val = self.val
-        evaluate = None
-        if val is not None:
-            mbs = t.micro_batch_size
-
-            def evaluate() -> float:
-                return evaluation_loss(f, self.objective, val, mbs, self.pad_id, self.rank)
-
-        self.tracker = RunTracker(
+        # its stop signal after MindFormers' own handlers
+        self.tracker = run_tracker(
+            f,
             self.config,
             self.layout,
             self.rank,
+            self.objective,
+            self.pad_id,
             self.schedule,
-            len(self.split),
-            stop=StopSignal(),  # after MindFormers' own handlers
-            metrics=open_metrics(self.config, self.layout, self.rank, f),
-            save=lambda folder: save_checkpoint(f, folder, self.rank),
-            learning_rate=f.learning_rate,
-            evaluate=evaluate,
-            utilisation=Utilisation.of(self.config.model.path, size.params, size.trainable, None),
-            metric_means=self.objective.metric_means,
+            (self.split, self.val),
+            size,
         )
         resumed = self.tracker.resume(lambda folder: load_checkpoint(f, folder))
         assert self.tracker.state.step == self.start

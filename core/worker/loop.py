@@ -26,7 +26,7 @@ from ftx.core.worker.checkpoints import (
     seed_host,
 )
 from ftx.core.worker.exports import write_final
-from ftx.core.worker.framework import Framework, Rank
+from ftx.core.worker.framework import Framework, ModelSize, Rank
 from ftx.core.worker.heldout import HeldOut
 from ftx.core.worker.objectives import Objective, StepTotals, TokenBatch, objective_for
 from ftx.core.worker.reference import precompute_reference
@@ -65,27 +65,8 @@ def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
             if part is not None:
                 precompute_reference(framework, objective, part, pad_id, t.micro_batch_size, rank)
     # After the framework's imports: PaddleFormers installs a SIGTERM handler that exits.
-    stop = StopSignal()
-
-    def evaluate() -> float:
-        assert val is not None
-        return evaluation_loss(framework, objective, val, t.micro_batch_size, pad_id, rank)
-
-    tracker = RunTracker(
-        config,
-        layout,
-        rank,
-        schedule,
-        len(split),
-        stop=stop,
-        metrics=open_metrics(config, layout, rank, framework),
-        save=lambda folder: save_checkpoint(framework, folder, rank),
-        learning_rate=framework.learning_rate,
-        evaluate=evaluate if val is not None else None,
-        utilisation=Utilisation.of(
-            config.model.path, size.params, size.trainable, framework.accelerator()
-        ),
-        metric_means=objective.metric_means,
+    tracker = run_tracker(
+        framework, config, layout, rank, objective, pad_id, schedule, (split, val), size
     )
     resumed = tracker.resume(lambda folder: load_checkpoint(framework, folder))
     held_out = HeldOut(config, layout, prepared, rank, framework, resumed)
@@ -105,6 +86,45 @@ def train(framework: Framework, config: WorkerConfig, layout: RunLayout) -> int:
     write_final(layout, rank, framework, config)
     tracker.done()
     return 0
+
+
+def run_tracker(
+    framework: Framework,
+    config: WorkerConfig,
+    layout: RunLayout,
+    rank: Rank,
+    objective: Objective,
+    pad_id: int,
+    schedule: Schedule,
+    splits: tuple[PreparedSplit, PreparedSplit | None],
+    size: ModelSize,
+) -> RunTracker:
+    """The tracker of a run the framework trains (by ftx's loop, or by the framework's own
+    trainer reporting its steps): its stop signal, metrics, checkpoints and evaluation of
+    the ``(train, val)`` splits."""
+    split, val = splits
+    mbs = config.train.micro_batch_size
+
+    def evaluate() -> float:
+        assert val is not None
+        return evaluation_loss(framework, objective, val, mbs, pad_id, rank)
+
+    return RunTracker(
+        config,
+        layout,
+        rank,
+        schedule,
+        len(split),
+        stop=StopSignal(),
+        metrics=open_metrics(config, layout, rank, framework),
+        save=lambda folder: save_checkpoint(framework, folder, rank),
+        learning_rate=framework.learning_rate,
+        evaluate=evaluate if val is not None else None,
+        utilisation=Utilisation.of(
+            config.model.path, size.params, size.trainable, framework.accelerator()
+        ),
+        metric_means=objective.metric_means,
+    )
 
 
 def optimizer_step(framework: Framework, batches: Sequence[TokenBatch], rank: Rank) -> StepResult:
