@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from ftx.backends.paddle.modeling import (
 )
 from ftx.backends.paddle.plan_files import NATIVE_OUTPUT, PADDLEFORMERS_YAML
 from ftx.core.contract import (
+    PREFERENCE_KEYS,
     MetricsLog,
     MetricsRow,
     ProgressEvent,
@@ -49,7 +50,7 @@ from ftx.core.contract import (
     WorkerConfig,
     write_record,
 )
-from ftx.core.prepared import load_split, read_manifest
+from ftx.core.prepared import IGNORE_INDEX, load_split, read_manifest
 from ftx.core.worker.exports import write_final
 from ftx.core.worker.framework import Rank
 from ftx.core.worker.heldout import HeldOut
@@ -86,6 +87,48 @@ class PreparedRows(paddle.io.Dataset):
         return self.name, index
 
 
+def dpo_arrays(
+    pairs: Sequence[tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]],
+    prompts: Sequence[int],
+) -> dict[str, np.ndarray]:
+    """Pairs (chosen and rejected rows of one prompt of ``prompts[i]`` tokens) as
+    PaddleFormers' DPO inputs: one row per pair holding the prompt, the chosen answer,
+    then the prompt's last token again and the rejected answer, with the rejected part's
+    positions restarting after the prompt and FlashMask row indices that hide the chosen
+    part (and the first copy of the prompt's last token) from the rejected one, so each
+    answer sees exactly what it sees in a row of its own. ``response_labels`` are the
+    next-token labels (PaddleFormers' DPO collator shifts them); ``response_indexs`` are
+    [row, chosen start, rejected start, end] in the row (the model's
+    ``use_filtered_label_loss`` off)."""
+    built = []
+    for (chosen, rejected), p in zip(pairs, prompts, strict=True):
+        (c_ids, c_labels), (r_ids, r_labels) = chosen, rejected
+        if p < 1 or not np.array_equal(c_ids[:p], r_ids[:p]):
+            raise ValueError("a DPO pair's chosen and rejected rows do not share its prompt")
+        c, r = len(c_ids) - p, len(r_ids) - p
+        ids = np.concatenate([c_ids[: p + c - 1], c_ids[p - 1 : p], r_ids[p : p + r - 1]])
+        positions = np.concatenate([np.arange(p + c - 1), [p - 1], np.arange(p, p + r - 1)])
+        labels = np.concatenate([c_labels[1:], r_labels[p:]])
+        built.append((ids, positions, labels, p, c))
+    width = max(len(ids) for ids, *_ in built)
+    arrays = {
+        "input_ids": np.zeros((len(built), width), dtype=np.int64),
+        "position_ids": np.zeros((len(built), width), dtype=np.int64),
+        "response_labels": np.full((len(built), width), IGNORE_INDEX, dtype=np.int64),
+        "response_indexs": np.zeros((len(built), 4), dtype=np.int64),
+    }
+    # for each column, the first row that may no longer see it (width: every later row)
+    starts = np.full((len(built), 1, width, 1), width, dtype=np.int32)
+    for i, (ids, positions, labels, p, c) in enumerate(built):
+        n = len(ids)
+        arrays["input_ids"][i, :n], arrays["position_ids"][i, :n] = ids, positions
+        arrays["response_labels"][i, :n] = labels
+        starts[i, 0, p - 1 : p + c - 1, 0] = p + c - 1
+        arrays["response_indexs"][i] = [i, p - 1, p - 1 + c, n]
+    arrays["attn_mask_startend_row_indices"] = starts
+    return arrays
+
+
 def paddleformers_inputs(batch: TokenBatch) -> dict[str, Any]:
     """A host micro-batch as PaddleFormers' SFT inputs: its ``labels`` are the next-token
     targets at each position (PaddleFormers' collator shifts them; the model does not)."""
@@ -117,14 +160,22 @@ class NativeRun:
         self.pending: ProgressEvent | None = None
         self.started, self.start_step, self.start_tokens = time.time(), 0, 0
         self.ended: float | None = None
+        self.evaluated_at: int | None = None  # the step of the last evaluation
 
     # ---------------------------------------------------------------- data
 
     def collate(self, items: list[tuple[str, int]]) -> dict[str, Any]:
-        """The trainer's collator, for its train and eval loaders alike."""
+        """The trainer's collator, for its train and eval loaders alike: the stage's
+        inputs as PaddleFormers' workflow for it takes them."""
         split = self.split if items[0][0] == "train" else self.val
-        batch = self.objective.collate(split, [i for _, i in items], self.pad_id)
-        inputs = paddleformers_inputs(batch)
+        indices = [i for _, i in items]
+        batch = self.objective.collate(split, indices, self.pad_id)  # ftx's counts
+        if self.config.method.stage == "dpo":
+            prompts = split.column("prompt_lengths")
+            pairs = dpo_arrays([split[i] for i in indices], [int(prompts[i]) for i in indices])
+            inputs = {k: paddle.to_tensor(v) for k, v in pairs.items()}
+        else:
+            inputs = paddleformers_inputs(batch)
         inputs[COUNTS] = batch.tokens
         return inputs
 
@@ -204,19 +255,25 @@ class NativeRun:
             MetricsRow(
                 step=int(state.global_step),
                 backend=self.config.backend,
-                epoch=round(float(state.epoch or 0.0), 4),
+                epoch=self.epoch(int(state.global_step)),
                 loss=round(float(logs["loss"]), 6),
                 lr=float(logs["learning_rate"]),
                 grad_norm=round(self.grad_norm, 6),
                 tokens=self.tokens,
                 tokens_per_s=round(self.window_tokens / seconds, 1),
+                **preference_metrics(logs),
             )
         )
         self.window_tokens, self.window_start = 0, time.time()
 
     def evaluated(self, metrics: dict[str, Any]) -> None:
-        if "eval_loss" in metrics and self.rank.main:
-            step = int(self.trainer.state.global_step)
+        """An evaluation's loss, once per step (PaddleFormers' workflow evaluates again
+        after training when its last step evaluated already)."""
+        step = int(self.trainer.state.global_step)
+        if "eval_loss" not in metrics or step == self.evaluated_at:
+            return
+        self.evaluated_at = step
+        if self.rank.main:
             value = round(float(metrics["eval_loss"]), 6)
             self.metrics.write(MetricsRow(step=step, backend=self.config.backend, eval_loss=value))
 
@@ -232,6 +289,13 @@ class NativeRun:
             raise Stopped(self.stop.signal)
 
     # ---------------------------------------------------------------- bookkeeping
+
+    def epoch(self, step: int) -> float:
+        """Epochs done after ``step`` steps, as ftx's loop counts them (PaddleFormers'
+        DPOTrainer logs its state's epoch times num_train_epochs)."""
+        args = self.trainer.args
+        rows = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        return round(step * rows * self.rank.world / max(len(self.split), 1), 4)
 
     def all_reduce(self, value: int) -> int:
         if self.rank.world == 1:
@@ -253,10 +317,13 @@ class NativeRun:
         return int(path.read_text()) if path.exists() else 0
 
     def finish(self) -> None:
-        """After the trainer's own final save: timing, held-out, OUT/final, done."""
+        """After the trainer's own final save: timing, the eval loss at the last step
+        (as ftx's loop ends), held-out, OUT/final, done."""
         state = self.trainer.state
         step = int(state.global_step)
         self.flush()
+        if self.trainer.eval_dataset is not None and self.evaluated_at != step:
+            self.trainer.evaluate()
         if self.rank.main:
             seconds = round((self.ended or time.time()) - self.started, 3)
             timing = TrainTiming(seconds, step - self.start_step, self.tokens - self.start_tokens)
@@ -265,6 +332,14 @@ class NativeRun:
         self.held_out.score("after")
         write_final(self.layout, self.rank, self.framework, self.config)
         self.rank.emit(ProgressEvent("done", step, int(state.max_steps)))
+
+
+def preference_metrics(logs: dict[str, Any]) -> dict[str, float]:
+    """The preference values PaddleFormers' DPOTrainer logs (TRL's names, as
+    metrics.jsonl writes them) as MetricsRow fields."""
+    return {
+        field: round(float(logs[key]), 6) for field, key in PREFERENCE_KEYS.items() if key in logs
+    }
 
 
 def gradient(param: Any) -> Any:
@@ -304,21 +379,63 @@ def ftx_callback(run: NativeRun) -> Any:
     return FtxCallback()
 
 
+def fleet_ready() -> bool:
+    """Whether paddle's fleet was initialised (PaddleFormers does for several workers)."""
+    from paddle.distributed import fleet
+
+    return hasattr(fleet.fleet, "_user_defined_strategy")
+
+
+@contextlib.contextmanager
+def undistributed() -> Iterator[None]:
+    """``fleet.distributed_model`` returns the model it is given, for the call."""
+    from paddle.distributed import fleet
+
+    wrap = fleet.distributed_model
+    fleet.distributed_model = lambda model, *a, **k: model
+    try:
+        yield
+    finally:
+        fleet.distributed_model = wrap
+
+
 def ftx_trainer(base: type, run: NativeRun) -> type:
     """PaddleFormers' trainer class ``base`` with ftx's data and callback."""
 
     class FtxTrainer(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any):
             kwargs["train_dataset"] = PreparedRows("train", len(run.split))
-            has_eval = kwargs.get("eval_dataset") is not None and run.val is not None
+            # also without do_eval: ftx's run evaluates once at the end (NativeRun.finish)
+            has_eval = run.val is not None and len(run.val) > 0
             kwargs["eval_dataset"] = PreparedRows("val", len(run.val)) if has_eval else None
             kwargs["data_collator"] = run.collate
+            if run.config.method.stage == "dpo":  # dpo_arrays gives positions in each row
+                kwargs["model"].config.use_filtered_label_loss = False
             super().__init__(*args, **kwargs)
             run.trainer = self
             if not on_gpu():
                 self.model.config.fuse_rms_norm = False  # the fused kernel is GPU-only
-            keep_pad_embedding(self.model)  # the checkpoint's pad row, as ftx's loader
+            for model in (self.model, kwargs.get("ref_model")):
+                if model is not None:  # the checkpoint's pad row, as ftx's loader
+                    keep_pad_embedding(model)
             self.add_callback(ftx_callback(run))
+
+        def _wrap_ref_model(self, model: Any) -> Any:
+            """DPOTrainer hands its reference (and, to evaluate, the policy) to
+            ``fleet.distributed_model``, which fails where no fleet was set up: one
+            process without PaddleFleet. There is nothing to distribute in that case, so
+            the model is kept as it is once PaddleFormers' own wrapping has cast it."""
+            if fleet_ready():
+                return super()._wrap_ref_model(model)
+            with undistributed():
+                return super()._wrap_ref_model(model)
+
+        def train(self, resume_from_checkpoint: Any = None, **kw: Any) -> Any:
+            """PaddleFormers' DPO workflow passes only the output folder's last checkpoint;
+            a checkpoint named by ``resume_from_checkpoint`` is honoured as its SFT
+            workflow honours it."""
+            named = self.args.resume_from_checkpoint
+            return super().train(resume_from_checkpoint=named or resume_from_checkpoint, **kw)
 
         def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kw: Any):
             run.count(inputs)
@@ -331,21 +448,42 @@ def ftx_trainer(base: type, run: NativeRun) -> type:
     return FtxTrainer
 
 
+# The workflow PaddleFormers' tuner runs for a stage, and its trainer class's name there.
+WORKFLOWS = {
+    "sft": ("paddleformers.cli.train.sft.workflow", "SFTTrainer"),
+    "pt": ("paddleformers.cli.train.sft.workflow", "SFTTrainer"),
+    "dpo": ("paddleformers.cli.train.dpo.workflow", "DPOTrainer"),
+}
+
+
 @contextlib.contextmanager
 def hooked(run: NativeRun) -> Iterator[None]:
-    """PaddleFormers' SFT workflow builds :func:`ftx_trainer`'s class for the call. On a
-    CPU ``paddle.device.synchronize`` (which its loop calls between accumulated
-    micro-batches) is a no-op: there is no device queue to wait for."""
-    from paddleformers.cli.train.sft import workflow
+    """The stage's PaddleFormers workflow builds :func:`ftx_trainer`'s class for the
+    call. On a CPU ``paddle.device.synchronize`` (which its loop calls between
+    accumulated micro-batches) is a no-op: there is no device queue to wait for."""
+    import importlib
 
-    base, sync = workflow.SFTTrainer, paddle.device.synchronize
-    workflow.SFTTrainer = ftx_trainer(base, run)
+    from paddleformers.trainer import trainer as trainer_module
+
+    module, name = WORKFLOWS[run.config.method.stage]
+    workflow = importlib.import_module(module)
+    base, sync = getattr(workflow, name), paddle.device.synchronize
+    setattr(workflow, name, ftx_trainer(base, run))
     if not on_gpu():
         paddle.device.synchronize = lambda *a, **k: None
+    # PaddleFormers 1.2's evaluation loop tests a LoRA model's inner model against
+    # PaddleFleet's GPTModel, a name it imports only with PaddleFleet (NameError without):
+    # without PaddleFleet no model is one.
+    fleetless = not hasattr(trainer_module, "GPTModel")
+    if fleetless:
+        trainer_module.GPTModel = type("NoPaddleFleetModel", (), {})
     try:
         yield
     finally:
-        workflow.SFTTrainer, paddle.device.synchronize = base, sync
+        setattr(workflow, name, base)
+        paddle.device.synchronize = sync
+        if fleetless:
+            del trainer_module.GPTModel
 
 
 def native_arguments(config: WorkerConfig, layout: RunLayout) -> dict[str, Any]:

@@ -164,7 +164,9 @@ def paddleformers_config(recipe: Recipe) -> dict[str, Any]:
     """The flat paddleformers.yaml of a recipe, in PaddleFormers' own key names."""
     refuse_what_paddleformers_cannot_do(recipe)
     m, d = recipe.method, recipe.data
-    has_eval = d.val_size > 0
+    # PaddleFormers refuses do_eval without an evaluation strategy; without eval_steps
+    # ftx's worker evaluates once, at the end (the native run under ftx does too).
+    has_eval = d.val_size > 0 and bool(recipe.train.eval_steps)
     data_keys: dict[str, Any] = {
         "train_dataset_type": "messages",
         "train_dataset_path": f"{MESSAGES}/train.jsonl",
@@ -348,9 +350,11 @@ def plan_notes(recipe: Recipe) -> tuple[str, ...]:
             " tokenises and truncates them itself (max_prompt_len), and its sft_loss_ratio"
             " averages the chosen NLL over every chosen token of the batch where ftx's"
             " sft_weight averages each pair's; ftx's paddle worker trains this recipe as the"
-            " other backends do. In one process PaddleFormers' DPO evaluation fails (it wraps"
-            " the reference with fleet.distributed_model): pass do_eval=false, or launch two"
-            " workers; full fine-tuning DPO needs two workers.",
+            " other backends do, and with train.trainer native it runs PaddleFormers'"
+            " DPOTrainer on ftx's pairs. Run bare, in one process PaddleFormers' DPO evaluation"
+            " fails (it wraps the reference with fleet.distributed_model): pass do_eval=false,"
+            " or launch two workers; full fine-tuning DPO needs two workers (under ftx one"
+            " process keeps the reference undistributed).",
         )
     if stage in PADDLEFORMERS_STAGES:
         return ()
