@@ -80,3 +80,10 @@ def test_mindrecord_export_reads_back_with_mindformers(tmp_path: Path, tiny_llam
         assert input_ids[: len(ids)] == ids.tolist() and labels[: len(lab)] == lab.tolist()
         assert set(input_ids[len(ids) :]) <= {manifest["pad_token_id"]}
         assert set(labels[len(lab) :]) <= {-100}
+    # held-out rows are seq_length wide: MindFormers' eval network takes its rows whole
+    held_out = run_in_env("mindformers", READ_MINDRECORD, str(out / "val.mindrecord"))
+    val = load_split(prepared, "val")
+    assert len(held_out) == len(val) == 2
+    for i, (input_ids, labels) in enumerate(held_out):
+        assert len(input_ids) == len(labels) == manifest["max_seq_len"]
+        assert input_ids[: len(val[i][0])] == val[i][0].tolist()

@@ -5,6 +5,7 @@ shares."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -16,7 +17,7 @@ from test_paddle_backend import cpu_model, logits
 
 from conftest import FTX, ROOT, run_ftx, run_in_env
 from ftx.core.contract import MetricsRow
-from training import losses, rows
+from training import losses, pairs_recipe, rows
 
 pytestmark = pytest.mark.env
 
@@ -86,6 +87,11 @@ def test_paddleformers_trainer_takes_ftx_first_step_and_exports_what_it_trained(
         two_workers(path, tmp_path / "two", found["native"][0])
 
 
+def trained(metrics: list[MetricsRow]) -> list[MetricsRow]:
+    """The rows of logged training steps (a native run writes eval losses apart)."""
+    return [r for r in metrics if r.loss is not None]
+
+
 def two_workers(path: Path, two: Path, one: MetricsRow) -> None:
     """Two CPU workers (gloo) under paddle.distributed.launch: the plan shards nothing
     (``sharding: ''``) and reads and writes unified checkpoints. PaddleFormers averages
@@ -103,6 +109,70 @@ def two_workers(path: Path, two: Path, one: MetricsRow) -> None:
     assert first["tokens"] == one.tokens  # summed over both workers
     assert first["loss"] == pytest.approx(one.loss, rel=TOLERANCE)
     assert (two / "final/model.safetensors").exists()
+
+
+@pytest.mark.parametrize("finetuning", ["full", "lora"])
+def test_paddleformers_dpo_trainer_takes_ftx_steps(
+    finetuning: str, tmp_path: Path, tiny_llama: Path
+) -> None:
+    """PaddleFormers' DPOTrainer (its DPO criterion, reference, optimizer and loop) on
+    ftx's pairs, each pair one row of prompt, chosen and rejected as PaddleFormers lays it
+    out: the first step's loss (ln 2), the policy's log-probabilities, lr and tokens equal
+    ftx's loop; full fine-tuning (reference: a frozen copy, kept undistributed in one
+    process) also the gradient norm, the second step's loss and rewards and the eval loss
+    at the end, in one process and in two (gloo). A resume from its step-1 checkpoint
+    gives the uninterrupted step 2."""
+    from ftx.core.contract import RunLayout, read_metrics
+
+    model = cpu_model(tmp_path, tiny_llama)
+    path = pairs_recipe(tmp_path, model, steps=2)
+    path.write_text(
+        path.read_text()
+        .replace("micro_batch_size: 4, grad_accum: 2", "micro_batch_size: 16")
+        .replace("learning_rate: 5.0e-3", "learning_rate: 1.0e-3, save_steps: 1")
+        .replace("finetuning: lora", f"finetuning: {finetuning}")
+    )  # one optimizer step over all 16 training pairs: the order does not matter
+    found = {}
+    for trainer in ("ftx", "native"):
+        out = tmp_path / trainer
+        run_ok("run", str(path), "--backend", "paddle", "--out", str(out), "--trainer", trainer)
+        found[trainer] = read_metrics(RunLayout(out))  # the contract's reader
+    ours, theirs = (trained(found[t]) for t in ("ftx", "native"))
+    assert theirs[0].loss == pytest.approx(0.693147, abs=1e-6) == ours[0].loss
+    for name in ("logps_chosen", "logps_rejected"):
+        assert getattr(theirs[0], name) == pytest.approx(getattr(ours[0], name), abs=TOLERANCE)
+    assert [(r.tokens, r.lr) for r in theirs] == [(r.tokens, r.lr) for r in ours]
+    assert [r.step for r in theirs if r.loss is not None] == [1, 2]
+    run = json.loads((tmp_path / "native/run.json").read_text())
+    assert run["trainer"]["trainer"] == "native" and run["status"] == "completed"
+    assert (tmp_path / "native/final/model.safetensors").exists() or (
+        tmp_path / "native/final/adapter_model.safetensors"
+    ).exists()
+    if finetuning == "lora":  # PaddleFormers draws its own A: only step 1 is comparable
+        return
+    for mine, native in zip(ours, theirs, strict=True):
+        for name in ("loss", "rewards_chosen", "rewards_margins"):
+            expected = getattr(mine, name)
+            assert getattr(native, name) == pytest.approx(expected, abs=TOLERANCE), name
+        assert native.grad_norm == pytest.approx(mine.grad_norm, rel=TOLERANCE)
+    evaluated = [[(r.step, r.eval_loss) for r in found[t] if r.eval_loss] for t in found]
+    assert len(evaluated[1]) == 1 and evaluated[1][0][0] == 2  # once, at the end, as ftx's loop
+    assert evaluated[1][0][1] == pytest.approx(evaluated[0][0][1], abs=TOLERANCE)
+
+    two = tmp_path / "two"
+    run_ok("run", str(path), "--backend", "paddle", "--out", str(two), "--trainer", "native",
+           "parallel.nproc_per_node=2", "train.micro_batch_size=8")  # fmt: skip
+    for one, both in zip(theirs, trained(read_metrics(RunLayout(two))), strict=True):
+        assert both.loss == pytest.approx(one.loss, abs=TOLERANCE)
+        assert both.tokens == one.tokens  # summed over both workers
+
+    resumed = tmp_path / "resumed"
+    checkpoint = tmp_path / "native/native/checkpoint-1"
+    run_ok("run", str(path), "--backend", "paddle", "--out", str(resumed), "--trainer",
+           "native", f"train.resume={checkpoint}")  # fmt: skip
+    again = trained(read_metrics(RunLayout(resumed)))
+    assert [r.step for r in again] == [2]
+    assert again[0].loss == pytest.approx(theirs[1].loss, abs=TOLERANCE)
 
 
 @pytest.mark.parametrize("finetuning", ["full", "lora"])
@@ -160,6 +230,86 @@ def two_msrun_workers(path: Path, two: Path, one: MetricsRow) -> None:
     assert first["loss"] == pytest.approx(one.loss, rel=TOLERANCE)
     assert first["grad_norm"] == pytest.approx(one.grad_norm, rel=1e-3)
     assert (two / "final/model.safetensors").exists()
+
+
+# What MindFormers' run_mindformer.py does with `--config finetune.yaml` (the script is in
+# MindFormers' repository, not in its wheel): the config read, the command line's settings
+# applied over it, the output path and context set, its Trainer's train(). The settings
+# are what a CPU needs; each is a flag of run_mindformer.py or its `--a.b value` form.
+RUN_MINDFORMER = """
+import os, sys
+from mindformers import MindFormerConfig, Trainer
+from mindformers.core.context import build_context
+from mindformers.utils.file_utils import set_output_path
+import ftx.backends.mindformers.native  # registers the CPU run wrapper (as --register_path)
+
+config = MindFormerConfig(os.path.abspath(sys.argv[1]))
+for key, value in CPU_FLAGS.items():
+    *parents, last = key.split(".")
+    section = config
+    for name in parents:
+        section = section[name]
+    section[last] = value
+set_output_path(config.output_dir)
+build_context(config)
+Trainer(config).train()
+"""
+CPU_FLAGS = {
+    "context.device_target": "CPU",  # --device_target CPU
+    "runner_config.sink_mode": False,  # --sink_mode False: a CPU has no data sink
+    # the CPU kernels MindFormers' legacy Llama has (no flash attention, no fused RMSNorm)
+    "model.model_config.use_flash_attention": False,
+    "model.model_config.fused_rms_norm": False,
+    "model.model_config.use_rope_slice": True,
+    # the overflow check through IsFinite: the stock one is NPU-only
+    "runner_wrapper.type": "FtxCpuTrainOneStepCell",
+    "train_dataset.num_parallel_workers": 1,  # MindSpore caps them at the cores (2 here)
+    "eval_dataset.num_parallel_workers": 1,
+}
+
+
+def test_mindformers_own_entry_trains_the_plan_as_ftx_does(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    """`ftx plan` for mindformers, then what run_mindformer.py --config
+    plan/finetune.yaml does, with only a CPU's settings added: MindFormers loads the HF
+    weights the plan names (the first loss is ftx's), stops at max_steps (its
+    stop_step does nothing; the plan's TrainCallBack does), and evaluates on the plan's
+    val rows during training (seq_length wide, as its eval network takes them): loss,
+    global norm and eval loss at both steps equal ftx's loop."""
+    import os
+
+    from ftx.core import envs
+    from ftx.core.contract import RunLayout, read_metrics
+
+    path = whole_set_recipe(tmp_path, tiny_llama, "full")
+    path.write_text(
+        path.read_text()
+        .replace("max_samples: 16", "max_samples: 32")
+        .replace("val_size: 0", "val_size: 16")
+        .replace("logging_steps: 1", "logging_steps: 1, eval_steps: 1")
+    )  # 16 rows trained on in one step, 16 evaluated in one batch
+    ours = tmp_path / "ftx"
+    run_ok("run", str(path), "--backend", "mindformers", "--out", str(ours))
+    planned = tmp_path / "plan"
+    run_ok("plan", str(path), "--backend", "mindformers", "--out", str(planned))
+    script = RUN_MINDFORMER.replace("CPU_FLAGS", repr(CPU_FLAGS))
+    python = envs.ensure("mindformers")
+    env = envs.process_env("mindformers")
+    result = subprocess.run([str(python), "-c", script, "plan/finetune.yaml"], cwd=planned,
+                            env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    steps = [tuple(float(x) for x in m) for m in re.findall(
+        r"loss:\[([\d.]+)/[\d.]+\].*?global_norm: \[([\d.]+)\]", log)]  # fmt: skip
+    evals = [float(x) for x in re.findall(r"'PerplexityMetric': \{'loss': ([\d.]+)", log)]
+    metrics = read_metrics(RunLayout(ours))
+    assert len(steps) == len(metrics) == 2, log[-3000:]  # max_steps, not epochs x rows
+    for (loss, norm), row in zip(steps, metrics, strict=True):
+        assert loss == pytest.approx(row.loss, abs=TOLERANCE)
+        assert norm == pytest.approx(row.grad_norm, rel=TOLERANCE)
+    assert evals == pytest.approx([r.eval_loss for r in metrics], abs=TOLERANCE)
+    assert os.path.isdir(planned / "native")  # MindFormers' output, as the plan names it
 
 
 # Where each native trainer leaves its checkpoints: PaddleFormers' own under OUT/native;

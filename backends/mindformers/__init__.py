@@ -30,7 +30,8 @@ SPEC = BackendSpec(
     exporters={
         "mindrecord": DataExporter(
             description="train.mindrecord rows of max_seq_len + 1 (input_ids, labels),"
-            " written by mindspore in the mindformers environment",
+            " val.mindrecord rows of max_seq_len, written by mindspore in the mindformers"
+            " environment",
             function="ftx.backends.mindformers.export:export_mindrecord",
         ),
         "mindformers": DataExporter(

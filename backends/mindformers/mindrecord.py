@@ -2,9 +2,12 @@
 
     python -m ftx.backends.mindformers.mindrecord PREPARED_DIR OUT_DIR [--split train ...]
 
-Rows are ``max_seq_len + 1`` int32 tokens (``input_ids``, padded with the pad
-id) and aligned ``labels`` (-100 on masked and padded positions): MindFormers'
-legacy models drop the last input token and the first label themselves.
+Training rows are ``max_seq_len + 1`` int32 tokens (``input_ids``, padded with the pad
+id) and aligned ``labels`` (-100 on masked and padded positions): MindFormers' legacy
+models drop the last input token and the first label themselves while training. Rows of
+every other split (``val``) are ``max_seq_len`` wide: the evaluation network takes its
+rows whole (its causal mask is seq_length square) and its perplexity metric shifts the
+labels itself. No token is lost either way: an example holds at most max_seq_len tokens.
 `ftx data export` stages the folder and renames it into place.
 """
 
@@ -33,7 +36,7 @@ def write_mindrecord(prepared: Path, out: Path, split: str = "train") -> int:
             f"{prepared}: packed rows cannot be written as legacy MindRecord (no per-example"
             " attention there); prepare with data.packing=false"
         )
-    width = manifest["max_seq_len"] + 1
+    width = manifest["max_seq_len"] + (1 if split == "train" else 0)
     pad = manifest["pad_token_id"]
     out.mkdir(parents=True, exist_ok=True)
     writer = FileWriter(str(out / f"{split}.mindrecord"), shard_num=1, overwrite=True)

@@ -210,8 +210,10 @@ def native_config(yaml_config: Any, run: NativeRun) -> Any:
     runner.batch_size = run.schedule.grad_accum * run.schedule.micro_batch_size
     yaml_config.model.model_config.batch_size = runner.batch_size
     yaml_config.lr_schedule = MindFormerConfig(**run.framework.schedule_settings(run.schedule))
-    # ftx's checkpoints hold the network's and the optimizer's state (MindSpore .ckpt)
-    yaml_config.callbacks = [c for c in yaml_config.callbacks if c["type"] != "CheckpointMonitor"]
+    # ftx's checkpoints hold the network's and the optimizer's state (MindSpore .ckpt);
+    # ftx's rows bound the steps exactly (a resumed run's TrainCallBack would count anew)
+    dropped = ("CheckpointMonitor", "TrainCallBack")
+    yaml_config.callbacks = [c for c in yaml_config.callbacks if c["type"] not in dropped]
     if not on_ascend():
         yaml_config.context.mode = ms.GRAPH_MODE if run.rank.world == 1 else ms.PYNATIVE_MODE
         yaml_config.runner_wrapper.type = CPU_WRAPPER

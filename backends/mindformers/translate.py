@@ -159,12 +159,14 @@ def model_config(recipe: Recipe, model: ModelConfig) -> dict[str, Any]:
 
 
 def _dataset(path: str, recipe: Recipe, shuffle: bool) -> dict[str, Any]:
+    """A MindRecord split as the trainer reads it; the evaluation set (not shuffled)
+    keeps its last, smaller batch: a set smaller than one batch is still evaluated."""
     return {
         "data_loader": {"type": "MindDataset", "dataset_dir": path, "shuffle": shuffle},
         "input_columns": ["input_ids", "labels"],
         "num_parallel_workers": 8,
         "python_multiprocessing": False,
-        "drop_remainder": True,
+        "drop_remainder": shuffle,
         "batch_size": recipe.train.micro_batch_size,
         "repeat": 1,
         "numa_enable": False,
@@ -244,9 +246,19 @@ def _parallel(recipe: Recipe) -> dict[str, Any]:
     }
 
 
+def _epochs(recipe: Recipe) -> int:
+    """runner_config.epochs: the recipe's, or with max_steps as many as max_steps (an
+    epoch has a step at least), the TrainCallBack of :func:`_callbacks` stopping there."""
+    t = recipe.train
+    return t.max_steps if t.max_steps else int(t.num_epochs)
+
+
 def _callbacks(recipe: Recipe, model: ModelConfig) -> list[dict[str, Any]]:
+    """The loss monitor, checkpoints and, with max_steps, the stop: MindFormers 1.9 builds
+    runner_config.stop_step's callback and never adds it to the run."""
     t = recipe.train
     native = recipe.backends.get(SPEC.name, {})
+    stop = [{"type": "TrainCallBack", "stop_step": t.max_steps}] if t.max_steps else []
     return [
         {"type": "MFLossMonitor", "per_print_times": t.logging_steps},
         {
@@ -258,6 +270,7 @@ def _callbacks(recipe: Recipe, model: ModelConfig) -> list[dict[str, Any]]:
             "async_save": False,
             "checkpoint_format": native.get("checkpoint_format", "safetensors"),
         },
+        *stop,
     ]
 
 
@@ -319,7 +332,7 @@ def mcore_yaml(recipe: Recipe, model: ModelConfig) -> dict[str, Any]:
         "use_parallel": p.world_size > 1,
         "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": model.model_type},
         "runner_config": {
-            "epochs": int(t.num_epochs),
+            "epochs": _epochs(recipe),
             "batch_size": t.micro_batch_size,
             "gradient_accumulation_steps": t.grad_accum if p.pp == 1 else 1,
             "stop_step": t.max_steps or 0,
@@ -394,7 +407,7 @@ def finetune_yaml(recipe: Recipe, model: ModelConfig) -> dict[str, Any]:
         "do_eval": has_eval,
         "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": model.model_type},
         "runner_config": {
-            "epochs": int(t.num_epochs),
+            "epochs": _epochs(recipe),
             "batch_size": t.micro_batch_size,
             "sink_mode": True,
             "sink_size": 1,
@@ -418,6 +431,7 @@ def finetune_yaml(recipe: Recipe, model: ModelConfig) -> dict[str, Any]:
     if has_eval:
         config["eval_step_interval"] = t.eval_steps
         config["eval_epoch_interval"] = -1
+        config["metric"] = {"type": "PerplexityMetric"}  # eval loss: ftx's eval_loss
         config["eval_dataset"] = _dataset(EVAL_RECORD, recipe, shuffle=False)
         config["eval_dataset_task"] = {
             "type": "CausalLanguageModelDataset",
