@@ -146,6 +146,11 @@ class BackendSpec:
     # the model's config.json into a ftx.core.models.architectures.ModelConfig)
     translator: str | None = None
     worker: str | None = None  # the module the launcher runs with OUT/plan/worker.json
+    # The module that loads a model and serves ftx.core.contract's DecodeRequests
+    # (ftx generate, chat, eval, serve); ``decoder_adapters``: it puts a PEFT adapter on
+    # the base itself (else the core merges the adapter first).
+    decoder: str | None = None
+    decoder_adapters: bool = False
     overrides: Mapping[str, Override] = field(default_factory=dict)
     exporters: Mapping[str, DataExporter] = field(default_factory=dict)
     # An exporter (a key of ``exporters``) that writes the data the native configs of a

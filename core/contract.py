@@ -17,6 +17,11 @@ worker -> core
     ``OUT/error.json``         a :class:`WorkerFailure` when the worker fails
     exit code                  an :class:`ExitCode`
 
+core <-> decoder (``ftx generate``, ``chat``, ``eval``, ``serve``)
+    argv[1]                    a :class:`DecoderModel` (JSON): what the backend's decoder loads
+    stdin                      one :class:`DecodeRequest` per line
+    stdout                     :class:`DecodeEvent` lines (``FTX_DECODE {...}``)
+
 Paths inside a worker config are relative to OUT (the folder holding ``plan/``),
 so a plan can be moved, mounted into a container or read on another node.
 """
@@ -100,6 +105,7 @@ class ModelArgs:
     path: str
     dtype: Literal["float32", "bfloat16", "float16"]
     trust_remote_code: bool
+    template: str = "auto"  # the chat template the data was rendered with (ftx generate's)
 
 
 @dataclass(frozen=True)
@@ -401,6 +407,81 @@ def run_status(code: int) -> Literal["completed", "interrupted", "failed"]:
     if code in (ExitCode.INTERRUPTED_SIGINT, ExitCode.INTERRUPTED_SIGTERM):
         return "interrupted"
     return "failed"
+
+
+# --------------------------------------------------------------------------- decoding
+
+DECODE_PREFIX = "FTX_DECODE "
+
+
+@dataclass(frozen=True)
+class DecoderModel:
+    """What a backend's decoder process loads: a Hugging Face model folder, with a PEFT
+    adapter on top where the framework takes one (the core merges it first for those that
+    do not), and the longest prompt plus answer it will be asked for."""
+
+    path: str
+    adapter: str | None = None
+    context: int = 2048
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: greedy at temperature 0; otherwise sampled from the
+    softmax at ``temperature`` restricted to the top-p nucleus, from a generator seeded
+    with ``seed`` for each request."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    """Token ids and their labels (-100 where nothing is scored), unshifted."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One request to the decoder. ``generate``: continue ``prompt`` until a ``stop`` id
+    (not emitted) or ``sampling.max_new_tokens``; ``score``: the summed negative
+    log-likelihood of ``rows``' labels; ``cancel``: end request ``target`` now (its answer
+    ends with finish reason ``cancelled``)."""
+
+    id: str
+    op: Literal["generate", "score", "cancel"]
+    prompt: tuple[int, ...] = ()
+    stop: tuple[int, ...] = ()
+    sampling: Sampling = Sampling()
+    rows: tuple[ScoredRow, ...] = ()
+    target: str = ""
+
+    def line(self) -> str:
+        return json.dumps(dataclasses.asdict(self)) + "\n"
+
+
+@dataclass(frozen=True)
+class DecodeEvent:
+    """The decoder's answer, in order: ``ready`` once loaded (``context``: its limit),
+    ``token`` per generated id, ``done`` (``finish_reason`` stop, length or cancelled),
+    ``scored`` (``nll``: summed over ``tokens`` scored), ``error`` (``message``)."""
+
+    id: str
+    kind: Literal["ready", "token", "done", "scored", "error"]
+    token: int | None = None
+    finish_reason: Literal["stop", "length", "cancelled"] | None = None
+    nll: float | None = None
+    tokens: int | None = None
+    context: int | None = None
+    message: str | None = None
+
+    def line(self) -> str:
+        row = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return DECODE_PREFIX + json.dumps(row)
 
 
 # --------------------------------------------------------------------------- JSON files

@@ -55,6 +55,7 @@ def worker_config(recipe: Recipe, backend: str) -> WorkerConfig:
             path=recipe.model.path,
             dtype=recipe.model.dtype if recipe.model.dtype != "auto" else "float32",
             trust_remote_code=recipe.model.trust_remote_code,
+            template=recipe.model.template,
         ),
         method=MethodArgs(
             stage=m.stage,

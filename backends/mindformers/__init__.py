@@ -4,14 +4,12 @@ translate.py     recipe -> finetune.yaml (legacy LlamaForCausalLM), worker.json,
 export.py        the plan's MindRecord data, and `ftx data export --to mindrecord`
 mindrecord.py    writes prepared rows as MindRecord with mindspore's FileWriter
 worker.py        the training loop, run inside the mindformers environment
+native.py        train.trainer native: MindFormers' own Trainer under ftx
+decode.py        the decoder of ftx generate/chat/eval/serve: MindFormers' logits
 modeling.py      the MindFormers model built from finetune.yaml, HF weights in and out
+model_section.py a config.json as the legacy LlamaForCausalLM's model_config
 capabilities.py  what it trains, and the native keys of ``backends.mindformers`` it honours
 environment.py   its pinned environment (requirements.lock) and device detection
-
-On Ascend the worker hands finetune.yaml to MindFormers' own Trainer. On CPU that
-Trainer stops at an Ascend-only overflow check (NPUGetFloatStatusV2), so the worker
-trains the same MindFormers model, built from the same YAML, with MindSpore's own
-step (value_and_grad, the YAML's AdamW and warm-up schedule) on the worker kit.
 """
 
 from ftx.backends.mindformers.capabilities import CAPABILITIES, OVERRIDES
@@ -26,6 +24,7 @@ SPEC = BackendSpec(
     capabilities=CAPABILITIES,
     translator="ftx.backends.mindformers.translate:translate",
     worker="ftx.backends.mindformers.worker",
+    decoder="ftx.backends.mindformers.decode",
     overrides=OVERRIDES,
     exporters={
         "mindrecord": DataExporter(

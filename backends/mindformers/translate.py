@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ftx.backends.mindformers import SPEC
+from ftx.backends.mindformers.model_section import legacy_model_section
 from ftx.backends.mindformers.plan_files import (
     EVAL_RECORD,
     FINETUNE_YAML,
@@ -119,40 +120,13 @@ def pet_config(recipe: Recipe) -> dict[str, Any]:
 def model_config(recipe: Recipe, model: ModelConfig) -> dict[str, Any]:
     """``model.model_config``: the HF config in MindFormers' LlamaConfig names, with the
     settings of an Ascend run (the worker switches the kernels CPU lacks)."""
-    dtype = DTYPES[recipe.train.precision]
-    eos = model.eos_token_id
-    section: dict[str, Any] = {
-        "type": "LlamaConfig",
-        "batch_size": recipe.train.micro_batch_size,
-        "seq_length": recipe.data.max_seq_len,
-        "hidden_size": model.hidden_size,
-        "num_layers": model.num_layers,
-        "num_heads": model.num_heads,
-        "n_kv_heads": model.num_kv_heads,
-        "intermediate_size": model.intermediate_size,
-        "vocab_size": model.vocab_size,
-        "max_position_embedding": model.max_position_embeddings,
-        "rms_norm_eps": model.rms_norm_eps,
-        "theta": model.rope_theta,
-        "bos_token_id": model.bos_token_id if model.bos_token_id is not None else 1,
-        "eos_token_id": eos[0] if isinstance(eos, list) else (eos if eos is not None else 2),
-        "pad_token_id": model.pad_token_id if model.pad_token_id is not None else 0,
-        "ignore_token_id": -100,
-        "compute_dtype": dtype,
-        "layernorm_compute_type": "float32",
-        "softmax_compute_type": "float32",
-        "rotary_dtype": "float32",
-        "param_init_type": "float32",
-        "qkv_has_bias": model.qkv_bias,
-        "qkv_concat": False,
-        "tie_word_embeddings": model.tie_word_embeddings,
-        "use_past": False,
-        "use_flash_attention": recipe.backends.get(SPEC.name, {}).get("use_flash_attention", True),
-        "use_rope_slice": False,
-        "fused_rms_norm": True,
-        "offset": 0,
-        "checkpoint_name_or_path": "",
-    }
+    section = legacy_model_section(
+        model,
+        seq_length=recipe.data.max_seq_len,
+        batch_size=recipe.train.micro_batch_size,
+        dtype=DTYPES[recipe.train.precision],
+        flash=recipe.backends.get(SPEC.name, {}).get("use_flash_attention", True),
+    )
     if recipe.method.finetuning == "lora":
         section["pet_config"] = pet_config(recipe)
     return section

@@ -4,6 +4,7 @@ PaddlePaddle, launched with paddle.distributed.launch.
 translate.py     recipe -> paddleformers.yaml, run_finetune.json, lora/, worker.json, launch.sh
 export.py        the plan's data (messages, erniekit, PaddleNLP src/tgt, the template module)
 worker.py        the training loop, run inside the paddle environment
+decode.py        the decoder of ftx generate/chat/eval/serve: PaddleFormers' logits
 modeling.py      model loading (HF safetensors directly), LoRA, batches and the loss
 capabilities.py  what it trains, and the native keys of ``backends.paddle`` it honours
 environment.py   its pinned environment (requirements.lock) and device detection
@@ -21,6 +22,7 @@ SPEC = BackendSpec(
     capabilities=CAPABILITIES,
     translator="ftx.backends.paddle.translate:translate",
     worker="ftx.backends.paddle.worker",
+    decoder="ftx.backends.paddle.decode",
     overrides=OVERRIDES,
     exporters={
         "paddlenlp": DataExporter(

@@ -31,14 +31,14 @@ def on_gpu() -> bool:
     return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
-def model_view(source: Path, layout: RunLayout, rank: int) -> Path:
-    """A folder of links to the model's files, private to this rank.
+def model_view(source: Path, root: Path, rank: int) -> Path:
+    """A folder of links to the model's files, private to this rank, under ``root``.
 
     PaddleFormers writes a ``flex-ckpt`` metadata file into the folder it loads from;
     the links keep the user's model folder (maybe read-only or shared) untouched and
     cost no copy of the weights.
     """
-    view = layout.root / ".paddle-model" / f"rank-{rank}"
+    view = root / ".paddle-model" / f"rank-{rank}"
     view.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         link = view / item.name
@@ -47,11 +47,13 @@ def model_view(source: Path, layout: RunLayout, rank: int) -> Path:
     return view
 
 
-def load_model(config: WorkerConfig, layout: RunLayout, rank: int, packed: bool) -> Any:
-    """PaddleFormers' model from the HF folder, with LoRA applied when the plan asks."""
+def from_hf(
+    source: Path, root: Path, rank: int, dtype: str, packed: bool, recompute: bool = False
+) -> Any:
+    """PaddleFormers' causal LM read from the HF folder ``source`` (through a view of
+    links under ``root``), with the checkpoint's pad row."""
     from paddleformers.transformers import AutoConfig, AutoModelForCausalLM
 
-    source = Path(config.model.path)
     model_config = json.loads((source / "config.json").read_text())
     architecture = (model_config.get("architectures") or ["?"])[0]
     if not on_gpu() and model_config.get("model_type") != "llama":
@@ -61,15 +63,14 @@ def load_model(config: WorkerConfig, layout: RunLayout, rank: int, packed: bool)
             where=f"{source}/config.json",
             fix="use --backend torch on this machine, or the paddle cuda image",
         )
-    view = model_view(source, layout, rank)
-    dtype = config.model.dtype
+    view = model_view(source, root, rank)
     settings = AutoConfig.from_pretrained(str(view), dtype=dtype)
     if not on_gpu():
         settings.fuse_rms_norm = False  # the fused kernel is GPU-only
     # FlashMask for packed rows on GPUs; on CPU eager attention, which also reads the
     # row indices (PaddleFormers' sdpa path does not keep packed examples apart there).
     settings._attn_implementation = ("flashmask" if packed else "sdpa") if on_gpu() else "eager"
-    if config.train.gradient_checkpointing:
+    if recompute:
         settings.recompute_granularity = "full"
         settings.recompute_method = "uniform"
         settings.recompute_num_layers = 1
@@ -80,6 +81,14 @@ def load_model(config: WorkerConfig, layout: RunLayout, rank: int, packed: bool)
         str(view), config=settings, convert_from_hf=True, dtype=dtype, **fmt
     )
     keep_pad_embedding(model)
+    return model
+
+
+def load_model(config: WorkerConfig, layout: RunLayout, rank: int, packed: bool) -> Any:
+    """PaddleFormers' model from the HF folder, with LoRA applied when the plan asks."""
+    source = Path(config.model.path)
+    recompute = config.train.gradient_checkpointing
+    model = from_hf(source, layout.root, rank, config.model.dtype, packed, recompute)
     if config.method.finetuning == "lora":
         from paddleformers.peft import LoRAConfig, LoRAModel
 

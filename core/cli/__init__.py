@@ -98,6 +98,7 @@ def main() -> None:
         data_cmds,
         env_cmds,
         image_cmds,
+        infer_cmds,
         model_cmds,
         run_cmds,
     )

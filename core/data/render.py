@@ -335,9 +335,13 @@ class ChatEncoder:
         """Ids of everything before the last assistant turn (plus the generation prompt)
         and that turn's text, for generation-based evaluation."""
         chat = conv.as_chat()
-        prompt = self._render(chat[:-1], True, conv.tools)
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        return list(ids), chat[-1]["content"]
+        return self.generation_prompt(chat[:-1], conv.tools), chat[-1]["content"]
+
+    def generation_prompt(self, chat: list[dict[str, Any]], tools: Tools = ()) -> list[int]:
+        """Ids of a conversation (role/content messages) followed by the assistant's
+        generation prompt: what a model continues with its answer."""
+        prompt = self._render(chat, True, tools)
+        return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def encode_text(self, text: str) -> list[int]:
         """A pre-training document: its tokens plus EOS."""

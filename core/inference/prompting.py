@@ -1,0 +1,100 @@
+"""Prompts as the model was trained on them: the run's chat template (ftx's renderer, the
+same one that prepared the training data), the ids that end an answer, and text streamed
+out of generated ids."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ftx.core.errors import FtxError
+from ftx.core.inference.source import Target
+
+RAW = "none"  # --template none: the prompt's text as it is, no chat template
+
+
+class Prompter:
+    """The target's tokenizer and chat template."""
+
+    def __init__(self, target: Target):
+        from transformers import AutoTokenizer
+
+        from ftx.core.data.render import ChatEncoder
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(target.tokenizer))
+        except Exception as exc:  # transformers raises many types for a broken tokenizer
+            raise FtxError(
+                f"the tokenizer cannot be loaded ({type(exc).__name__}: {exc})",
+                where=str(target.tokenizer),
+                fix="check the tokenizer files beside the model",
+            ) from None
+        self.template = target.template
+        where = "--template" if target.run is None else f"{target.run}/plan/worker.json"
+        self.encoder = (
+            None
+            if self.template == RAW
+            else ChatEncoder(self.tokenizer, self.template, where=where)
+        )
+        self.stop = frozenset(stop_ids(self.tokenizer, target.model, self.template))
+
+    def chat(self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] = ()) -> list[int]:
+        """Ids of a conversation ending in the generation prompt (``--template none``: the
+        messages' contents joined, nothing added)."""
+        if self.encoder is None:
+            text = "".join(str(m.get("content") or "") for m in messages)
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.encoder.generation_prompt(list(messages), tools)
+
+    def prompt(self, text: str, system: str | None = None) -> list[int]:
+        """Ids of one user message (after ``system``) ready for the answer."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": text}
+        ]
+        return self.chat(messages)
+
+    def text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def stop_ids(tokenizer: Any, model: Path, template: str) -> set[int]:
+    """The ids that end an answer: the tokenizer's eos, generation_config.json's (else
+    config.json's) eos_token_id, as transformers' generate stops, and the special tokens
+    that close a turn in a named template (Llama 3's <|eot_id|>, ChatML's <|im_end|>)."""
+    stop = {tokenizer.eos_token_id}
+    for name in ("generation_config.json", "config.json"):
+        path = model / name
+        if path.exists():
+            configured = json.loads(path.read_text()).get("eos_token_id")
+            stop |= set(configured if isinstance(configured, list) else [configured])
+            break
+    from ftx.core.data.templates import TEMPLATES
+
+    named = TEMPLATES.get(template)
+    if named is not None:
+        special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+        eos = tokenizer.eos_token or ""
+        closing = named.fill(named.assistant, bos="", eos=eos, content="").strip()
+        for text in (closing, named.next_turn_stop):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            stop |= {i for i in ids[:1] if i in special}
+    stop.discard(None)
+    return stop
+
+
+class TextStream:
+    """Text of ids arriving one at a time: each call returns what the new id added,
+    holding back an incomplete character (a byte-level token may split one)."""
+
+    def __init__(self, prompter: Prompter):
+        self.prompter, self.ids, self.shown = prompter, [], ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.prompter.text(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.shown = text[len(self.shown) :], text
+        return new
