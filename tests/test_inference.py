@@ -5,6 +5,7 @@ libraries' own ROUGE-L and BLEU."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,117 @@ def test_a_prompt_longer_than_the_context_is_refused(tiny_llama: Path) -> None:
                      "--context", "16")  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "--prompt 1" in result.stderr and "tokens and the model takes 16" in result.stderr
+
+
+@pytest.mark.env
+def test_chat_streams_keeps_the_conversation_and_survives_ctrl_c(tiny_llama: Path) -> None:
+    """`ftx chat` under a pseudo-terminal, typed at as a person does: an answer streams
+    onto the screen; /system and /reset answer; Ctrl-C during a long answer stops it
+    (" [stopped]") and the next prompt comes; Ctrl-C at the prompt does not end the
+    program; /exit does, with exit code 0."""
+    import pexpect
+
+    from conftest import FTX
+
+    child = pexpect.spawn(
+        str(FTX),
+        ["chat", str(tiny_llama), "--max-new-tokens", "1500", "--context", "2048"],
+        encoding="utf-8",
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    child.expect("you> ")
+    child.sendline("/system Answer briefly.")
+    child.expect(r"\(system prompt set\)")
+    child.expect("you> ")
+    child.sendline("hello there")
+    child.expect("model> ")
+    child.expect(r"\S")  # the first words of the answer are on the screen while it runs
+    child.sendintr()
+    child.expect(r" \[stopped\]")
+    child.expect("you> ")
+    child.sendintr()  # at the prompt: a reminder, not the end
+    child.expect(r"/exit ends the chat")
+    child.expect("you> ")
+    child.sendline("/reset")
+    child.expect(r"\(conversation forgotten\)")
+    child.expect("you> ")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+
+
+@pytest.mark.env
+def test_serve_answers_the_official_openai_client(tiny_llama: Path, tmp_path: Path) -> None:
+    """`ftx serve` with the official openai client: the model listed; a chat answer equal to
+    `ftx generate`'s greedy answer, streamed and whole alike, with its usage; a completion;
+    four concurrent requests each answered in full; an unknown model (404), malformed
+    messages and max_tokens past the context (400) as OpenAI errors, after which the
+    server still answers; a wrong API key refused (401); a port in use refused before
+    the model loads (exit 2)."""
+    import signal
+    import subprocess
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    from conftest import FTX
+    from training import free_port
+
+    port = free_port()
+    command = [str(FTX), "serve", str(tiny_llama), "--port", str(port), "--name", "tiny",
+               "--context", "256", "--api-key", "secret"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="secret")
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                listed = [m.id for m in client.models.list()]
+                break
+            except openai.APIConnectionError:
+                assert server.poll() is None and time.time() < deadline, server.stderr.read()
+                time.sleep(0.5)
+        assert listed == ["tiny"]
+        ask = {"model": "tiny", "messages": [{"role": "user", "content": "Reverse: a b c"}],
+               "temperature": 0, "max_tokens": 10}  # fmt: skip
+        whole = client.chat.completions.create(**ask)
+        text = whole.choices[0].message.content
+        assert whole.usage.prompt_tokens > 0 and whole.usage.completion_tokens <= 10
+        assert whole.choices[0].finish_reason in ("stop", "length")
+        streamed = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in client.chat.completions.create(**ask, stream=True)
+        )
+        assert streamed == text
+        generated = run_ftx("generate", str(tiny_llama), "-p", "Reverse: a b c",
+                            "--max-new-tokens", "10")  # fmt: skip
+        assert generated.returncode == 0 and generated.stdout.rstrip("\n") == text
+
+        completion = client.completions.create(model="tiny", prompt="a b", max_tokens=5,
+                                               temperature=0)  # fmt: skip
+        assert completion.usage.completion_tokens <= 5 and completion.choices[0].text is not None
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda _: client.chat.completions.create(**ask), range(4)))
+        assert [r.choices[0].message.content for r in together] == [text] * 4
+
+        with pytest.raises(openai.NotFoundError) as unknown:
+            client.chat.completions.create(**{**ask, "model": "gpt-9"})
+        assert unknown.value.body["code"] == "model_not_found"
+        with pytest.raises(openai.BadRequestError) as malformed:
+            client.chat.completions.create(**{**ask, "messages": [{"role": "wizard"}]})
+        assert "messages" in malformed.value.body["message"]
+        with pytest.raises(openai.BadRequestError) as too_long:
+            client.chat.completions.create(**{**ask, "max_tokens": 100_000})
+        assert too_long.value.body["code"] == "context_length_exceeded"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong").models.list()
+        assert client.chat.completions.create(**ask).choices[0].message.content == text
+
+        taken = run_ftx("serve", str(tiny_llama), "--port", str(port))
+        assert taken.returncode == 2 and f"port {port} is in use" in taken.stderr
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)

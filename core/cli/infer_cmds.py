@@ -312,3 +312,163 @@ def print_metrics(report: dict[str, Any]) -> None:
         if key in report:
             table.add_row(key.replace("_", " "), form.format(report[key]))
     (results if not console.is_terminal else console).print(table)
+
+
+CHAT_HELP = "/system TEXT sets the system prompt, /reset forgets the conversation, /exit ends"
+
+
+@cli.command("chat")
+@model_options
+@click.option("--system", help="The system prompt to start with.")
+@sampling_options
+def chat(
+    model: Path,
+    backend: str | None,
+    template: str | None,
+    base: Path | None,
+    context: int | None,
+    system: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+) -> None:
+    """Talk to a model in the terminal: answers stream as they are written, the
+    conversation is kept within the model's length (oldest rounds dropped, as training
+    does). Ctrl-C stops an answer; /exit or Ctrl-D ends.
+
+    \b
+    Example:
+      ftx chat runs/quickstart
+      ftx chat runs/quickstart --backend mindformers --system "Answer briefly."
+    """
+    from ftx.core.inference.prompting import TextStream
+    from ftx.core.inference.session import Answer
+
+    sampling = Sampling(max_new_tokens, temperature, top_p, seed)
+    with opened(model, backend, template, base, context) as (prompter, decoder):
+        budget = decoder.context - min(max_new_tokens, decoder.context // 2)
+        history: list[dict[str, Any]] = []
+        click.echo(f"chatting with {model} ({decoder.backend}); {CHAT_HELP}")
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                click.echo()
+                return
+            except KeyboardInterrupt:
+                click.echo("\n(/exit ends the chat)")
+                continue
+            text = line.strip()
+            if text in ("/exit", "/quit"):
+                return
+            if text == "/reset":
+                history = []
+                click.echo("(conversation forgotten)")
+                continue
+            if text.startswith("/system"):
+                system = text[len("/system") :].strip() or None
+                click.echo(f"(system prompt {'set' if system else 'cleared'})")
+                continue
+            if not text:
+                continue
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                *history,
+                {"role": "user", "content": text},
+            ]
+            try:
+                ids, kept = prompter.fitted(messages, budget)
+            except FtxError as exc:
+                click.echo(f"({exc.detail})")
+                continue
+            history = [m for m in kept if m["role"] != "system"]
+            shown, stream = TextStream(prompter), decoder.stream(ids, sampling, prompter.stop)
+            click.echo("model> ", nl=False)
+            try:
+                for item in stream:
+                    if not isinstance(item, Answer):
+                        click.echo(shown.add(item), nl=False)
+            except KeyboardInterrupt:
+                stream.close()  # cancels the answer in the decoder
+                click.echo(" [stopped]", nl=False)
+            click.echo()
+            history.append({"role": "assistant", "content": prompter.text(shown.ids)})
+
+
+@cli.command("serve")
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--api-key",
+    envvar="FTX_SERVE_API_KEY",
+    help="Require 'Authorization: Bearer KEY' (or set FTX_SERVE_API_KEY).",
+)
+@click.option("--name", help="The model's name in the API (default: the run's folder name).")
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(1),
+    default=512,
+    show_default=True,
+    help="An answer's length when a request gives no max_tokens.",
+)
+def serve(
+    model: Path,
+    backend: str | None,
+    template: str | None,
+    base: Path | None,
+    context: int | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    name: str | None,
+    max_new_tokens: int,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (/v1/models,
+    /v1/chat/completions, /v1/completions; streamed or not) with the run's chat template
+    and stop tokens. For trying a model: one request at a time. In production serve the
+    same OUT/final with vLLM (or MindIE, FastDeploy).
+
+    \b
+    Example:
+      ftx serve runs/quickstart --port 8000
+      curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "quickstart", "messages": [{"role": "user", "content": "hi"}]}'
+    """
+    import uvicorn
+
+    from ftx.core.inference.server import make_app
+
+    check_port(host, port)
+    with opened(model, backend, template, base, context) as (prompter, decoder):
+        label = name or (model.expanduser().resolve().name)
+        app = make_app(prompter, decoder, label, api_key, max_new_tokens)
+        info(f"serving '{label}' ({decoder.backend}) on http://{host}:{port}/v1 (Ctrl-C stops)")
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another program holds, or an address this machine does not have,
+    before the model is loaded."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise FtxError(
+            f"'{host}' is not an address of this machine ({exc.strerror})",
+            where="--host",
+            fix="use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)",
+        ) from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            taken = exc.errno == errno.EADDRINUSE
+            raise FtxError(
+                f"port {port} is in use" if taken else f"cannot listen there ({exc.strerror})",
+                where=f"--host {host} --port {port}",
+                fix="choose another --port" if taken else "choose another --host",
+            ) from None

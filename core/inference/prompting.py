@@ -48,6 +48,28 @@ class Prompter:
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return self.encoder.generation_prompt(list(messages), tools)
 
+    def fitted(
+        self, messages: Sequence[dict[str, Any]], budget: int
+    ) -> tuple[list[int], list[dict[str, Any]]]:
+        """The conversation's prompt ids within ``budget`` tokens: its oldest rounds
+        dropped first, the system prompt kept (as training truncates); the ids and the
+        messages kept. A last user message that does not fit alone raises FtxError."""
+        head = [m for m in messages[:1] if m["role"] == "system"]
+        body = list(messages[len(head) :])
+        while True:
+            ids = self.chat(head + body)
+            starts = [i for i, m in enumerate(body) if m["role"] == "user" and i > 0]
+            if len(ids) <= budget:
+                return ids, head + body
+            if not starts:
+                raise FtxError(
+                    f"the message is {len(ids)} tokens with the template, and an answer has"
+                    f" {budget} left of the model's length",
+                    where="chat",
+                    fix="send a shorter message, or lower --max-new-tokens",
+                )
+            body = body[starts[0] :]
+
     def prompt(self, text: str, system: str | None = None) -> list[int]:
         """Ids of one user message (after ``system``) ready for the answer."""
         messages = ([{"role": "system", "content": system}] if system else []) + [

@@ -91,6 +91,7 @@ class Decoder:
             bufsize=1,
             env={**envs.process_env(backend), "HF_HUB_OFFLINE": "1"},  # local folders only
             cwd=self._workdir.name,
+            start_new_session=True,  # a Ctrl-C at the terminal is the core's to handle
         )
         self.backend, self._ids, self._lock = backend, itertools.count(1), threading.Lock()
         ready = self._next_event()

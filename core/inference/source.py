@@ -153,4 +153,3 @@ def _adapter_base(
             fix="pass the base model's folder with --base",
         )
     return base
-
