@@ -48,3 +48,8 @@ if __name__ == "__main__":
         print(json.dumps(inventory(spec.devices, spec.frameworks)))
     else:
         print(json.dumps(inventory(sys.argv[1], sys.argv[2:])))
+
+
+def cpu_only() -> list[str]:
+    """The devices of an environment whose library runs on the CPU alone."""
+    return ["cpu"]

@@ -355,12 +355,30 @@ def summarize(layout: RunLayout) -> dict[str, Any]:
         "final_dir": str(layout.final) if layout.final.exists() else None,
     }
     if layout.eval_json.exists():
-        summary["evaluation"] = json.loads(layout.eval_json.read_text())
+        summary["evaluation"] = scored_evaluation(layout)
     timing = read_record(TrainTiming, layout.timing)
     if timing is not None:
         # seconds spent in the training loop alone, and the real tokens it processed
         summary["training"] = dataclasses.asdict(timing)
     return summary
+
+
+def scored_evaluation(layout: RunLayout) -> dict[str, Any]:
+    """OUT/eval.json with ROUGE-L and BLEU added to each scoring (before, after) from the
+    answers the worker wrote there, as `ftx eval` computes them; written back once."""
+    from ftx.core.fsutil import atomic_write_json
+    from ftx.core.inference.metrics import generation_metrics
+
+    evaluation = json.loads(layout.eval_json.read_text())
+    added = False
+    for result in evaluation.values():
+        if isinstance(result, dict) and "answers" in result and "rouge_l" not in result:
+            scored = generation_metrics(result["references"], result["answers"])
+            result.update(rouge_l=scored["rouge_l"], bleu=scored["bleu"])
+            added = True
+    if added:
+        atomic_write_json(layout.eval_json, evaluation)
+    return evaluation
 
 
 def log_tail(layout: RunLayout, lines: int = 5) -> str:

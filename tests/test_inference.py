@@ -195,6 +195,7 @@ def test_what_cannot_be_answered_is_one_paragraph_and_exit_2(
         "holds no model": ["generate", str(empty), "-p", "hi"],
         "without its base": ["generate", str(adapter), "-p", "hi"],
         "unknown chat template": ["generate", str(tiny_llama), "-p", "hi", "--template", "nope"],
+        "does not have as a token": ["generate", str(tiny_llama), "-p", "hi", "--template", "qwen"],
         "nothing to answer": ["generate", str(tiny_llama)],
         "no such folder": ["eval", str(tmp_path / "missing"), "--data", str(HELD_OUT)],
     }

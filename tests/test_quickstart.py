@@ -35,6 +35,18 @@ def test_quickstart_learns_the_task(tmp_path: Path) -> None:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
     assert evals[-1] < evals[0]  # held-out loss falls too
+    # ROUGE-L and BLEU beside exact match, in the summary and the record
+    scored = run["evaluation"]
+    assert scored["after"]["rouge_l"] > scored["before"]["rouge_l"], scored
+    assert "held-out ROUGE-L" in result.stdout and "held-out BLEU" in result.stdout
+    # `ftx eval` of the run on its evaluate section gives the run's own after-training scores
+    report = tmp_path / "eval.json"
+    evaluated = run_ftx("eval", str(out), "--data", "recipes/quickstart.yaml",
+                        "--max-new-tokens", "12", "--out", str(report), cwd=ROOT)  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    again = json.loads(report.read_text())
+    for key in ("examples", "exact_match", "rouge_l", "bleu"):
+        assert again[key] == scored["after"][key], key
     # The final model is a plain HF folder that transformers loads as is.
     found = run_in_env(
         "torch",

@@ -472,3 +472,70 @@ def check_port(host: str, port: int) -> None:
                 where=f"--host {host} --port {port}",
                 fix="choose another --port" if taken else "choose another --host",
             ) from None
+
+
+@cli.command("export")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--to", "fmt", type=click.Choice(["gguf"]), required=True, help="The format.")
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["f16", "q8_0"]),
+    default="f16",
+    show_default=True,
+    help="How the weight matrices are stored (norms and biases stay f32).",
+)
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="The file.")
+@click.option(
+    "--template",
+    help="Chat template name, 'auto' (the tokenizer's) or 'none'; default: the run's.",
+)
+@click.option("--base", type=click.Path(path_type=Path), help="An adapter's base model.")
+@click.option("--force", is_flag=True, help="Replace --out.")
+def export(
+    model: Path,
+    fmt: str,
+    kind: str,
+    out: Path,
+    template: str | None,
+    base: Path | None,
+    force: bool,
+) -> None:
+    """Export a model (a run's OUT, a model or an adapter folder; LoRA merged first) as
+    one GGUF file for llama.cpp and Ollama, with the run's exact chat template and
+    special tokens in its metadata. Tensors are streamed: memory stays about one tensor.
+
+    \b
+    Example:
+      ftx export runs/quickstart --to gguf --out quickstart.gguf
+      ftx export runs/quickstart --to gguf --type q8_0 --out quickstart-q8_0.gguf
+    """
+    import tempfile
+
+    from ftx.core.convert.gguf_export import write_gguf
+    from ftx.core.fsutil import staged_file
+    from ftx.core.inference.prompting import chat_template_text
+    from ftx.core.inference.source import merged, resolve
+
+    check_out(out, force)
+    target = resolve(model, base=base, template=template)
+    chat_template = chat_template_text(target)
+    with tempfile.TemporaryDirectory(prefix="ftx-export-") as work:
+        folder = target.model
+        if target.adapter is not None:
+            info("merging the adapter into its base (a copy in a temporary folder)")
+            folder = merged(target, Path(work) / "merged")
+        with staged_file(out) as staged:
+            made = write_gguf(
+                folder,
+                target.tokenizer,
+                staged,
+                kind=kind,
+                chat_template=chat_template,
+                name=target.label,
+                say=info,
+            )
+    results.print(
+        f"{out}: {made['architecture']}, {made['tensors']} tensors ({kind}),"
+        f" {made['tokens']} tokens, chat template {'kept' if chat_template else 'none'}"
+    )

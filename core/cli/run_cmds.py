@@ -190,6 +190,11 @@ def print_summary(record: dict) -> None:
         table.add_row(
             "held-out exact match", f"{shown} ({evaluation['after']['examples']} examples)"
         )
+        for key, name in (("rouge_l", "held-out ROUGE-L"), ("bleu", "held-out BLEU")):
+            if key in evaluation["after"]:
+                start = evaluation.get("before", {}).get(key)
+                was = f"{start:.1f} -> " if start is not None else ""
+                table.add_row(name, f"{was}{evaluation['after'][key]:.1f}")
     table.add_row("wall time", f"{record.get('wall_time_s', 0):.1f} s")
     table.add_row("final model", escape(str(record.get("final_dir"))))
     results.print(table)

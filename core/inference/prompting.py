@@ -5,6 +5,7 @@ out of generated ids."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,15 @@ class Prompter:
             else ChatEncoder(self.tokenizer, self.template, where=where)
         )
         self.stop = frozenset(stop_ids(self.tokenizer, target.model, self.template))
+        missing = unknown_markers(self.tokenizer, self.template)
+        if missing:
+            raise FtxError(
+                f"the chat template '{self.template}' writes {', '.join(missing)}, which this"
+                " tokenizer does not have as a token: the model was not trained with it",
+                where=where,
+                fix="use the template the model was trained with (--template auto: the"
+                " tokenizer's own)",
+            )
 
     def chat(self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] = ()) -> list[int]:
         """Ids of a conversation ending in the generation prompt (``--template none``: the
@@ -81,6 +91,25 @@ class Prompter:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
+MARKER = re.compile(r"<\|[^|<>\s]+\|>")  # <|im_start|>, <|eot_id|>, <|user|>, ...
+
+
+def unknown_markers(tokenizer: Any, template: str) -> list[str]:
+    """The <|...|> markers a named template writes that the tokenizer has no single token
+    for (a ChatML template on a Llama 3 tokenizer): text the model never saw."""
+    import dataclasses
+
+    from ftx.core.data.templates import TEMPLATES
+
+    named = TEMPLATES.get(template)
+    if named is None:
+        return []
+    slots = [v for v in dataclasses.asdict(named).values() if isinstance(v, str)]
+    markers = sorted({m for slot in slots for m in MARKER.findall(slot)})
+    vocab = tokenizer.get_vocab()
+    return [m for m in markers if m not in vocab]
+
+
 def stop_ids(tokenizer: Any, model: Path, template: str) -> set[int]:
     """The ids that end an answer: the tokenizer's eos, generation_config.json's (else
     config.json's) eos_token_id, as transformers' generate stops, and the special tokens
@@ -120,3 +149,28 @@ class TextStream:
             return ""
         new, self.shown = text[len(self.shown) :], text
         return new
+
+
+def chat_template_text(target: Target) -> str | None:
+    """The target's chat template as jinja text, the form llama.cpp and Ollama read: a
+    named template's ftx rendering (the one its data was prepared with), or the
+    tokenizer's own for ``auto``; None for ``none``."""
+    from ftx.core.data.templates import TEMPLATES, to_jinja
+
+    if target.template == RAW:
+        return None
+    if target.template in TEMPLATES:
+        return to_jinja(TEMPLATES[target.template])
+    path = target.tokenizer / "tokenizer_config.json"
+    settings = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    text = settings.get("chat_template")
+    jinja = target.tokenizer / "chat_template.jinja"
+    if not text and jinja.exists():
+        text = jinja.read_text(encoding="utf-8")
+    if not isinstance(text, str) or not text:
+        raise FtxError(
+            "the template is 'auto' and the tokenizer has no chat template",
+            where=str(target.tokenizer),
+            fix="name a template with --template, or --template none",
+        )
+    return text

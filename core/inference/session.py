@@ -26,17 +26,7 @@ from ftx.core.contract import (
     decode,
 )
 from ftx.core.errors import FtxError
-from ftx.core.inference.source import Target
-
-# The files of a tokenizer (transformers' names), copied beside a merged model.
-TOKENIZER_PREFIXES = (
-    "tokenizer",
-    "special_tokens_map",
-    "added_tokens",
-    "chat_template",
-    "vocab",
-    "merges",
-)
+from ftx.core.inference.source import Target, merged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +63,7 @@ class Decoder:
         model, adapter = target.model, target.adapter
         if adapter is not None and not spec.decoder_adapters:
             say(f"merging the adapter into its base for {backend} (a copy in a temporary folder)")
-            model, adapter = self._merged(target), None
+            model, adapter = merged(target, Path(self._workdir.name) / "merged"), None
         wanted = min(context or target.max_positions, target.max_positions)
         request = DecoderModel(
             str(model.resolve()), str(adapter.resolve()) if adapter else None, wanted
@@ -103,17 +93,6 @@ class Decoder:
                 fix="check that the folder holds a model the backend builds",
             )
         self.context = int(ready.context or wanted)
-
-    def _merged(self, target: Target) -> Path:
-        from ftx.core.convert.merge_lora import merge_lora
-
-        out = Path(self._workdir.name) / "merged"
-        assert target.adapter is not None
-        merge_lora(target.model, target.adapter, out)
-        for item in target.tokenizer.iterdir():  # the tokenizer files the adapter carries
-            if item.name.startswith(TOKENIZER_PREFIXES) and item.is_file():
-                (out / item.name).write_bytes(item.read_bytes())
-        return out
 
     # ---------------------------------------------------------------- the pipe
 

@@ -153,3 +153,27 @@ def _adapter_base(
             fix="pass the base model's folder with --base",
         )
     return base
+
+
+# The files of a tokenizer (transformers' names), copied beside a merged model.
+TOKENIZER_PREFIXES = (
+    "tokenizer",
+    "special_tokens_map",
+    "added_tokens",
+    "chat_template",
+    "vocab",
+    "merges",
+)
+
+
+def merged(target: Target, out: Path) -> Path:
+    """The target as one model folder ``out``: its adapter merged into the base (ftx's
+    merge, bounded memory) with the tokenizer files the adapter carries."""
+    from ftx.core.convert.merge_lora import merge_lora
+
+    assert target.adapter is not None
+    merge_lora(target.model, target.adapter, out)
+    for item in target.tokenizer.iterdir():
+        if item.name.startswith(TOKENIZER_PREFIXES) and item.is_file():
+            (out / item.name).write_bytes(item.read_bytes())
+    return out

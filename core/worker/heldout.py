@@ -66,7 +66,9 @@ class Decoder:
 
 def exact_match_result(references: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:
     """OUT/eval.json's entry for one scoring: the share of answers equal to their reference
-    (both stripped), the count, and the first five pairs."""
+    (both stripped), the count, the first five pairs, and every answer and reference (the
+    core adds ROUGE-L and BLEU from them once the run ends: its environment has the
+    scorers, a backend's has not)."""
     hits = [a.strip() == r.strip() for r, a in zip(references, answers, strict=True)]
     samples = [
         {"reference": r, "answer": a.strip(), "match": hit}
@@ -76,6 +78,8 @@ def exact_match_result(references: Sequence[str], answers: Sequence[str]) -> dic
         "exact_match": sum(hits) / max(len(hits), 1),
         "examples": len(hits),
         "samples": samples,
+        "answers": [a.strip() for a in answers],
+        "references": list(references),
     }
 
 

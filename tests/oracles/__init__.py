@@ -5,6 +5,8 @@ parsers check what ftx writes. Users never install them.
                                   loaders and llm/run_finetune.py's argument parser)
     trl/requirements.lock         the torch backend's lock + trl 1.16.0 (TRL's DPOTrainer,
                                   KTOTrainer, RewardTrainer: the preference losses' oracle)
+    llamacpp/requirements.lock    llama-cpp-python 0.3.36 (llama.cpp built from source on
+                                  install): reads what `ftx export --to gguf` writes
 """
 
 from pathlib import Path
@@ -13,6 +15,7 @@ from ftx.core.backend import EnvironmentSpec
 
 PADDLENLP = "paddlenlp-oracle"
 TRL = "trl-oracle"
+LLAMACPP = "llamacpp-oracle"
 
 ORACLES = {
     PADDLENLP: EnvironmentSpec(
@@ -26,5 +29,11 @@ ORACLES = {
         frameworks=("torch", "transformers", "peft", "trl"),
         import_check="import trl, torch, peft",
         devices="ftx.backends.torch.environment:visible_devices",
+    ),
+    LLAMACPP: EnvironmentSpec(
+        lock_file=Path(__file__).with_name("llamacpp") / "requirements.lock",
+        frameworks=("llama_cpp_python", "numpy"),
+        import_check="import llama_cpp",
+        devices="ftx.core.inventory:cpu_only",
     ),
 }
