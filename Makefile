@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 MODEL := .ftx/models/quickstart-llama
 export FTX_HOME ?= $(HOME)/.cache/ftx
 
-.PHONY: setup run test test-images snapshots fuzz lint format clean
+.PHONY: setup run test test-images test-gguf snapshots fuzz lint format clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ test: setup
 test-images: setup
 	$(BIN)/ftx env create torch --if-missing
 	$(BIN)/python -m pytest tests/test_images.py -m images -s -ra $(PYTEST_ARGS)
+
+# llama.cpp (built from source once into a test-only environment) reads ftx's GGUF files.
+test-gguf: setup
+	$(BIN)/ftx env create torch --if-missing
+	$(BIN)/python -m pytest tests/test_gguf.py -m llamacpp -ra $(PYTEST_ARGS)
 
 fuzz: setup
 	FTX_FUZZ_EXAMPLES=500 FTX_FUZZ_RANDOM=1 $(BIN)/python -m pytest tests/test_fuzz.py -q

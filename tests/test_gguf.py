@@ -100,7 +100,7 @@ print(json.dumps({"ids": new[: cut[0]] if cut else new, "first": first}))
 
 
 @pytest.mark.env
-@pytest.mark.slow
+@pytest.mark.llamacpp
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_llamacpp_answers_with_the_tokens_transformers_gives(
     arch: str, tiny_llama: Path, tiny_qwen2: Path, tmp_path: Path

@@ -153,7 +153,7 @@ def test_eval_reports_the_loss_transformers_computes_and_the_libraries_scores(
             "--predictions", str(written)]  # fmt: skip
     result = run_ftx(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("loss", "perplexity", "exact match", "rouge l", "bleu"):
+    for name in ("loss", "perplexity", "exact match", "ROUGE-L", "BLEU"):
         assert name in result.stdout, result.stdout
     metrics = json.loads(report.read_text())
     rows = answers(written)

@@ -1,10 +1,11 @@
 """The mindformers backend's decoder (``ftx generate``, ``chat``, ``eval``, ``serve``):
 MindFormers' legacy LlamaForCausalLM built from the HF folder's config.json, its weights
 loaded by MindFormers' own name conversion (an adapter merged into them by the core
-first). The forward is compiled once for rows of the context's length (MindFormers'
-causal mask is that square), so every step runs the whole row, padded on the right,
-which a causal model never sees from earlier positions. The loop, sampling and scoring
-are the core's (:mod:`ftx.core.inference.decoding`).
+first). The network is built with ``is_dynamic`` (its causal mask follows the input's
+length) and its forward compiled once per row length, the lengths being powers of two
+from 32: each step runs the sequence padded on the right to its bucket (a causal model
+never sees later positions), so a few compilations serve a whole session. The loop,
+sampling and scoring are the core's (:mod:`ftx.core.inference.decoding`).
 
     python -m ftx.backends.mindformers.decode '{"path": MODEL, "adapter": null, "context": N}'
 """
@@ -24,6 +25,9 @@ from ftx.core.inference.decoding import Logits, main_of
 from ftx.core.models.architectures import ModelConfig
 
 
+BUCKET = 32  # the shortest row the forward is compiled for
+
+
 class MindFormersLogits(Logits):
     def __init__(self, spec: DecoderModel):
         from mindformers import MindFormerConfig
@@ -34,6 +38,7 @@ class MindFormersLogits(Logits):
         section = legacy_model_section(
             model, seq_length=self.context, batch_size=1, dtype="float32", flash=on_ascend()
         )
+        section["is_dynamic"] = True  # rows of any length (see the module's note)
         if not on_ascend():  # the kernels MindSpore's CPU build has
             section.update(fused_rms_norm=False, use_rope_slice=True)
         ms.set_context(mode=ms.PYNATIVE_MODE, device_target="Ascend" if on_ascend() else "CPU")
@@ -50,9 +55,10 @@ class MindFormersLogits(Logits):
         return self.net(ids)[0]
 
     def sequence(self, ids: Sequence[int]) -> np.ndarray:
-        row = np.full((1, self.context), self.pad, dtype=np.int32)
+        width = min(max(BUCKET, 1 << (len(ids) - 1).bit_length()), self.context)
+        row = np.full((1, width), self.pad, dtype=np.int32)
         row[0, : len(ids)] = ids
-        return self.logits(ms.Tensor(row)).asnumpy().reshape(self.context, -1)[: len(ids)]
+        return self.logits(ms.Tensor(row)).asnumpy().reshape(width, -1)[: len(ids)]
 
 
 if __name__ == "__main__":

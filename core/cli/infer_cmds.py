@@ -301,16 +301,16 @@ def print_metrics(report: dict[str, Any]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     shown = [
-        ("examples", "{:d}"),
-        ("loss", "{:.4f}"),
-        ("perplexity", "{:.3f}"),
-        ("exact_match", "{:.1%}"),
-        ("rouge_l", "{:.2f}"),
-        ("bleu", "{:.2f}"),
+        ("examples", "examples", "{:d}"),
+        ("loss", "loss", "{:.4f}"),
+        ("perplexity", "perplexity", "{:.3f}"),
+        ("exact_match", "exact match", "{:.1%}"),
+        ("rouge_l", "ROUGE-L", "{:.2f}"),
+        ("bleu", "BLEU", "{:.2f}"),
     ]
-    for key, form in shown:
+    for key, label, form in shown:
         if key in report:
-            table.add_row(key.replace("_", " "), form.format(report[key]))
+            table.add_row(label, form.format(report[key]))
     (results if not console.is_terminal else console).print(table)
 
 
@@ -537,5 +537,5 @@ def export(
             )
     results.print(
         f"{out}: {made['architecture']}, {made['tensors']} tensors ({kind}),"
-        f" {made['tokens']} tokens, chat template {'kept' if chat_template else 'none'}"
+        f" vocabulary {made['tokens']}, chat template {'kept' if chat_template else 'none'}"
     )
