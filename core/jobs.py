@@ -25,7 +25,7 @@ from ftx.core.nodes import plan_digest
 from ftx.core.preflight import Topology, run_preflight
 from ftx.core.progress import RunDisplay
 from ftx.core.recipe import LoadedRecipe
-from ftx.core.runner import Staged, launch_and_record, stage
+from ftx.core.runner import Staged, launch_and_record, layout_for, stage
 from ftx.core.runtime import Launch, get_runtime
 from ftx.core.schedulers import slurm
 
@@ -80,6 +80,8 @@ def plan_job(
         from ftx.core.schedulers.kubernetes import pod_image
 
         image = pod_image(loaded.recipe, backend, variant, registry)  # before OUT is claimed
+    else:
+        slurm.log_path(layout_for(loaded, out))  # an OUT #SBATCH lines can carry, checked first
     runtime = get_runtime(runtime_name, variant=variant, registry=registry)
     try:
         staged = stage(loaded, backend, runtime, out=out, force=force, here=False)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftx.core.errors import FtxError
+from ftx.core.scripts import default_export
 
 if TYPE_CHECKING:
     from ftx.core.recipe.schema import ParallelSection
@@ -87,8 +88,7 @@ class NodeContract:
             "# The node contract: `ftx launch` (Slurm, Kubernetes) sets these per node;\n"
             "# unset, they are the recipe's.\n"
         ]
-        for name, value in self.environment().items():
-            lines.append(f'export {name}="${{{name}:-{value}}}"\n')
+        lines += [default_export(name, value) for name, value in self.environment().items()]
         return "".join(lines)
 
     def from_scheduler(self, env: Mapping[str, str]) -> tuple[NodeContract, str]:

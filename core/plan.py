@@ -8,11 +8,11 @@ to the launch. Paths in a plan are relative to OUT: launch.sh starts there.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftx.core import scripts
 from ftx.core.contract import WORKER_CONFIG, RunLayout, WorkerConfig
 from ftx.core.fsutil import staged_dir
 from ftx.core.nodes import NODES_FILE, NodeContract
@@ -55,8 +55,8 @@ class NativePlan:
 
     def launch_script(self) -> str:
         """The exact launch command as a bash script that runs from anywhere."""
-        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(self.env.items()))
-        command = " \\\n    ".join(_quote(part) for part in self.command)
+        exports = "".join(scripts.export(k, v) for k, v in sorted(self.env.items()))
+        command = " \\\n    ".join(scripts.reference_word(part) for part in self.command)
         contract = self.nodes.preamble() if self.nodes else ""
         return (
             "#!/usr/bin/env bash\n"
@@ -84,11 +84,3 @@ class NativePlan:
             if data is not None:
                 data(tmp / PLAN_DATA)
         return [*files, f"{PLAN_DATA}/"] if data is not None else list(files)
-
-
-def _quote(part: str) -> str:
-    """A shell word: quoted as is, or in double quotes when it refers to a node contract
-    variable (translators write only ${FTX_...} references there)."""
-    if "${FTX_" not in part:
-        return shlex.quote(part)
-    return '"' + part.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'

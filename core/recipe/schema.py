@@ -8,9 +8,12 @@ Rules that depend on the chosen backend live in :mod:`ftx.core.capabilities`.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ftx.core import scripts
 
 DATA_FORMATS = ("alpaca", "sharegpt", "openai", "text", "src_tgt")
 
@@ -346,6 +349,14 @@ class ParallelSection(Section):
     master_addr: str = "127.0.0.1"
     master_port: int = Field(29500, ge=1, le=65535)
 
+    @field_validator("master_addr")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        problem = scripts.host_problem(value)
+        if problem:  # it reaches launch.sh: only a host may
+            raise ValueError(f"{value!r} {problem}")
+        return value
+
     @property
     def world_size(self) -> int:
         return self.nnodes * self.nproc_per_node
@@ -373,6 +384,15 @@ class ParallelSection(Section):
 
 class OutputSection(Section):
     dir: str = Field("runs/default", description="Run output folder (OUT).")
+
+    @field_validator("dir")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        problem = scripts.single_line_problem(value)
+        if problem:  # it names the job and its logs in job.sbatch
+            raise ValueError(f"the folder name {problem}")
+        return value
+
     save_format: Literal["hf", "native", "both"] = "hf"
     merge_lora: bool = Field(False, description="Also write the LoRA-merged model to final/merged.")
     report_to: Literal["none", "tensorboard"] = Field(
@@ -382,6 +402,7 @@ class OutputSection(Section):
 
 SLURM_TIME = r"^(\d+-)?\d+(:\d{2}){0,2}$"  # minutes, [D-]HH[:MM[:SS]], as sbatch --time takes
 K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # an RFC 1123 label (claim names, namespaces)
+GRES = re.compile(r"^[A-Za-z0-9_:.,=/+-]{1,200}$")
 
 
 class SlurmSection(Section):
@@ -409,13 +430,33 @@ class SlurmSection(Section):
             raise ValueError(f"write the time limit as quoted text ('1:00:00'), not {value}")
         return value
 
+    @field_validator("partition", "account", "job_name")
+    @classmethod
+    def _slurm_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else scripts.slurm_name_problem(value)
+        if problem:  # it is written into job.sbatch
+            raise ValueError(f"{value!r} {problem}")
+        return value
+
+    @field_validator("gres")
+    @classmethod
+    def _gres(cls, value: str | None) -> str | None:
+        if value is not None and not GRES.match(value):
+            raise ValueError(f"{value!r} is not a Slurm gres list (e.g. gpu:8, gpu:a100:4)")
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _options(cls, value: list[str]) -> list[str]:
+        for option in value:
+            if not option.startswith("--") or scripts.single_line_problem(option):
+                raise ValueError(f"{option!r} must be one '--name[=value]' on one line")
+        return value
+
     @model_validator(mode="after")
-    def _options(self) -> SlurmSection:
+    def _gpus(self) -> SlurmSection:
         if self.gpus_per_node and self.gres:
             raise ValueError("set gpus_per_node or gres, not both")
-        for option in self.extra:
-            if not option.startswith("--") or "\n" in option:
-                raise ValueError(f"extra option {option!r} must be one '--name[=value]'")
         return self
 
 

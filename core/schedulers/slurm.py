@@ -12,13 +12,13 @@ checkpoint; resubmitting with ``train.resume=auto`` continues.
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ftx.core import scripts
 from ftx.core.contract import RunLayout
 from ftx.core.errors import FtxError
 from ftx.core.recipe.schema import Recipe
@@ -38,7 +38,25 @@ FINISHED = {
 
 
 def job_name(recipe: Recipe, layout: RunLayout) -> str:
-    return recipe.scheduler.slurm.job_name or f"ftx-{layout.root.name}"
+    """The recipe's job name, else ftx-<OUT's name> with what Slurm names do not take
+    replaced by '-'."""
+    derived = re.sub(r"[^A-Za-z0-9_.+-]", "-", layout.root.name)[:190]
+    return recipe.scheduler.slurm.job_name or f"ftx-{derived}"
+
+
+def log_path(layout: RunLayout) -> str:
+    """Where the job writes its log: a path #SBATCH lines carry as they are (sbatch
+    splits them at white space and expands % patterns)."""
+    log = str(layout.logs / "slurm-%j.out")
+    odd = sorted({c for c in str(layout.logs) if c.isspace() or c in "%\"'\\" or ord(c) < 32})
+    if odd:
+        raise FtxError(
+            f"the run folder's path holds {', '.join(repr(c) for c in odd)}, which an #SBATCH"
+            " line cannot carry",
+            where=str(layout.root),
+            fix="choose an output folder whose path has no spaces, quotes or %",
+        )
+    return log
 
 
 def sbatch_script(
@@ -53,7 +71,7 @@ def sbatch_script(
 ) -> str:
     """The job script (pure: the recipe's topology and ``scheduler.slurm`` section)."""
     slurm, p = recipe.scheduler.slurm, recipe.parallel
-    log = layout.logs / "slurm-%j.out"
+    log = log_path(layout)
     options = [
         f"--job-name={job_name(recipe, layout)}",
         f"--nodes={p.nnodes}",
@@ -79,11 +97,11 @@ def sbatch_script(
         f"# Written by ftx for the {backend} backend: one task per node, each starting that\n"
         "# node's launcher through `ftx launch` (node rank, master address and port from\n"
         "# Slurm's environment). Submit with `ftx submit` or `sbatch` this file.\n"
-        + "".join(f"#SBATCH {option}\n" for option in options)
+        + "".join(scripts.sbatch_line(option) for option in options)
         + "set -euo pipefail\n"
-        f"export FTX_HOME={shlex.quote(ftx_home)}\n"
-        "srun --ntasks-per-node=1 --kill-on-bad-exit=1 \\\n"
-        f"    {' '.join(shlex.quote(part) for part in launch)}\n"
+        + scripts.export("FTX_HOME", ftx_home)
+        + "srun --ntasks-per-node=1 --kill-on-bad-exit=1 \\\n"
+        f"    {' '.join(scripts.word(part) for part in launch)}\n"
     )
 
 
