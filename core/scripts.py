@@ -43,19 +43,10 @@ def export(name: str, value: str) -> str:
 
 
 def default_export(name: str, value: str) -> str:
-    """``NAME`` from the environment when set, else ``value`` (literal), exported."""
-    return f'export {name}="${{{name}:-{_double_quoted(value)}}}"\n'
-
-
-def _double_quoted(value: str) -> str:
-    """``value`` literal inside double quotes (and so inside ${NAME:-...} there)."""
-    out = []
-    for char in value:
-        if char in '\\"$`}':
-            out.append("\\" + char)
-        else:
-            out.append(char)
-    return "".join(out)
+    """``NAME`` from the environment when set and not empty, else ``value`` (literal),
+    exported. (Not ``"${NAME:-value}"``: bash pairs single quotes inside a double-quoted
+    expansion, so no quoting of ``value`` there is safe for every text.)"""
+    return f'if [ -z "${{{name}:-}}" ]; then {name}={word(value)}; fi\nexport {name}\n'
 
 
 def sbatch_line(option: str) -> str:

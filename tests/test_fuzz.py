@@ -429,3 +429,54 @@ def test_fuzz_ckpt_files(workspace: Path, checkpoints: Path, flips: list, cut) -
     ckpt.write_bytes(bytes(data))
     out = fresh(workspace / "out")
     ftx("convert", str(source), str(out), "--to", "hf", watch=source.parent, out=out)
+
+
+SCRIPT_KEYS = [
+    "parallel.master_addr",
+    "scheduler.slurm.partition",
+    "scheduler.slurm.account",
+    "scheduler.slurm.job_name",
+    "scheduler.slurm.gres",
+    "output.dir",
+]
+SCRIPT_TEXT = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40
+)
+
+
+@FUZZ
+@given(value=SCRIPT_TEXT)
+@example(value="$(touch ran)`touch ran`\"'}\\\n${x")
+def test_fuzz_script_values(tmp_path_factory: pytest.TempPathFactory, value: str) -> None:
+    """Any text through the generated scripts' helper (issue 26, class 1): bash hands it
+    to a program verbatim, as an export, a plan default or a word, and runs nothing."""
+    import subprocess
+
+    from ftx.core import scripts
+
+    folder = tmp_path_factory.mktemp("script")
+    text = (
+        scripts.export("A", value)
+        + scripts.default_export("B", value)
+        + f'printf "%s\\0%s\\0%s" "$A" "$B" {scripts.word(value)}\n'
+    )
+    result = subprocess.run(["bash", "-c", text], capture_output=True, cwd=folder, env={})
+    CASES["count"] += 1
+    assert result.returncode == 0, (value, result.stderr)
+    assert result.stdout.decode("utf-8", "surrogateescape").split("\0") == [value] * 3
+    assert list(folder.iterdir()) == []  # nothing ran
+
+
+@FUZZ
+@given(key=st.sampled_from(SCRIPT_KEYS), value=SCRIPT_TEXT)
+def test_fuzz_script_bound_recipe_values(workspace: Path, key: str, value: str) -> None:
+    """Any text for a recipe key that reaches a script: exit 0 or 2, and what validates
+    is what the scripts' checks accept."""
+    from ftx.core import scripts
+
+    code = ftx("validate", str(workspace / "project/recipe.yaml"), f"{key}={value}",
+               watch=workspace / "project")  # fmt: skip
+    if code == 0 and key == "parallel.master_addr":
+        assert scripts.host_problem(value) is None, value
+    if code == 0:
+        assert scripts.single_line_problem(value) is None, (key, value)
