@@ -146,7 +146,8 @@ def claim_destination(dst: Path, *, force: bool, inputs: Iterable[Path], also: s
 
 
 def inside(folder: Path, name: str, where: str) -> Path:
-    """``folder / name``, refusing a name that leads out of ``folder`` (absolute, ``..``)."""
+    """``folder / name``, refusing a name that leads out of ``folder``: absolute, ``..``,
+    or through a symbolic link (links are resolved before the check)."""
     candidate = Path(os.path.normpath(folder / name))
     if Path(name).is_absolute() or not _within(candidate, Path(os.path.normpath(folder))):
         raise FtxError(
@@ -154,4 +155,25 @@ def inside(folder: Path, name: str, where: str) -> Path:
             where=where,
             fix=f"name a file inside {folder} (relative, without '..'), or copy it there",
         )
+    confined(candidate, folder, where)
     return candidate
+
+
+def confined(path: Path, folder: Path, where: str) -> Path:
+    """``path``, refused when following its links leads out of ``folder``. A folder in a
+    Hugging Face cache snapshot (``<repo>/snapshots/<revision>``) may link into that
+    repository's ``blobs``: that is how the cache stores every file."""
+    real, root = _real(path), _real(folder)
+    allowed = [root]
+    for parent in (folder.absolute(), *folder.absolute().parents):
+        if parent.parent.name == "snapshots":
+            allowed.append(_real(parent.parent.parent / "blobs"))
+            break
+    if not any(_within(real, place) for place in allowed):
+        raise FtxError(
+            f"{path} is a link to {real}, outside {folder}",
+            where=where,
+            fix=f"copy the file into {folder} (ftx does not follow links out of an input's"
+            " folder)",
+        )
+    return path

@@ -226,6 +226,52 @@ def test_index_shards_stay_in_their_folder(project: Path) -> None:
     assert not (project.parent / "out").exists()
 
 
+def test_links_out_of_an_input_folder_are_refused_and_the_hf_cache_layout_is_not(
+    project: Path,
+) -> None:
+    """A dataset folder's file, a dataset_info.json entry or an index shard that is a
+    symbolic link to a file outside its folder: the error names the link, where it
+    points and the folder, and nothing of the file is read or written. A snapshot of
+    the Hugging Face cache (files linked into the repository's blobs) is read."""
+    secret = project.parent / "secret.jsonl"
+    secret.write_text('{"instruction": "secret", "output": "x"}\n')
+    data = project / "data"
+    (data / "link.jsonl").symlink_to(secret)
+    (data / "dataset_info.json").write_text(json.dumps({"leak": {"file_name": "link.jsonl"}}))
+    shown = run_ftx("data", "show", str(project / "recipe.yaml"), "data.dataset_dir=data",
+                    "data.datasets=leak")  # fmt: skip
+    user_error(shown, "link.jsonl is a link to", str(secret), "outside")
+    assert "secret" not in shown.stdout
+    folder = project / "folder"
+    folder.mkdir()
+    (folder / "rows.jsonl").symlink_to(secret)
+    listed = run_ftx("data", "show", str(project / "recipe.yaml"),
+                     f"data.datasets=[{{path: {folder}}}]")  # fmt: skip
+    user_error(listed, "rows.jsonl is a link to", str(secret))
+
+    model = project / "model"
+    shutil.move(model / "model.safetensors", project / "weights.safetensors")
+    (model / "shard.safetensors").symlink_to(project / "weights.safetensors")
+    index = {"weight_map": {"model.embed_tokens.weight": "shard.safetensors"}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    converted = run_ftx("convert", str(model), str(project.parent / "out"), "--to", "paddle")
+    user_error(converted, "shard.safetensors is a link to", "outside")
+    assert not (project.parent / "out").exists()
+
+    # the Hugging Face cache: <repo>/snapshots/<rev>/file -> ../../blobs/<sha>
+    repo = project.parent / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / "abc123"
+    shutil.copytree(model, snapshot, symlinks=False, ignore=shutil.ignore_patterns("*.json*"))
+    for item in model.glob("*.json*"):
+        shutil.copy(item, snapshot / item.name)
+    (snapshot / "shard.safetensors").unlink()
+    shutil.move(project / "weights.safetensors", repo / "blobs" / "0f1e")
+    (snapshot / "shard.safetensors").symlink_to("../../blobs/0f1e")
+    cached = run_ftx("convert", str(snapshot), str(project.parent / "out2"), "--to", "paddle")
+    assert cached.returncode == 0, cached.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------- memory
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import inside
+from ftx.core.fsutil import confined, inside
 from ftx.core.recipe.schema import DatasetSpec, Recipe
 
 
@@ -106,7 +106,7 @@ def resolve(spec: DatasetSpec, dataset_dir: Path, where: str) -> Source:
 def _files(path: Path, where: str) -> tuple[Path, ...]:
     """A dataset's files: the file itself, or every file of a folder."""
     if path.is_dir():
-        return tuple(sorted(p for p in path.iterdir() if p.is_file()))
+        return tuple(sorted(confined(p, path, where) for p in path.iterdir() if p.is_file()))
     if not path.is_file():
         raise FtxError(
             "dataset file not found", where=where, fix="check the dataset's path in the recipe"
