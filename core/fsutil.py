@@ -1,7 +1,9 @@
 """Filesystem rules every command that writes follows.
 
 - A destination is claimed first (:func:`claim_destination`): never one that is, holds or
-  lies inside an input, whatever the flags; a non-empty one only with ``--force``.
+  lies inside an input, whatever the flags; a non-empty one only with ``--force``; and
+  by one ftx process at a time (a claim file beside it, created exclusively; a killed
+  writer's claim and hidden partial files are cleared by the next writer).
 - Outputs are staged beside the destination and renamed into place
   (:func:`staged_dir`, :func:`atomic_write_text`): the old output survives any failure,
   and no half-written output is ever left.
@@ -12,11 +14,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,9 +119,10 @@ def _within(path: Path, folder: Path) -> bool:
 
 
 def claim_destination(dst: Path, *, force: bool, inputs: Iterable[Path], also: str = "") -> None:
-    """Check that ``dst`` may be written: an FtxError (exit 2) when it is, holds or lies
-    inside any of ``inputs`` (whatever the flags), is a file, or is a non-empty folder
-    and ``force`` is not set. Nothing is written or deleted here."""
+    """Check that ``dst`` may be written and claim it: an FtxError (exit 2) when it is,
+    holds or lies inside any of ``inputs`` (whatever the flags), is a file, is a non-empty
+    folder and ``force`` is not set, or another ftx process is writing it. Nothing of
+    ``dst`` is written or deleted here; its claim file is created beside it."""
     target = _real(dst)
     for given in inputs:
         source = _real(given)
@@ -143,6 +150,121 @@ def claim_destination(dst: Path, *, force: bool, inputs: Iterable[Path], also: s
             fix="pass --force to replace it (the old contents are removed only once the new"
             f" output is complete), {also}or choose another folder",
         )
+    _claim(dst)
+
+
+_CLAIMS: dict[Path, dict[str, Any]] = {}  # this process's claims, released at exit
+
+
+def _claim_file(dst: Path) -> Path:
+    return dst.parent / f".{dst.name}.claim"
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start (clock ticks since boot): tells a reused pid from the writer."""
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return None
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the claim's writer still runs (another host's: assumed so)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = holder.get("started_ticks")
+    return started is None or started == _start_time(pid)
+
+
+def _claim(dst: Path) -> None:
+    """Take ``dst`` for this process, or fail naming the process that holds it. A claim
+    whose writer is gone (killed) is removed with the hidden partial files it left."""
+    dst = Path(os.path.abspath(dst))
+    if dst in _CLAIMS:
+        return
+    claim = _claim_file(dst)
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_ticks": _start_time(os.getpid()),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(["ftx", *sys.argv[1:]])[:500],
+    }
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(claim.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                holder = {}
+            if isinstance(holder, dict) and holder and _alive(holder):
+                raise FtxError(
+                    f"another ftx is writing there: pid {holder.get('pid')} on"
+                    f" {holder.get('host')} since {holder.get('since')}"
+                    f" (`{holder.get('command')}`)",
+                    where=str(dst),
+                    fix=f"wait for it to end, or choose another destination (if that process"
+                    f" is gone, delete {claim})",
+                ) from None
+            _clear_leftovers(dst, claim)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+        _CLAIMS[dst] = record
+        if len(_CLAIMS) == 1:
+            atexit.register(release_claims)
+        return
+    raise FtxError(
+        "the destination's claim keeps changing under ftx",
+        where=str(dst),
+        fix="make sure no other program writes there, then run the command again",
+    )
+
+
+def _clear_leftovers(dst: Path, claim: Path) -> None:
+    """A killed writer's claim and the hidden files it staged beside ``dst``."""
+    with contextlib.suppress(FileNotFoundError):
+        claim.unlink()
+    for leftover in dst.parent.glob(f".{dst.name}.*"):
+        if leftover.suffix in (".partial", ".old", ".tmp"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
+
+def release_claims(keep: Iterable[Path] = ()) -> None:
+    """Give back the destinations this process claimed, except ``keep``."""
+    kept = set(keep)
+    for dst, record in list(_CLAIMS.items()):
+        if dst in kept:
+            continue
+        claim = _claim_file(dst)
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(claim.read_text(encoding="utf-8")).get("pid") == record["pid"]:
+                claim.unlink()
+        _CLAIMS.pop(dst, None)
+
+
+@contextlib.contextmanager
+def claims_released() -> Iterator[None]:
+    """What is claimed inside the block is given back at its end (a CLI command's)."""
+    before = set(_CLAIMS)
+    try:
+        yield
+    finally:
+        release_claims(keep=before)
 
 
 def inside(folder: Path, name: str, where: str) -> Path:
@@ -173,7 +295,6 @@ def confined(path: Path, folder: Path, where: str) -> Path:
         raise FtxError(
             f"{path} is a link to {real}, outside {folder}",
             where=where,
-            fix=f"copy the file into {folder} (ftx does not follow links out of an input's"
-            " folder)",
+            fix=f"copy the file into {folder} (ftx does not follow links out of an input's folder)",
         )
     return path

@@ -198,6 +198,48 @@ def test_outputs_respect_the_umask(tmp_path: Path, tiny_llama: Path) -> None:
         assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir() if p.is_file())
 
 
+# --------------------------------------------------------------------------- one writer
+
+
+def test_one_writer_per_destination_and_a_killed_writers_leftovers_cleared(
+    project: Path, tmp_path: Path
+) -> None:
+    """A destination another ftx process is writing is refused naming that process; once
+    it is gone (killed), the next writer clears its claim and hidden partial files; two
+    commands started together into one new folder never both succeed."""
+    import socket
+
+    dst = tmp_path / "converted"
+    holder = subprocess.Popen(["sleep", "60"])
+    ticks = Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    claim = tmp_path / ".converted.claim"
+    claim.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                 "started_ticks": ticks, "since": "earlier",
+                                 "command": "ftx convert a b"}))  # fmt: skip
+    model = project / "model"
+    busy = run_ftx("convert", str(model), str(dst), "--to", "paddle")
+    user_error(busy, f"another ftx is writing there: pid {holder.pid}", "ftx convert a b")
+    assert not dst.exists()
+    holder.kill()
+    holder.wait()
+    (tmp_path / ".converted.x1.partial").mkdir()
+    (tmp_path / ".converted.x1.partial" / "half.safetensors").write_bytes(b"\0" * 10)
+    (tmp_path / ".converted.x2.tmp").write_bytes(b"half")
+    done = run_ftx("convert", str(model), str(dst), "--to", "paddle")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".converted")) == []
+
+    racing = [
+        subprocess.Popen([str(FTX), "init-model", "--size", "small", "--out", str(tmp_path / "m")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    codes = sorted(p.wait(timeout=300) for p in racing)
+    errors = "".join(p.stderr.read() for p in racing)
+    assert codes == [0, 2], errors
+    assert "another ftx is writing there" in errors or "not empty" in errors
+
+
 # --------------------------------------------------------------------------- confinement
 
 

@@ -16,6 +16,7 @@ from rich.markup import escape
 from ftx.core import __version__
 from ftx.core.console import console, set_quiet
 from ftx.core.errors import FtxError
+from ftx.core.fsutil import claims_released
 
 # What the machine says, and what to do about it, for errors no input check can prevent.
 SYSTEM_ERRORS = {
@@ -39,6 +40,10 @@ class FtxGroup(click.Group):
     traceback, a request to report it, exit code 1."""
 
     def invoke(self, ctx: click.Context) -> object:
+        with claims_released():  # the command's destinations are free again at its end
+            return self._explained(ctx)
+
+    def _explained(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except FtxError as exc:
