@@ -198,6 +198,50 @@ def test_outputs_respect_the_umask(tmp_path: Path, tiny_llama: Path) -> None:
         assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir() if p.is_file())
 
 
+# --------------------------------------------------------------------------- the cache
+
+
+def test_a_dataset_written_while_it_is_read_publishes_no_cache_entry(
+    project: Path, tmp_path: Path
+) -> None:
+    """A dataset another program appends to while `ftx data prepare` reads it: exit 2
+    naming the file, no cache entry (its key would name other bytes than its tokens), no
+    output; once the file is still, the same command prepares it."""
+    import threading
+    import time
+
+    rows = project / "data" / "train.jsonl"
+    row = json.dumps({"instruction": "say a few words", "output": "ok"}) + "\n"
+    rows.write_text(row * 20000)
+    home = tmp_path / "home"
+    env = {**os.environ, "FTX_HOME": str(home)}
+    stop = threading.Event()
+
+    def append() -> None:
+        with rows.open("a") as handle:
+            while not stop.is_set():
+                handle.write(row)
+                handle.flush()
+                time.sleep(0.01)
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        result = subprocess.run([str(FTX), "data", "prepare", str(project / "recipe.yaml"),
+                                 "--out", str(tmp_path / "prepared")], capture_output=True,
+                                text=True, env=env, timeout=600)  # fmt: skip
+    finally:
+        stop.set()
+        writer.join()
+    user_error(result, "changed while ftx read it", str(rows))
+    assert not (tmp_path / "prepared").exists()
+    assert not [p for p in (home / "prepared").glob("*") if (p / "manifest.json").exists()]
+    again = subprocess.run([str(FTX), "data", "prepare", str(project / "recipe.yaml"),
+                            "--out", str(tmp_path / "prepared")], capture_output=True,
+                           text=True, env=env, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+
+
 # --------------------------------------------------------------------------- one writer
 
 

@@ -166,6 +166,37 @@ def _sources(specs: list[DatasetSpec], recipe: Recipe, key: str) -> list[Source]
     return [resolve(spec, base, f"{key}[{i}]") for i, spec in enumerate(specs)]
 
 
+FileState = tuple[tuple[str, int, int, int], ...]  # (path, size, mtime_ns, inode) each
+
+
+def input_state(recipe: Recipe) -> FileState:
+    """What the dataset files are now (size, modification time, inode): taken before the
+    cache key hashes them and again before an entry is published, so an entry is never
+    published for bytes other than its key's."""
+    sources = _sources(list(recipe.data.datasets), recipe, "data.datasets")
+    if recipe.evaluate:
+        sources += _sources(list(recipe.evaluate.datasets), recipe, "evaluate.datasets")
+    state = []
+    for source in sources:
+        for file in source.files:
+            info = file.stat()
+            state.append((str(file), info.st_size, info.st_mtime_ns, info.st_ino))
+    return tuple(state)
+
+
+def _unchanged_since(recipe: Recipe, before: FileState) -> None:
+    now = dict((path, rest) for path, *rest in input_state(recipe))
+    for path, *rest in before:
+        if now.get(path) != rest:
+            raise FtxError(
+                "the file changed while ftx read it (its size or modification time is not"
+                " what it was when its hash was taken), so the prepared data would not match"
+                " its cache key; nothing was kept",
+                where=path,
+                fix="run the command again once nothing writes to the file",
+            )
+
+
 def cache_key(recipe: Recipe) -> str:
     """Hash of everything that decides the prepared tokens."""
     digest = hashlib.sha256()
@@ -271,11 +302,17 @@ def check_rows_fit_stage(conversations: list[Conversation], stage: str) -> None:
         )
 
 
-def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any]:
+def prepare(
+    recipe: Recipe, dest: Path, key: str | None = None, state: FileState | None = None
+) -> dict[str, Any]:
     """Prepare the recipe's data into ``dest`` (written atomically); return the manifest.
 
     ``key`` is the recipe's cache key when the caller has already computed it (it hashes
-    every dataset file, so it is worth not doing twice)."""
+    every dataset file, so it is worth not doing twice), ``state`` the files'
+    :func:`input_state` from before that hashing: a file that changed since is refused
+    before anything is published."""
+    if key is None:
+        state, key = input_state(recipe), cache_key(recipe)
     tokenizer = load_tokenizer(recipe)
     data = recipe.data
     report = RowReport()
@@ -314,7 +351,7 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
 
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "key": key or cache_key(recipe),
+        "key": key,
         "recipe_data_sha256": _json_hash(
             {"data": recipe.data.model_dump(mode="json"), "template": recipe.model.template}
         ),
@@ -352,6 +389,8 @@ def prepare(recipe: Recipe, dest: Path, key: str | None = None) -> dict[str, Any
             (tmp / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
             manifest["splits"]["eval"] = {"examples": len(eval_rows)}
         atomic_write_json(tmp / "manifest.json", manifest)
+        if state is not None:
+            _unchanged_since(recipe, state)
     return manifest
 
 
@@ -562,12 +601,13 @@ def _pack_text(
 def cached_prepared(recipe: Recipe, *, say: Callable[[str], None] | None = None) -> Path:
     """The recipe's prepared data in the cache ($FTX_HOME/prepared/<key>), prepared first
     when it is not there yet."""
+    state = input_state(recipe)
     key = cache_key(recipe)
     cached = ftx_home() / "prepared" / key
     if not (cached / "manifest.json").exists():
         if say is not None:
             say("preparing the data (cached by content hash)")
-        prepare(recipe, cached, key)
+        prepare(recipe, cached, key, state)
         for path in cached.rglob("*"):
             if path.is_file():
                 path.chmod(0o444)  # shared through hard links: never to be written in place
