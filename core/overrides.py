@@ -8,6 +8,7 @@ Other keys stay in ``recipe.backends[name]`` for the translator, type-checked.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ftx.core.backend import BackendSpec, Override
@@ -64,6 +65,12 @@ def _checked(override: Override, value: Any, where: str) -> Any:
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if ok and kind is float and not math.isfinite(value):
+        raise FtxError(
+            f"{value!r} is not a finite number",
+            where=where,
+            fix=f"{override.help}; for example {override.example!r}",
+        )
     if not ok:
         raise FtxError(
             f"expected a {kind.__name__}, got {value!r}",

@@ -31,6 +31,7 @@ from ftx.core.data.sources import input_paths
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, claim_destination
 from ftx.core.models.architectures import ModelConfig
+from ftx.core.models.fit import check_fits_model
 from ftx.core.models.formats import detect_format
 from ftx.core.nodes import NodeContract, plan_digest
 from ftx.core.overrides import apply_overrides
@@ -113,7 +114,9 @@ def checked_target(loaded: LoadedRecipe, backend: str) -> Target:
     recipe = apply_overrides(loaded.recipe, spec, str(loaded.source))
     model_dir = Path(recipe.model.path)
     model_format = recipe.model.format or (detect_format(model_dir) if model_dir.exists() else None)
-    model_type = ModelConfig.read(model_dir).model_type
+    model = ModelConfig.read(model_dir)
+    model_type = model.model_type
+    check_fits_model(recipe, model, str(loaded.source))
     caps = spec.capabilities
     assert caps is not None
     source = str(loaded.source)

@@ -198,6 +198,72 @@ def test_outputs_respect_the_umask(tmp_path: Path, tiny_llama: Path) -> None:
         assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir() if p.is_file())
 
 
+# --------------------------------------------------------------------------- values
+
+
+def test_weights_that_do_not_match_their_config_or_name_a_tensor_twice_are_refused(
+    project: Path, tmp_path: Path
+) -> None:
+    """config.json saying 1 layer over weights of 2, and a safetensors header naming a
+    tensor twice (json would keep the last): exit 2, nothing written."""
+    model = project / "model"
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    result = run_ftx("convert", str(model), str(tmp_path / "a"), "--to", "paddle")
+    user_error(result, "model.layers.1.", "not part of the model config.json describes")
+    (model / "config.json").write_text(json.dumps(config))
+
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    name = next(k for k in header if k != "__metadata__")
+    entry = json.dumps({name: header[name]})[1:-1]
+    text = "{" + entry + "," + json.dumps(header)[1:]
+    raw = text.encode() + b" " * ((8 - len(text.encode()) % 8) % 8)
+    weights.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length :])
+    result = run_ftx("convert", str(model), str(tmp_path / "b"), "--to", "paddle")
+    user_error(result, f"'{name}' is named twice")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("train.epochs=true", "true is not a number"),
+        ("train.weight_decay=.nan", "finite number"),
+        ("train.max_grad_norm=.inf", "finite number"),
+        ("method.lora.alpha=.nan", "finite number"),
+        ("method.lora.rank=1024", "larger than the model's hidden size"),
+        ("method.lora.targets=[q_proj,wq]", "'wq'"),
+        ("data.max_seq_len=1000000", "beyond the model's"),
+    ],
+)
+def test_values_that_cannot_be_meant_are_refused_where_they_enter(
+    project: Path, override: str, needle: str
+) -> None:
+    result = run_ftx("validate", str(project / "recipe.yaml"), "--backend", "torch",
+                     "method.finetuning=lora", override)  # fmt: skip
+    user_error(result, needle)
+
+
+def test_num_samples_0_reads_every_row_and_says_so_once(project: Path) -> None:
+    data = project / "data"
+    (data / "dataset_info.json").write_text(
+        json.dumps({"demo": {"file_name": "train.jsonl", "num_samples": 0}})
+    )
+    result = run_ftx("data", "show", str(project / "recipe.yaml"), "data.dataset_dir=data",
+                     "data.datasets=demo")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("num_samples 0 takes every row") == 1
+    (data / "dataset_info.json").write_text(
+        json.dumps({"demo": {"file_name": "train.jsonl", "num_samples": -3}})
+    )
+    refused = run_ftx("data", "show", str(project / "recipe.yaml"), "data.dataset_dir=data",
+                      "data.datasets=demo")  # fmt: skip
+    user_error(refused, "num_samples is -3")
+
+
 # --------------------------------------------------------------------------- the cache
 
 

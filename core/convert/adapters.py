@@ -21,6 +21,7 @@ own folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -104,7 +105,51 @@ def adapter_format(folder: Path) -> str | None:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    return json.loads(_need(path, "config").read_text())
+    """An adapter's config file as a JSON object (the usual paragraph when it is not)."""
+    try:
+        value = json.loads(_need(path, "config").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise FtxError(
+            f"not JSON ({exc})", where=str(path), fix="restore the adapter's config file"
+        ) from None
+    if not isinstance(value, dict):
+        raise FtxError(
+            f"a JSON {type(value).__name__}, not an object",
+            where=str(path),
+            fix="restore the adapter's config file",
+        )
+    return value
+
+
+def _settings(config: dict[str, Any], path: Path, rslora_key: str) -> dict[str, Any]:
+    """rank, alpha, dropout and rsLoRA of an adapter config, each of its type: a whole
+    rank of at least 1, a finite positive alpha and a dropout in [0, 1) (a NaN alpha
+    would merge into NaN weights; a string one would not scale at all)."""
+
+    def number(key: str, whole: bool, default: Any = None) -> Any:
+        value = config.get(key, default)
+        kinds = (int,) if whole else (int, float)
+        if value is None:
+            raise FtxError(f"'{key}' is missing", where=str(path), fix=f"add '{key}'")
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            raise FtxError(
+                f"'{key}' is {value!r}, not a {'whole ' if whole else ''}finite number",
+                where=str(path),
+                fix=f"write '{key}' as a JSON number",
+            )
+        return value
+
+    rank, alpha = number("r", True), number("lora_alpha", False)
+    dropout = number("lora_dropout", False, 0.0)
+    if rank < 1 or alpha <= 0 or not 0 <= dropout < 1:
+        raise FtxError(
+            f"r {rank}, lora_alpha {alpha}, lora_dropout {dropout}: the rank must be at least"
+            " 1, alpha above 0, the dropout in [0, 1)",
+            where=str(path),
+            fix="restore the adapter's config file",
+        )
+    return {"rank": rank, "alpha": float(alpha), "dropout": float(dropout),
+            "rslora": bool(config.get(rslora_key))}  # fmt: skip
 
 
 def _need(path: Path, what: str) -> Path:
@@ -120,8 +165,11 @@ def _base(config: dict[str, Any]) -> tuple[str | None, str | None]:
     base = config.get("base_model_name_or_path")
     base = None if base in (None, "", "none") else str(base)
     path = Path(base) / "config.json" if base else None
-    if path and path.exists():
-        return base, json.loads(path.read_text()).get("model_type")
+    if path and path.is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError, RecursionError):
+            found = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(found, dict) and isinstance(found.get("model_type"), str):
+                return base, found["model_type"]
     return base, None
 
 
@@ -146,11 +194,7 @@ def read_adapter(folder: Path, *, trust_pickle: bool = False) -> Adapter:
 def _read_paddle(folder: Path, trust_pickle: bool) -> Adapter:
     config = _json(folder / "lora_config.json")
     adapter = Adapter(
-        config["r"],
-        config["lora_alpha"],
-        config.get("lora_dropout", 0.0),
-        bool(config.get("rslora")),
-        base=_base(config)[0],
+        **_settings(config, folder / "lora_config.json", "rslora"), base=_base(config)[0]
     )
     files = indexed_files(folder, "peft_model.safetensors.index.json")
     if not files:
@@ -185,12 +229,9 @@ def _adapter_config(folder: Path) -> Adapter:
         )
     base, model_type = _base(config)
     return Adapter(
-        config["r"],
-        config["lora_alpha"],
-        config.get("lora_dropout", 0.0),
-        bool(config.get("use_rslora")),
-        model_type,
-        base,
+        **_settings(config, path, "use_rslora"),
+        model_type=model_type,
+        base=base,
         task_type=str(config.get("task_type") or "CAUSAL_LM"),
     )
 
@@ -259,6 +300,13 @@ def _checked(adapter: Adapter, folder: Path) -> Adapter:
         if set(pair) != {"A", "B"}:
             raise FtxError(f"adapter weights for {name} lack lora_A or lora_B", where=str(folder))
         a, b = pair["A"].info.shape, pair["B"].info.shape
+        if len(a) != 2 or len(b) != 2:
+            raise FtxError(
+                f"LoRA weights for {name} have shapes {list(a)} and {list(b)}: each factor"
+                " is a matrix",
+                where=str(folder),
+                fix="the adapter's weights are damaged: re-export the adapter",
+            )
         if a[0] != adapter.rank or b[1] != adapter.rank:
             raise FtxError(
                 f"LoRA weights for {name} have shapes {list(a)} and {list(b)}, not rank"

@@ -49,6 +49,7 @@ def plan_tensors(
     names = NameMap(model_type, source, target)
     to_hf = NameMap(model_type, source, "hf")
     expected = parameter_shapes(ARCHITECTURES[model_type], config)
+    implied = set(expected)
     planned = []
     for reader in weight_files(src, config, trust_pickle=trust_pickle):
         group = []
@@ -65,8 +66,17 @@ def plan_tensors(
             info = reader.info(name)
             hf = to_hf.map(name)
             hf_shape = info.shape[::-1] if hf.transpose else info.shape
-            want = expected.pop(hf.name, None)
-            if want is not None and tuple(hf_shape) != want:
+            if hf.name not in expected:
+                seen = hf.name in implied
+                raise FtxError(
+                    f"tensor {name} is {'there twice' if seen else 'not part of the model'}"
+                    f" config.json describes ({config.get('num_hidden_layers')} layers,"
+                    f" {model_type})",
+                    where=str(reader.path),
+                    fix="pair the weights with the config.json they were saved with",
+                )
+            want = expected.pop(hf.name)
+            if tuple(hf_shape) != want:
                 raise FtxError(
                     f"tensor {name} has shape {list(info.shape)}, but config.json implies"
                     f" {list(want[::-1] if hf.transpose else want)}",

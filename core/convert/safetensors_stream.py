@@ -40,6 +40,22 @@ DTYPES: dict[str, np.dtype] = {
 }
 
 
+class DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (json keeps the last of a repeated one)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise DuplicateKey(key)
+        found[key] = value
+    return found
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -88,7 +104,14 @@ class SafetensorsReader(WeightFile):
             if length > size - 8:
                 raise FtxError("truncated safetensors file (header cut short)", where=str(path))
             try:
-                header = json.loads(handle.read(length))
+                header = json.loads(handle.read(length), object_pairs_hook=_unique_keys)
+            except DuplicateKey as exc:
+                raise FtxError(
+                    f"corrupt safetensors header: '{exc.key}' is named twice (which one is"
+                    " meant cannot be told)",
+                    where=str(path),
+                    fix="re-export the file",
+                ) from None
             except (ValueError, RecursionError):  # not JSON, not UTF-8
                 raise FtxError("corrupt safetensors header (not JSON)", where=str(path)) from None
         if not isinstance(header, dict):

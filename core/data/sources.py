@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftx.core.console import warn_once
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import confined, inside
 from ftx.core.recipe.schema import DatasetSpec, Recipe
@@ -92,13 +93,22 @@ def resolve(spec: DatasetSpec, dataset_dir: Path, where: str) -> Source:
     base = inside(dataset_dir, entry.get("folder", ""), f"{where_entry}.folder")
     path = inside(base, file_name, f"{where_entry}.file_name")
     files = _files(path, f"{where} ({spec.name}: {path})")
+    entry_samples = _typed(entry, "num_samples", int, where_entry)
+    if entry_samples is not None and entry_samples < 0:
+        raise FtxError(
+            f"num_samples is {entry_samples}",
+            where=where_entry,
+            fix="give a count of rows to take (0 or none: every row)",
+        )
+    if entry_samples == 0 and not spec.num_samples:
+        warn_once(f"{where_entry}: num_samples 0 takes every row (give a count to take fewer)")
     return Source(
         label=spec.name or path.name,
         files=files,
         format=spec.format or _formatting(entry, where_entry),
         columns={**_mapping(entry, "columns", where_entry), **spec.columns},
         tags={**_mapping(entry, "tags", where_entry), **spec.tags},
-        num_samples=spec.num_samples or _typed(entry, "num_samples", int, where_entry),
+        num_samples=spec.num_samples or entry_samples,
         ranking=bool(_typed(entry, "ranking", bool, where_entry)),
     )
 

@@ -9,19 +9,55 @@ Rules that depend on the chosen backend live in :mod:`ftx.core.capabilities`.
 from __future__ import annotations
 
 import re
+import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ftx.core import scripts
 
 DATA_FORMATS = ("alpaca", "sharegpt", "openai", "text", "src_tgt")
 
 
-class Section(BaseModel):
-    """Base of every recipe section: strict about unknown keys, immutable."""
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits true/false (bool, Any, or a union or literal of one)."""
+    if annotation is bool or annotation is Any:
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return any(isinstance(a, bool) for a in args)
+    return any(_takes_bool(a) for a in args)
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Section(BaseModel):
+    """Base of every recipe section: strict about unknown keys, immutable; numbers are
+    finite (NaN and infinity cannot be meant) and never true/false (``epochs: true`` is
+    not 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and not _takes_bool(field.annotation):
+            raise ValueError(f"{str(value).lower()} is not a {_kind(field.annotation)}")
+        return value
+
+
+def _kind(annotation: Any) -> str:
+    names = {int: "number", float: "number", str: "text"}
+    for arg in (annotation, *typing.get_args(annotation)):
+        if arg in names:
+            return names[arg]
+    return "value of this kind"
 
 
 class ModelSection(Section):
