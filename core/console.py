@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
-console = Console(stderr=True, highlight=False)  # progress and errors
-results = Console(highlight=False)  # what a command produces (stdout)
+# Text is printed as it is: no markup, no :emoji: codes (a path or key a user typed is
+# shown literally); styling comes in as rich Text (see :func:`lead`).
+console = Console(stderr=True, highlight=False, markup=False, emoji=False)  # progress, errors
+results = Console(highlight=False, markup=False, emoji=False)  # what a command produces
 _quiet = False
 
 
@@ -20,7 +22,12 @@ def is_quiet() -> bool:
     return _quiet
 
 
-def info(message: str) -> None:
+def lead(label: str, rest: str = "", style: str = "bold") -> Text:
+    """A line whose first words are styled and whose rest is literal text."""
+    return Text.assemble((label, style), rest)
+
+
+def info(message: str | Text) -> None:
     """A progress line, hidden by --quiet."""
     if not _quiet:
         console.print(message)
@@ -34,4 +41,4 @@ def warn_once(message: str) -> None:
     with --quiet: it is about the result)."""
     if message not in _WARNED:
         _WARNED.add(message)
-        console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+        console.print(lead("warning:", f" {message}", "yellow"), soft_wrap=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ftx.core.backend import EnvironmentSpec
-from ftx.core.console import console, is_quiet
+from ftx.core.console import console, is_quiet, lead
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json
 from ftx.core.home import ftx_home
@@ -99,7 +99,7 @@ def ensure(name: str) -> Path:
         return Path(sys.executable)
     current = state(name)
     if current != "ready":
-        console.print(f"[bold]Setting up the {name} environment[/] ({current}); this runs once.")
+        console.print(lead(f"Setting up the {name} environment", f" ({current}); this runs once."))
         create(name, force=True)
     return env_python(name)
 
@@ -236,7 +236,7 @@ def _run_step(name: str, label: str, command: list[str], *, cwd: Path) -> None:
             f"{name} --force`",
         )
     if not is_quiet():
-        console.print(f"[green]✓[/] \\[{name}] {label}")
+        console.print(lead("✓", f" [{name}] {label}", "green"))
 
 
 def _tail(text: str, n: int = 3) -> str:

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -265,6 +266,34 @@ def claims_released() -> Iterator[None]:
         yield
     finally:
         release_claims(keep=before)
+
+
+def not_regular(path: Path) -> str | None:
+    """What ``path`` is when it exists but is no regular file (reading a FIFO blocks
+    forever, a device never ends), else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def regular_file(path: Path, what: str) -> Path:
+    """``path``, refused when it is a FIFO, socket or device instead of a file."""
+    kind = not_regular(path)
+    if kind is not None:
+        raise FtxError(
+            f"the {what} is {kind}, not a regular file; ftx reads files only",
+            where=str(path),
+            fix=f"point at the {what} itself (copy the data into a file first)",
+        )
+    return path
 
 
 def inside(folder: Path, name: str, where: str) -> Path:

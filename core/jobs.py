@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ftx.core.console import info
+from ftx.core.console import info, lead
 from ftx.core.contract import WORKER_CONFIG, RunLayout, WorkerConfig, read_record
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import atomic_write_json, atomic_write_text
@@ -128,7 +128,7 @@ def submit(
         record["replaced_output"] = str(staged.previous)
     record["scheduler"] = {"name": "slurm", "job_id": job_id, "script": str(script)}
     atomic_write_json(layout.run_json, record)
-    info(f"[bold]Submitted[/] Slurm job {job_id} ({script})")
+    info(lead("Submitted", f" Slurm job {job_id} ({script})"))
     if not wait:
         return record
     with RunDisplay(backend) as display:
@@ -189,8 +189,10 @@ def launch_node(
         )
     node, source = node_of(layout)
     info(
-        f"[bold]Node {node.node_rank}[/] of {node.nnodes} (from {source}); master"
-        f" {node.master_addr}:{node.master_port}"
+        lead(
+            f"Node {node.node_rank}",
+            f" of {node.nnodes} (from {source}); master {node.master_addr}:{node.master_port}",
+        )
     )
     runtime = get_runtime(runtime_name, variant=variant, registry=registry)
     try:

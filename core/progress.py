@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -53,7 +52,7 @@ class RunDisplay:
         if event is not None:
             self.event(event)
         elif not is_quiet() and _worth_showing(text):
-            console.print(escape(text.rstrip("\n")))
+            console.print(text.rstrip("\n"))
 
     def event(self, event: ProgressEvent) -> None:
         if event.kind == "start":
@@ -137,10 +136,10 @@ def activity(label: str) -> Iterator[Callable[[str], None]]:
         yield lambda _text: None
         return
     if not console.is_terminal:
-        yield lambda text: console.print(f"  {escape(text)}")
+        yield lambda text: console.print(f"  {text}")
         return
     with console.status(label) as status:
-        yield lambda text: status.update(f"{label}: {escape(text)}")
+        yield lambda text: status.update(f"{label}: {text}")
 
 
 @contextlib.contextmanager

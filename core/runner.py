@@ -18,7 +18,7 @@ from typing import Any
 
 from ftx.core.backend import BackendSpec
 from ftx.core.capabilities import TrainerChoice, check_devices, check_recipe, choose_trainer
-from ftx.core.console import info
+from ftx.core.console import info, lead
 from ftx.core.contract import (
     RunLayout,
     TrainTiming,
@@ -29,7 +29,7 @@ from ftx.core.contract import (
 )
 from ftx.core.data.sources import input_paths
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import atomic_write_json, claim_destination
+from ftx.core.fsutil import atomic_write_json, claim_destination, regular_file
 from ftx.core.models.architectures import ModelConfig
 from ftx.core.models.fit import check_fits_model
 from ftx.core.models.formats import detect_format
@@ -71,6 +71,7 @@ class Target:
 def check_model(loaded: LoadedRecipe) -> None:
     """model.path must be a model folder (config.json) that exists here."""
     path = Path(loaded.recipe.model.path)
+    regular_file(path / "config.json", "model's config.json")
     if not (path / "config.json").is_file():
         state = "has no config.json" if path.is_dir() else "does not exist"
         raise FtxError(
@@ -135,8 +136,11 @@ def checked_target(loaded: LoadedRecipe, backend: str) -> Target:
     )
     if recipe.train.steps_win:
         info(
-            f"[bold]Steps[/]: train.max_steps {recipe.train.max_steps} wins over train.epochs"
-            f" {recipe.train.epochs:g} (as in transformers and LLaMA-Factory)"
+            lead(
+                "Steps",
+                f": train.max_steps {recipe.train.max_steps} wins over train.epochs"
+                f" {recipe.train.epochs:g} (as in transformers and LLaMA-Factory)",
+            )
         )
     return Target(spec, recipe, choice, model_type)
 
@@ -236,7 +240,7 @@ def stage(
 
     target = checked_target(loaded, backend)
     recipe, spec = target.recipe, target.spec
-    info(f"[bold]Trainer[/]: {target.trainer.trainer} ({target.trainer.reason})")
+    info(lead("Trainer", f": {target.trainer.trainer} ({target.trainer.reason})"))
     layout = layout_for(loaded, out)
     # the runtime first: a missing engine or image fails before OUT is touched
     environment = runtime.prepare(spec.name)
@@ -245,7 +249,7 @@ def stage(
     previous = claim_output(layout, loaded, force=force, resuming=bool(recipe.train.resume))
     layout.root.mkdir(parents=True, exist_ok=True)
 
-    info("[bold]Preparing data[/] (tokenise, mask; cached by content hash)")
+    info(lead("Preparing data", " (tokenise, mask; cached by content hash)"))
     manifest = prepared_data(recipe, layout.data)
     train = manifest["splits"]["train"]
     info(
@@ -257,7 +261,7 @@ def stage(
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     with using(runtime):  # a backend's plan data is written where it trains
         written = target.write_plan(layout)
-    info(f"[bold]Plan[/] written to {layout.plan} ({', '.join(written)})")
+    info(lead("Plan", f" written to {layout.plan} ({', '.join(written)})"))
     record: dict[str, Any] = {
         "status": "running",
         "backend": spec.name,
@@ -284,7 +288,7 @@ def _run(
     recipe, layout = staged.target.recipe, staged.layout
     node = NodeContract.of_recipe(recipe.parallel)
     if node.nnodes > 1:
-        info(f"[bold]Preflight[/]: meeting the other nodes at {node.master_addr}")
+        info(lead("Preflight", f": meeting the other nodes at {node.master_addr}"))
         run_preflight(Topology.of(node), plan_digest(layout.plan))
     launch = Launch(
         layout,
@@ -312,7 +316,7 @@ def launch_and_record(
     if record is not None:
         atomic_write_json(layout.run_json, summary)
         layout.error_json.unlink(missing_ok=True)  # from an earlier, resumed attempt
-    info(f"[bold]Training[/] with the {backend} backend ({runtime.name} runtime)")
+    info(lead("Training", f" with the {backend} backend ({runtime.name} runtime)"))
     started = time.time()
     with RunDisplay(backend) as display:
         code = runtime.run(launch, display.line)

@@ -101,7 +101,8 @@ def test_plan_lora_multinode_writes_peft_config_and_rendezvous(tmp_path: Path) -
     # gives each node its rank through FTX_NODE_RANK
     for flag in ("--nnodes=2", '"--node_rank=${FTX_NODE_RANK}"', "--nproc_per_node=8"):
         assert flag in launch
-    assert 'export FTX_MASTER_ADDR="${FTX_MASTER_ADDR:-10.0.0.1}"' in launch
+    assert 'if [ -z "${FTX_MASTER_ADDR:-}" ]; then FTX_MASTER_ADDR=10.0.0.1; fi\n' in launch
+    assert "export FTX_MASTER_ADDR\n" in launch
 
 
 def test_backend_overrides_are_checked(tmp_path: Path) -> None:

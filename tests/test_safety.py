@@ -264,6 +264,73 @@ def test_num_samples_0_reads_every_row_and_says_so_once(project: Path) -> None:
     user_error(refused, "num_samples is -3")
 
 
+# --------------------------------------------------------------------------- messages
+
+
+def test_paths_are_printed_literally(project: Path, tmp_path: Path) -> None:
+    """Rich markup and emoji codes in a user's path are shown as typed: no flame for
+    :fire:, no crash on a closing tag that matches nothing."""
+    odd = tmp_path / "a[bold]b:fire:c[/x]"
+    made = run_ftx("init-model", "--out", str(odd))
+    assert made.returncode == 0, made.stderr
+    assert str(odd) in made.stdout and "\N{FIRE}" not in made.stdout
+    converted = run_ftx("convert", str(odd), str(tmp_path / "o:fire:[red]"), "--to", "paddle")
+    assert converted.returncode == 0, converted.stderr
+    assert str(tmp_path / "o:fire:[red]") in converted.stdout
+    missing = run_ftx("validate", str(tmp_path / "r[/y]:fire:.yaml"))
+    user_error(missing, str(tmp_path / "r[/y]:fire:.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("rows.jsonl", '{"instruction": "hi", "output": "yo"}\n'),
+        ("rows.json", '[{"instruction": "hi", "output": "yo"}]'),
+        ("rows.csv", "instruction,output\nhi,yo\n"),
+    ],
+)
+def test_a_utf8_byte_order_mark_is_accepted(
+    project: Path, tmp_path: Path, name: str, content: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+    result = run_ftx("data", "show", str(project / "recipe.yaml"),
+                     f"data.datasets=[{{path: {path}}}]")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "yo" in result.stdout
+
+
+def test_text_after_a_json_list_of_rows_is_refused(project: Path, tmp_path: Path) -> None:
+    path = tmp_path / "rows.json"
+    path.write_text('[{"instruction": "hi", "output": "yo"}]\n{"instruction": "lost"}')
+    result = run_ftx("data", "show", str(project / "recipe.yaml"),
+                     f"data.datasets=[{{path: {path}}}]")  # fmt: skip
+    user_error(result, "text after the list of rows", str(path))
+
+
+def test_a_fifo_where_a_file_belongs_is_named_not_waited_on(project: Path, tmp_path: Path) -> None:
+    """A FIFO as the recipe, a dataset, the tokenizer or the weights: reading it would
+    block forever; each is one paragraph naming what it is, within seconds."""
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    user_error(run_ftx("validate", str(fifo), timeout=60), "the recipe is a FIFO")
+    rows = tmp_path / "rows.jsonl"
+    os.mkfifo(rows)
+    shown = run_ftx("data", "show", str(project / "recipe.yaml"),
+                    f"data.datasets=[{{path: {rows}}}]", timeout=60)  # fmt: skip
+    user_error(shown, "the dataset file is a FIFO")
+    model = project / "model"
+    (model / "tokenizer.json").unlink()
+    os.mkfifo(model / "tokenizer.json")
+    user_error(run_ftx("data", "show", str(project / "recipe.yaml"), timeout=60),
+               "tokenizer.json is a FIFO")  # fmt: skip
+    (model / "model.safetensors").unlink()
+    os.mkfifo(model / "model.safetensors")
+    converted = run_ftx("convert", str(model), str(tmp_path / "out"), "--to", "paddle",
+                        timeout=60)  # fmt: skip
+    user_error(converted, "the weight file is a FIFO")
+
+
 # --------------------------------------------------------------------------- the cache
 
 

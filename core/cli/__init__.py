@@ -11,10 +11,9 @@ import traceback
 from typing import NoReturn
 
 import click
-from rich.markup import escape
 
 from ftx.core import __version__
-from ftx.core.console import console, set_quiet
+from ftx.core.console import console, lead, set_quiet
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import claims_released
 
@@ -64,15 +63,19 @@ class FtxGroup(click.Group):
 
 
 def _fail(exc: FtxError) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(exc.render())}", soft_wrap=True)
+    console.print(lead("error:", f" {exc.render()}", "bold red"), soft_wrap=True)
     sys.exit(exc.exit_code)
 
 
 def _bug(exc: BaseException) -> NoReturn:
     traceback.print_exception(exc)
     console.print(
-        "[bold red]This is a bug in ftx[/] (an error it should have explained). Please report"
-        " it with the command you ran and the traceback above.",
+        lead(
+            "This is a bug in ftx",
+            " (an error it should have explained). Please report it with the command you ran"
+            " and the traceback above.",
+            "bold red",
+        ),
         soft_wrap=True,
     )
     sys.exit(1)

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ftx.core.cli import cli
-from ftx.core.console import info, results
+from ftx.core.console import info, lead, results
 from ftx.core.data.sources import input_paths
 from ftx.core.fsutil import claim_destination
 from ftx.core.prepared import IGNORE_INDEX, FeedbackSplit, PairedSplit
@@ -126,16 +126,16 @@ def show(source: Path, overrides: tuple[str, ...], count: int, split: str, as_js
         if isinstance(rows, PairedSplit):
             (chosen, chosen_labels), (rejected, rejected_labels) = rows[i]
             prompt = int(rows.column("prompt_lengths")[i])
-            results.print(f"[bold]--- pair {i} (prompt {prompt} tokens, learned in green)[/]")
+            results.print(lead(f"--- pair {i} (prompt {prompt} tokens, learned in green)"))
             results.print(_highlighted(tokenizer, chosen[:prompt], chosen_labels[:prompt]))
             for name, ids, labels in (("chosen", chosen, chosen_labels),
                                       ("rejected", rejected, rejected_labels)):  # fmt: skip
-                results.print(f"[bold]{name}[/] ({len(ids) - prompt} tokens):")
+                results.print(lead(name, f" ({len(ids) - prompt} tokens):"))
                 results.print(_highlighted(tokenizer, ids[prompt:], labels[prompt:]))
             continue
         ids, labels = rows[i]
         judged = "" if tags is None else f", kto_tag {str(bool(tags[i])).lower()}"
-        results.print(f"[bold]--- example {i} ({len(ids)} tokens{judged}, learned in green)[/]")
+        results.print(lead(f"--- example {i} ({len(ids)} tokens{judged}, learned in green)"))
         results.print(_highlighted(tokenizer, ids, labels))
 
 

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from ftx.core.cli import cli
-from ftx.core.console import info, results
+from ftx.core.console import info, lead, results
 from ftx.core.containers.engine import ENGINES, connect
 from ftx.core.home import ftx_home
 
@@ -68,7 +68,7 @@ def build(
 
     ref = images.ImageRef.of(backend, variant, registry)
     with connect(engine) as eng:
-        info(f"[bold]Engine[/]: {eng.describe()}")
+        info(lead("Engine", f": {eng.describe()}"))
         log = ftx_home() / "logs" / f"image-{backend}-{variant}.log"
         started = time.time()
         attrs = images.build(eng, ref, base=base, say=info, log=log)

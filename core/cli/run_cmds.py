@@ -7,12 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from ftx.core.backend import Capabilities
 from ftx.core.cli import cli
-from ftx.core.console import info, results
+from ftx.core.console import info, lead, results
 from ftx.core.recipe import load_recipe
 
 recipe_arg = click.argument("recipe", type=click.Path(path_type=Path))
@@ -196,7 +195,7 @@ def print_summary(record: dict) -> None:
                 was = f"{start:.1f} -> " if start is not None else ""
                 table.add_row(name, f"{was}{evaluation['after'][key]:.1f}")
     table.add_row("wall time", f"{record.get('wall_time_s', 0):.1f} s")
-    table.add_row("final model", escape(str(record.get("final_dir"))))
+    table.add_row("final model", str(record.get("final_dir")))
     results.print(table)
     info(f"run record: {json.dumps({k: record[k] for k in ('status', 'steps', 'final_loss')})}")
 
@@ -317,7 +316,7 @@ def compare(targets: tuple[str, ...], backends: str | None, steps: int, out: Pat
         runs = {}
         chosen = backends.split(",") if backends else backend_names()
         for backend in [b.strip() for b in chosen if b.strip()]:
-            info(f"[bold]compare[/]: {steps} steps on {backend}")
+            info(lead("compare", f": {steps} steps on {backend}"))
             run_recipe(loaded, backend, out=root / backend, force=True)
             runs[backend] = root / backend
     else:
@@ -373,4 +372,4 @@ def compare(targets: tuple[str, ...], backends: str | None, steps: int, out: Pat
             " decay rule or initialisation shows there",
             exit_code=1,
         )
-    info("[bold green]the runs agree[/] within tolerance")
+    info(lead("the runs agree", " within tolerance", "bold green"))

@@ -21,6 +21,7 @@ import numpy as np
 
 from ftx.core.convert.bytecopy import ByteRange, copy_ranges, prefetch, write_all
 from ftx.core.errors import FtxError
+from ftx.core.fsutil import regular_file
 
 # safetensors dtype -> (numpy dtype used to carry it, bytes per element)
 DTYPES: dict[str, np.dtype] = {
@@ -94,7 +95,7 @@ class SafetensorsReader(WeightFile):
     """The header of a safetensors file, and its tensors on demand (memory-mapped)."""
 
     def __init__(self, path: Path):
-        self.path = path
+        self.path = regular_file(path, "weight file")
         size = path.stat().st_size
         with path.open("rb") as handle:
             head = handle.read(8)

@@ -28,7 +28,7 @@ from ftx.core.data.packing import first_fit_decreasing
 from ftx.core.data.render import ChatEncoder, Choices
 from ftx.core.data.sources import Source, resolve
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import atomic_write_json, staged_dir
+from ftx.core.fsutil import atomic_write_json, regular_file, staged_dir
 from ftx.core.home import ftx_home
 from ftx.core.prepared import FORMAT_VERSION, IGNORE_INDEX, KL_ROWS, write_pairs, write_split
 from ftx.core.recipe.schema import DatasetSpec, Recipe
@@ -71,6 +71,8 @@ def load_tokenizer(recipe: Recipe) -> Any:
     from transformers import AutoTokenizer
 
     path = Path(recipe.model.path)
+    for name in (*TOKENIZER_FILES, "tokenizer_config.json"):
+        regular_file(path / name, f"tokenizer's {name}")
     if not any((path / name).exists() for name in TOKENIZER_FILES):
         raise FtxError(
             "no tokenizer files in the model folder",
@@ -225,14 +227,16 @@ def _json_hash(value: Any) -> str:
 def _tokenizer_hash(model: Path) -> str:
     digest = hashlib.sha256()
     for name in TOKENIZER_FILES:
+        regular_file(model / name, f"tokenizer's {name}")
         if (model / name).exists():
             digest.update(name.encode() + _file_hash(model / name).encode())
     return digest.hexdigest()
 
 
 def _file_hash(path: Path) -> str:
+    regular_file(path, "file")
     if not path.is_file():
-        raise FtxError("dataset file not found", where=str(path), fix="check data.datasets")
+        raise FtxError("file not found", where=str(path), fix="check the recipe's paths")
     h = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ftx.core.errors import FtxError
+from ftx.core.fsutil import regular_file
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 CHUNK = 1 << 20
@@ -32,9 +33,13 @@ class BadRow:
     reason: str
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def read_rows(path: Path, max_row_bytes: int = 16 << 20) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_or_row_number, row or BadRow)`` from a json, jsonl, csv, parquet or
     txt file."""
+    regular_file(path, "dataset file")
     if not path.is_file():
         raise FtxError(
             "dataset file not found", where=str(path), fix="check the path in data.datasets"
@@ -47,6 +52,8 @@ def read_rows(path: Path, max_row_bytes: int = 16 << 20) -> Iterator[tuple[int, 
             fix=f"use one of {', '.join(SUFFIXES)}",
         )
     with path.open("rb") as handle:
+        if handle.read(len(BOM)) != BOM:  # a UTF-8 byte-order mark (Windows editors) is skipped
+            handle.seek(0)
         if suffix == ".jsonl" or (suffix == ".json" and _first_char(handle) == b"{"):
             yield from _jsonl(handle, max_row_bytes)
         elif suffix == ".json":
@@ -63,11 +70,12 @@ def read_rows(path: Path, max_row_bytes: int = 16 << 20) -> Iterator[tuple[int, 
 
 def _first_char(handle: BinaryIO) -> bytes:
     """The first non-blank byte (the file position is restored)."""
+    start = handle.tell()
     while True:
         chunk = handle.read(CHUNK)
         stripped = chunk.lstrip()
         if stripped or not chunk:
-            handle.seek(0)
+            handle.seek(start)
             return stripped[:1]
 
 
@@ -169,6 +177,13 @@ class _ArrayReader:
             )
         self.pos += 1
         if self._skip_space() == "]":
+            self.pos += 1
+            if self._skip_space():
+                raise FtxError(
+                    "text after the list of rows",
+                    where=f"{self.path}:{self.line}",
+                    fix="remove what follows the closing ']' (one list per .json file)",
+                )
             return
         while True:
             start_line = self.line
@@ -181,6 +196,14 @@ class _ArrayReader:
                 yield start_line, _parse_json(text)
             following = self._skip_space()
             if following == "]":
+                self.pos += 1
+                after = self._skip_space()
+                if after:
+                    raise FtxError(
+                        f"text after the list of rows, starting {after!r}",
+                        where=f"{self.path}:{self.line}",
+                        fix="remove what follows the closing ']' (one list per .json file)",
+                    )
                 return
             if following != ",":
                 raise FtxError(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ftx.core.console import warn_once
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import confined, inside
+from ftx.core.fsutil import confined, inside, regular_file
 from ftx.core.recipe.schema import DatasetSpec, Recipe
 
 
@@ -117,6 +117,7 @@ def _files(path: Path, where: str) -> tuple[Path, ...]:
     """A dataset's files: the file itself, or every file of a folder."""
     if path.is_dir():
         return tuple(sorted(confined(p, path, where) for p in path.iterdir() if p.is_file()))
+    regular_file(path, "dataset file")
     if not path.is_file():
         raise FtxError(
             "dataset file not found", where=where, fix="check the dataset's path in the recipe"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ftx.core.errors import FtxError
+from ftx.core.fsutil import regular_file
 from ftx.core.inference.source import Target
 
 RAW = "none"  # --template none: the prompt's text as it is, no chat template
@@ -24,6 +25,8 @@ class Prompter:
 
         from ftx.core.data.render import ChatEncoder
 
+        for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"):
+            regular_file(target.tokenizer / name, f"tokenizer's {name}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(target.tokenizer))
         except Exception as exc:  # transformers raises many types for a broken tokenizer

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ftx.core.errors import FtxError
+from ftx.core.fsutil import regular_file
 from ftx.core.recipe.schema import Recipe
 
 Loc = tuple[str | int, ...]
@@ -46,7 +47,7 @@ def recipe_digest(recipe: Recipe) -> str:
 
 def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> LoadedRecipe:
     """Read, override, validate and resolve a recipe file."""
-    source = Path(path)
+    source = regular_file(Path(path), "recipe")
     if not source.is_file():
         raise FtxError(
             "recipe file not found",

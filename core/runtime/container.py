@@ -84,14 +84,14 @@ class ContainerRuntime(Runtime):
         return self._engine
 
     def prepare(self, backend: str) -> dict[str, Any]:
-        from ftx.core.console import info
+        from ftx.core.console import info, lead
 
         engine = self.engine()
         variant = self.variant or detected_variant(backend)
         ref = images.ImageRef.of(backend, variant, self.registry)
         log = ftx_home() / "logs" / f"image-{backend}-{variant}.log"
         attrs, how = images.ensure(engine, ref, say=info, log=log)
-        info(f"[bold]Image[/] {ref.name} ({how}; {engine.describe()})")
+        info(lead("Image", f" {ref.name} ({how}; {engine.describe()})"))
         self._ref, self._image = ref, attrs
         lock, extra = images.variant_lock(backend, variant)
         frameworks = get_spec(backend, trains=False).environment.frameworks
