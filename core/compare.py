@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ftx.core.contract import RunLayout, read_metrics
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import atomic_write_json, staged_file
+from ftx.core.fsutil import atomic_write_json, read_json_object, staged_file
 
 # Same weights, same batch, fp32: the first loss differs only by summation order.
 FIRST_STEP = 1e-4
@@ -173,7 +173,10 @@ def label_runs(folders: list[Path]) -> dict[str, Path]:
     backends = []
     for folder in folders:
         record = folder / "run.json"
-        backend = json.loads(record.read_text()).get("backend") if record.exists() else None
+        fix = "restore run.json from the run's own output, or compare other runs"
+        backend = (
+            read_json_object(record, "run record", fix).get("backend") if record.exists() else None
+        )
         backends.append(backend or folder.name)
     labels = {}
     for folder, backend in zip(folders, backends, strict=True):

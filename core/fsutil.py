@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -144,6 +145,13 @@ def claim_destination(dst: Path, *, force: bool, inputs: Iterable[Path], also: s
             where=str(dst),
             fix="name a new or existing folder",
         )
+    blocking = next((p for p in Path(os.path.abspath(dst)).parents if p.is_file()), None)
+    if blocking is not None:
+        raise FtxError(
+            f"{blocking} is a file, so there can be no folder inside it",
+            where=str(dst),
+            fix="name a destination whose parent folders are folders",
+        )
     if dst.is_dir() and any(dst.iterdir()) and not force:
         raise FtxError(
             "the destination exists and is not empty",
@@ -199,9 +207,9 @@ def _claim(dst: Path) -> None:
         "since": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["ftx", *sys.argv[1:]])[:500],
     }
-    dst.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
         try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
@@ -219,6 +227,14 @@ def _claim(dst: Path) -> None:
                 ) from None
             _clear_leftovers(dst, claim)
             continue
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+                raise  # the CLI names these with their fix
+            raise FtxError(
+                f"cannot create files in {dst.parent} ({exc.strerror})",
+                where=str(dst),
+                fix="choose a destination in a writable folder of a real file system",
+            ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(record, handle)
         _CLAIMS[dst] = record
@@ -266,6 +282,19 @@ def claims_released() -> Iterator[None]:
         yield
     finally:
         release_claims(keep=before)
+
+
+def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object from ``path`` (a record ftx wrote), or the usual paragraph when the
+    file is not one (cut short, edited by hand, another program's)."""
+    regular_file(path, what)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FtxError(f"the {what} cannot be read ({exc})", where=str(path), fix=fix) from None
+    if not isinstance(value, dict):
+        raise FtxError(f"the {what} is not a JSON object", where=str(path), fix=fix)
+    return value
 
 
 def not_regular(path: Path) -> str | None:

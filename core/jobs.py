@@ -9,7 +9,6 @@ environment and starts that node's launcher; node 0 keeps run.json.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 from ftx.core.console import info, lead
 from ftx.core.contract import WORKER_CONFIG, RunLayout, WorkerConfig, read_record
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import atomic_write_json, atomic_write_text
+from ftx.core.fsutil import atomic_write_json, atomic_write_text, read_json_object
 from ftx.core.home import ftx_home
 from ftx.core.nodelaunch import node_log, node_of
 from ftx.core.nodes import plan_digest
@@ -28,6 +27,9 @@ from ftx.core.recipe import LoadedRecipe
 from ftx.core.runner import Staged, launch_and_record, layout_for, stage
 from ftx.core.runtime import Launch, get_runtime
 from ftx.core.schedulers import slurm
+
+# What to do about a run.json that is not the record ftx wrote.
+RUN_FIX = "restore run.json from the run's own output (or rerun it): ftx wrote it as a JSON object"
 
 
 def _ftx_executable() -> str:
@@ -139,7 +141,7 @@ def submit(
 def finished(layout: RunLayout, state: str | None) -> dict[str, Any]:
     """run.json once the job has ended, reconciled with Slurm's final state; raises like
     `ftx run` when it did not complete."""
-    record = json.loads(layout.run_json.read_text())
+    record = read_json_object(layout.run_json, "run record", RUN_FIX)
     scheduler = record.setdefault("scheduler", {})
     scheduler["state"] = state
     if record["status"] in ("submitted", "running"):  # node 0 never got to write it
@@ -201,7 +203,11 @@ def launch_node(
             run_preflight(Topology.of(node), plan_digest(layout.plan))
         record = None
         if node.node_rank == 0:
-            record = json.loads(layout.run_json.read_text()) if layout.run_json.exists() else {}
+            record = (
+                read_json_object(layout.run_json, "run record", RUN_FIX)
+                if layout.run_json.exists()
+                else {}
+            )
             record.update(
                 status="running",
                 runtime=runtime.name,
@@ -230,8 +236,9 @@ def job_of(out: Path) -> tuple[RunLayout, dict[str, Any], str]:
         raise FtxError(
             f"{layout.root} has no run.json", where=str(out), fix="give the OUT of a submitted run"
         )
-    record = json.loads(layout.run_json.read_text())
-    job = record.get("scheduler", {}).get("job_id")
+    record = read_json_object(layout.run_json, "run record", RUN_FIX)
+    scheduler = record.get("scheduler")
+    job = scheduler.get("job_id") if isinstance(scheduler, dict) else None
     if job is None:
         raise FtxError(
             f"{layout.run_json} records no scheduler job (it ran with `ftx run`?)",

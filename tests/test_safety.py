@@ -264,6 +264,93 @@ def test_num_samples_0_reads_every_row_and_says_so_once(project: Path) -> None:
     user_error(refused, "num_samples is -3")
 
 
+# --------------------------------------------------------------------------- no traceback
+
+
+def _cases(project: Path, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """Inputs a user can fix that ended in a traceback: the command and the words of its
+    one-paragraph answer."""
+    recipe = str(project / "recipe.yaml")
+
+    def show(name: str, text: str, fmt: str = "alpaca", *more: str) -> list[str]:
+        path = tmp_path / name
+        path.write_text(text)
+        return ["data", "show", recipe, f"data.datasets=[{{path: {path}, format: {fmt}}}]", *more]
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 3000 + "]" * 3000 + "\n")
+    (tmp_path / "a-file").write_text("")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{not json")
+    broken = tmp_path / "broken-model"
+    shutil.copytree(project / "model", broken)
+    (broken / "config.json").write_text("[1, 2]")
+    long_int = '{"instruction": "hi", "output": ' + "1" * 5000 + "}\n"
+    surrogate = '{"instruction": "hi\\ud800", "output": "x"}\n'
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    tool = json.dumps({"messages": chat, "tools": [{"type": "function", "name": "x"}]}) + "\n"
+    return {
+        "deep": (["validate", str(deep)], "nested too deeply"),
+        "plan into a file": (["plan", recipe, "--out", str(tmp_path / "a-file")], "is a file"),
+        "long int": (show("i.jsonl", long_int), "a number too long"),
+        "surrogate": (show("s.jsonl", surrogate), "lone surrogate"),
+        "conversations": (
+            show("c.jsonl", '{"conversations": 5}\n', "sharegpt", "method.stage=pt"),
+            "not a list",
+        ),
+        "tool": (show("t.jsonl", tool, "openai", "model.template=glm4"), "needs its 'function'"),
+        "seed": (["init-model", "--seed", "-1", "--out", str(tmp_path / "m")], "--seed"),
+        "status": (["status", str(run)], "run record cannot be read"),
+        "cancel": (["cancel", str(run)], "run record cannot be read"),
+        "compare": (["compare", str(run)], "run record cannot be read"),
+        "config": (
+            ["convert", str(broken), str(tmp_path / "o"), "--to", "paddle"],
+            "not a JSON object",
+        ),
+        "model config": (
+            ["validate", recipe, "--backend", "torch", f"model.path={broken}"],
+            "not a JSON object",
+        ),
+        "/proc": (
+            ["convert", str(project / "model"), "/proc/ftx-out", "--to", "paddle"],
+            "cannot create files in /proc",
+        ),
+    }
+
+
+CASES = ["deep", "plan into a file", "long int", "surrogate", "conversations", "tool", "seed",
+         "status", "cancel", "compare", "config", "model config", "/proc"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_what_ended_in_a_traceback_is_one_paragraph(
+    case: str, project: Path, tmp_path: Path
+) -> None:
+    args, needle = _cases(project, tmp_path)[case]
+    result = run_ftx(*args)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert needle in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_ctrl_c_exits_130(project: Path, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) is the user's choice, not a bug: exit code 130, no traceback."""
+    import signal
+    import time
+
+    rows = project / "data" / "train.jsonl"
+    row = json.dumps({"instruction": "say a few words", "output": "ok"}) + "\n"
+    rows.write_text(row * 200000)
+    proc = subprocess.Popen([str(FTX), "data", "prepare", str(project / "recipe.yaml"),
+                             "--out", str(tmp_path / "p")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and not (tmp_path / "p").exists()
+
+
 # --------------------------------------------------------------------------- messages
 
 

@@ -56,7 +56,10 @@ class FtxGroup(click.Group):
                 _bug(exc)
             what = exc.strerror or str(exc)
             _fail(FtxError(what, where=exc.filename or "ftx", fix=SYSTEM_ERRORS[code]))
-        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            console.print("interrupted", soft_wrap=True)
+            sys.exit(130)  # 128 + SIGINT, as a shell reports it (1 means a bug in ftx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:
             _bug(exc)

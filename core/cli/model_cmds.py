@@ -14,7 +14,7 @@ from ftx.core.console import results
 @click.option("--arch", type=click.Choice(["llama", "qwen2"]), default="llama", show_default=True)
 @click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True)
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--vocab-size", type=int, default=1024, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")

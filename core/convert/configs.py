@@ -10,7 +10,6 @@ training output has no config.json, only the YAML it was trained with: ``--confi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import yaml
 
 from ftx.core.convert.names import FAMILIES
 from ftx.core.errors import FtxError
+from ftx.core.fsutil import read_json_object
 
 MS_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -42,14 +42,34 @@ def load_config(folder: Path, explicit: Path | None = None) -> dict[str, Any]:
     if explicit.suffix in (".yaml", ".yml"):
         config = hf_config_from_mindformers(explicit)
     else:
-        config = json.loads(explicit.read_text())
+        config = read_json_object(explicit, "config.json", "restore the model's config.json")
     if config.get("model_type") not in FAMILIES:
         raise FtxError(
             f"unknown architecture {config.get('model_type')!r}",
             where=str(explicit),
             fix=f"ftx converts: {', '.join(FAMILIES)}",
         )
+    for key in SIZES:
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FtxError(
+                f"'{key}' is {value!r}: config.json must give it as a whole number above 0"
+                if key in config
+                else f"'{key}' is missing, and the weights' shapes follow from it",
+                where=str(explicit),
+                fix="restore the model's own config.json",
+            )
     return config
+
+
+# What a checkpoint's shapes follow from (config.json keys, whole numbers).
+SIZES = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+)
 
 
 def convert_config(config: dict[str, Any], to: str) -> dict[str, Any]:

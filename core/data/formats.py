@@ -183,6 +183,8 @@ def _tools(value: Any) -> tuple[Any, ...]:
     for tool in value:
         if "type" not in tool and not isinstance(tool.get("name"), str):
             raise RowError("every tool needs a 'name' (or a 'type' and its definition)")
+        if tool.get("type") == "function" and not isinstance(tool.get("function"), Mapping):
+            raise RowError("a tool of type 'function' needs its 'function' (name, parameters)")
         wrapped.append(dict(tool) if "type" in tool else {"type": "function", "function": tool})
     return tuple(wrapped)
 
@@ -309,6 +311,8 @@ def to_document(
         cols = {**(SHAREGPT_COLUMNS if fmt == "sharegpt" else OPENAI_COLUMNS), **columns}
         tag = {**(SHAREGPT_TAGS if fmt == "sharegpt" else OPENAI_TAGS), **tags}
         turns = row.get(cols["messages"])
+        if turns is not None and not isinstance(turns, list):
+            raise RowError(f"field '{cols['messages']}' is {type(turns).__name__}, not a list")
         first = next(
             (t for t in turns or [] if isinstance(t, Mapping) and t.get(tag["role_tag"])
              != tag["system_tag"]),

@@ -24,6 +24,7 @@ from ftx.core.fsutil import regular_file
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 CHUNK = 1 << 20
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
+_ANY_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a pair: no character at all
 
 
 @dataclass(frozen=True)
@@ -120,11 +121,27 @@ def _jsonl(handle: BinaryIO, limit: int) -> Iterator[tuple[int, Any]]:
 def _parse_json(text: str) -> Any:
     """One row's JSON, or the BadRow that says why it is not."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         return BadRow(f"not valid JSON ({exc.msg} at column {exc.colno})")
     except RecursionError:
         return BadRow("JSON nested too deeply")
+    except ValueError as exc:  # an integer of thousands of digits (Python's own limit)
+        return BadRow(f"a number too long to read ({str(exc).split(':')[0]})")
+    if "\\u" in text and _lone_surrogate(value):
+        return BadRow("a lone surrogate escape (\\udXXX without its pair): not valid text")
+    return value
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a parsed row holds a string that is no valid Unicode text."""
+    if isinstance(value, str):
+        return _ANY_SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
 
 
 # The rest of a string, closing quote included (unrolled: one step per escape, not per character).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,5 +109,17 @@ class ModelConfig:
 
     @classmethod
     def read(cls, folder: Path) -> ModelConfig:
-        """From ``folder``/config.json."""
-        return cls.of(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+        """From ``folder``/config.json (the usual paragraph when it is not a model's)."""
+        from ftx.core.errors import FtxError
+        from ftx.core.fsutil import read_json_object
+
+        path = folder / "config.json"
+        config = read_json_object(path, "model's config.json", "restore the model's config.json")
+        try:
+            return cls.of(config)
+        except (TypeError, ValueError) as exc:
+            raise FtxError(
+                f"the model's config.json holds a value of the wrong kind ({exc})",
+                where=str(path),
+                fix="restore the model's config.json (sizes are whole numbers)",
+            ) from None

@@ -168,6 +168,12 @@ def _parse_yaml(text: str, source: Path) -> tuple[Any, dict[Loc, int]]:
         raise FtxError(
             f"not valid YAML: {problem}", where=where, fix="check indentation and quoting there"
         ) from None
+    except RecursionError:
+        raise FtxError(
+            "the YAML is nested too deeply to read",
+            where=str(source),
+            fix="a recipe is a few levels deep: remove the runaway brackets or indentation",
+        ) from None
     lines: dict[Loc, int] = {}
     if node is not None:
         _check_expansion(node, source)
