@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 MODEL := .ftx/models/quickstart-llama
 export FTX_HOME ?= $(HOME)/.cache/ftx
 
-.PHONY: setup run test test-images test-gguf snapshots fuzz lint format clean
+.PHONY: setup run test test-full test-images test-gguf snapshots fuzz lint format clean
 
 setup: $(VENV)/.installed
 
@@ -28,10 +28,19 @@ test: setup
 	$(BIN)/ftx env create torch --if-missing
 	$(BIN)/python -m pytest -ra --durations=30
 
-# Every backend's image built (podman, debootstrap base) and the quickstart run in it.
+# make test and its longer variants: more stages across processes and nodes, more
+# comparisons, the native trainers' quickstarts, more oracle losses.
+test-full: setup
+	$(BIN)/ruff check .
+	$(BIN)/ftx env create torch --if-missing
+	$(BIN)/python -m pytest -m 'not images and not llamacpp' -ra --durations=30 $(PYTEST_ARGS)
+
+# The torch image built cold (podman, debootstrap base) and run like the local runtime,
+# through Docker's API, on Slurm and as the Kubernetes pod command; every backend's image
+# built and the quickstart run in it.
 test-images: setup
 	$(BIN)/ftx env create torch --if-missing
-	$(BIN)/python -m pytest tests/test_images.py -m images -s -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/test_containers.py tests/test_images.py -m images -s -ra $(PYTEST_ARGS)
 
 # llama.cpp (built from source once into a test-only environment) reads ftx's GGUF files.
 test-gguf: setup

@@ -33,6 +33,30 @@ def run_ftx(*args: str, cwd: Path | None = None, timeout: int = 900) -> subproce
     )
 
 
+def run_ftx_here(*args: str) -> subprocess.CompletedProcess:
+    """The real CLI in this process (click's runner): for tests that run many quick
+    commands, without an interpreter start each (a few seconds with its imports)."""
+    from click.testing import CliRunner
+
+    from ftx.core.cli import (  # noqa: F401  (importing a module registers its commands)
+        cli,
+        cluster_cmds,
+        convert_cmds,
+        data_cmds,
+        env_cmds,
+        image_cmds,
+        infer_cmds,
+        model_cmds,
+        run_cmds,
+    )
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
+    stderr = result.stderr if result.stderr_bytes is not None else ""
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += f"\nTraceback: {result.exception!r}"
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, stderr)
+
+
 def run_nodes(commands: list[list[str]], logs: Path, timeout: int = 900) -> None:
     """Start one `ftx` command per "node" at once and wait for all; each writes its output
     to logs/node<i>.log (files, not pipes: no node can block on a full pipe while another

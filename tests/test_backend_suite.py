@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_ftx, run_in_env
+from conftest import run_ftx, run_ftx_here, run_in_env
 from ftx.core.backend import Capabilities
 from ftx.core.compare import hf_environment
 from ftx.core.convert.safetensors_stream import SafetensorsReader
@@ -319,6 +319,7 @@ def test_two_processes_match_one(backend: str, tmp_path: Path, tiny_llama: Path)
     assert found["keys"] and found["diff"] < TOLERANCE
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("stage", ["dpo", "kto", "rm"])
 def test_preference_in_two_processes_matches_one(
     backend: str, tmp_path: Path, tiny_llama: Path, stage: str
@@ -341,6 +342,7 @@ def test_preference_in_two_processes_matches_one(
                                     abs=TOLERANCE)  # fmt: skip
 
 
+@pytest.mark.heavy
 def test_two_local_nodes_train_together(
     backend: str, runs: Runs, tmp_path: Path, tiny_llama: Path
 ) -> None:
@@ -407,12 +409,12 @@ def test_what_the_backend_cannot_run_is_refused_naming_the_key(
     """Every value the backend's capabilities do not run is refused by `ftx validate` with
     exit code 2 naming the key; what the native trainer runs on accelerators only is refused
     naming the device, and `ftx plan` still writes it (worker.json: trainer native); every
-    value it runs validates."""
+    value it runs validates. (The commands run in this process: dozens of them.)"""
     caps = capabilities(backend)
     path = recipe(tmp_path, tiny_llama)
     for (key, value), overrides in ASKS.items():
         verdict = declared(caps, key, value)
-        result = run_ftx("validate", str(path), "--backend", backend, *overrides)
+        result = run_ftx_here("validate", str(path), "--backend", backend, *overrides)
         if verdict == "runs":
             assert result.returncode == 0, (value, result.stderr[-1500:])
             continue
@@ -421,14 +423,14 @@ def test_what_the_backend_cannot_run_is_refused_naming_the_key(
         if verdict == "native on a GPU":
             assert "GPU/NPU only" in result.stderr and "sees only the CPU" in result.stderr
             out = tmp_path / f"plan-{value}"
-            planned = run_ftx(
+            planned = run_ftx_here(
                 "plan", str(path), "--backend", backend, "--out", str(out), *overrides
             )
             assert planned.returncode == 0, (value, planned.stderr[-1500:])
             assert json.loads((out / "plan/worker.json").read_text())["train"]["trainer"] == (
                 "native"
             )
-            ftx = run_ftx("validate", str(path), "--backend", backend, "train.trainer=ftx",
+            ftx = run_ftx_here("validate", str(path), "--backend", backend, "train.trainer=ftx",
                           *overrides)  # fmt: skip
             assert ftx.returncode == 2 and "train.trainer: native" in ftx.stderr, ftx.stderr
     assert not (tmp_path / "out").exists()  # validation writes nothing
@@ -519,6 +521,7 @@ def eos_id(model: Path) -> int:
     return json.loads((model / "config.json").read_text())["eos_token_id"]
 
 
+@pytest.mark.heavy
 def test_the_framework_interface_agrees_with_the_reference(
     backend: str, tmp_path: Path, tiny_llama: Path, reference_probe: dict
 ) -> None:

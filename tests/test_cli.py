@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FTX, ROOT, run_ftx
+from conftest import FTX, ROOT, run_ftx, run_ftx_here
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
@@ -159,7 +159,7 @@ COMMANDS = _commands()
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
 def test_every_command_help_shows_an_example(command: list[str]) -> None:
-    result = run_ftx(*command, "--help")
+    result = run_ftx_here(*command, "--help")
     assert result.returncode == 0
     assert "Example:" in result.stdout or "Examples:" in result.stdout
     assert f"ftx {command[0]}" in result.stdout

@@ -40,6 +40,7 @@ def test_full_finetuning_agrees_on_every_backend(tmp_path: Path, tiny_llama: Pat
     assert all(s["max_relative"] <= 1e-4 for s in found["steps"])  # measured: ~3e-7
 
 
+@pytest.mark.heavy
 def test_lora_agrees_on_every_backend(tmp_path: Path, tiny_llama: Path) -> None:
     lora = ["method.finetuning=lora", "method.lora.rank=4", "method.lora.targets=[q_proj,v_proj]"]
     found = compare(recipe(tmp_path, tiny_llama), tmp_path / "cmp", EVERY, *lora)
@@ -51,6 +52,7 @@ def test_lora_agrees_on_every_backend(tmp_path: Path, tiny_llama: Path) -> None:
         assert json.loads(adapter.read_text())["r"] == 4
 
 
+@pytest.mark.heavy
 def test_qwen2_with_biases_agrees_on_torch_and_mindformers(
     tmp_path: Path, tiny_qwen2: Path
 ) -> None:
@@ -76,7 +78,12 @@ def test_runs_that_differ_fail_with_exit_code_1(tmp_path: Path, tiny_llama: Path
 
 
 @pytest.mark.parametrize(
-    ("stage", "finetuning"), [("dpo", "lora"), ("kto", "full"), ("rm", "full")]
+    ("stage", "finetuning"),
+    [
+        ("dpo", "lora"),
+        pytest.param("kto", "full", marks=pytest.mark.heavy),
+        pytest.param("rm", "full", marks=pytest.mark.heavy),
+    ],
 )
 def test_preference_runs_agree_on_every_backend(
     tmp_path: Path, tiny_llama: Path, stage: str, finetuning: str
@@ -103,5 +110,6 @@ def test_preference_runs_agree_on_every_backend(
     assert any(max(s["values"]["rewards_margins"].values()) != 0 for s in found["steps"])
 
 
+@pytest.mark.heavy
 def test_qwen2_dpo_agrees_on_torch_and_mindformers(tmp_path: Path, tiny_qwen2: Path) -> None:
     compare(pairs_recipe(tmp_path, tiny_qwen2), tmp_path / "cmp", "torch,mindformers", steps=20)

@@ -20,7 +20,7 @@ from daemons import environment, install_missing, scratch
 from training import ftx_ok as ok
 from training import interrupted_run, losses
 
-pytestmark = [pytest.mark.env, pytest.mark.slow]
+pytestmark = [pytest.mark.env, pytest.mark.slow, pytest.mark.images]
 
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 STEPS = ("train.epochs=null", "train.max_steps=30", "train.logging_steps=1")

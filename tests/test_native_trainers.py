@@ -317,6 +317,7 @@ def test_mindformers_own_entry_trains_the_plan_as_ftx_does(
 CHECKPOINTS = {"paddle": "native", "mindformers": "checkpoints"}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("backend", ["paddle", "mindformers"])
 def test_native_trainer_learns_the_quickstart_stops_and_resumes(
     backend: str, tmp_path: Path

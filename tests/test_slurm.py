@@ -93,6 +93,7 @@ def test_cancel_leaves_a_checkpoint_and_resubmission_resumes(
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("backend", ["paddle", "mindformers"])
 def test_other_backends_train_across_two_slurm_nodes(
     cluster: Path, backend: str, tiny_llama: Path, tmp_path: Path

@@ -135,7 +135,9 @@ def trl_step(stage: str, loss: str, base: Path, out: Path, **settings: float) ->
     return found
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "hinge"])
+@pytest.mark.parametrize(
+    "loss", ["sigmoid", *(pytest.param(x, marks=pytest.mark.heavy) for x in ("ipo", "hinge"))]
+)
 def test_dpo_equals_trls_dpo_trainer(tmp_path: Path, tiny_llama: Path, loss: str) -> None:
     ours = two_steps(pairs_recipe(tmp_path, tiny_llama), tmp_path / "out",
                      f"method.preference.loss={loss}")  # fmt: skip
@@ -147,6 +149,7 @@ def test_dpo_equals_trls_dpo_trainer(tmp_path: Path, tiny_llama: Path, loss: str
     assert ours["rewards/margins"] != 0  # the policy has left its reference
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("loss", ["simpo", "orpo"])
 def test_simpo_and_orpo_equal_trls_cpo_and_orpo_trainers(
     tmp_path: Path, tiny_llama: Path, loss: str
