@@ -42,6 +42,7 @@ class EnvironmentSpec:
     import_check: str  # a statement that must run in the finished environment
     devices: str  # "module:function" run inside the environment: the devices it sees
     images: Mapping[str, ImageVariant] = field(default_factory=lambda: {"cpu": ImageVariant()})
+    footprint: str = ""  # what building it costs, said before it is built ("about 2 GB ...")
 
 
 @dataclass(frozen=True)

@@ -92,14 +92,24 @@ def inside_image(name: str) -> bool:
     return os.environ.get(IMAGE_ENV) == name
 
 
-def ensure(name: str) -> Path:
-    """Create the environment if it is missing, incomplete or stale; return its python
-    (in the backend's image, the image's own)."""
+def ensure(name: str, why: str = "") -> Path:
+    """Create the environment if it is missing, incomplete or stale, saying first which,
+    what for (``why``) and what it costs; return its python (in the backend's image, the
+    image's own). A build cut short leaves no marker, so nothing trusts it."""
     if inside_image(name):
         return Path(sys.executable)
     current = state(name)
     if current != "ready":
-        console.print(lead(f"Setting up the {name} environment", f" ({current}); this runs once."))
+        footprint = get_spec(name).footprint
+        console.print(
+            lead(
+                f"Setting up the {name} environment",
+                f" ({current}){' ' + why if why else ''}"
+                f"{': ' + footprint if footprint else ''}; this runs once"
+                f" (`ftx env create {name}` does it ahead of time).",
+            ),
+            soft_wrap=True,
+        )
         create(name, force=True)
     return env_python(name)
 

@@ -24,7 +24,6 @@ from ftx.core.contract import DecoderModel
 from ftx.core.inference.decoding import Logits, main_of
 from ftx.core.models.architectures import ModelConfig
 
-
 BUCKET = 32  # the shortest row the forward is compiled for
 
 

@@ -13,6 +13,7 @@ ENVIRONMENT = EnvironmentSpec(
     frameworks=("mindspore", "mindformers", "numpy", "safetensors"),
     import_check="import mindspore, mindformers",
     devices="ftx.backends.mindformers.environment:visible_devices",
+    footprint="about 3.4 GB on disk and 2 minutes (measured on a 2-core CPU machine)",
     images={
         "cpu": ImageVariant(),
         "ascend": ImageVariant(

@@ -38,6 +38,7 @@ def export_mindrecord(recipe: Recipe, out: Path) -> str:
         ["-m", "ftx.backends.mindformers.mindrecord", str(prepared), str(out)],
         reads=(prepared,),
         writes=(out,),
+        why="to write MindRecord data with mindspore (what finetune.yaml reads)",
     )
     if code != 0:
         raise FtxError(

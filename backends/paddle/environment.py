@@ -15,6 +15,7 @@ ENVIRONMENT = EnvironmentSpec(
         "import paddle, paddleformers.transformers, paddleformers.trainer, paddleformers.peft"
     ),
     devices="ftx.backends.paddle.environment:visible_devices",
+    footprint="about 2.1 GB on disk and 2 minutes (measured on a 2-core CPU machine)",
     images={
         "cpu": ImageVariant(),
         "cuda": ImageVariant(

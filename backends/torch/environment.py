@@ -9,6 +9,7 @@ ENVIRONMENT = EnvironmentSpec(
     frameworks=("torch", "transformers", "peft", "accelerate", "safetensors", "numpy"),
     import_check="import torch, transformers, peft",
     devices="ftx.backends.torch.environment:visible_devices",
+    footprint="about 1.5 GB on disk and 2 minutes (measured on a 2-core CPU machine)",
     images={
         "cpu": ImageVariant(),
         "cuda": ImageVariant(

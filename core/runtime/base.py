@@ -43,10 +43,17 @@ class Runtime(ABC):
 
     @abstractmethod
     def python(
-        self, backend: str, args: list[str], *, reads: tuple[Path, ...], writes: tuple[Path, ...]
+        self,
+        backend: str,
+        args: list[str],
+        *,
+        reads: tuple[Path, ...],
+        writes: tuple[Path, ...],
+        why: str = "",
     ) -> tuple[int, str]:
         """Run ``python ARGS`` with the backend's framework (in a scratch working folder,
-        reading ``reads`` and writing ``writes``); return its exit code and output."""
+        reading ``reads`` and writing ``writes``); return its exit code and output. ``why``
+        says what for, when the framework must be set up first."""
 
     def close(self) -> None:  # noqa: B027 (most runtimes hold nothing)
         """Release what prepare() set up (an engine connection, a service ftx started)."""

@@ -121,7 +121,13 @@ class ContainerRuntime(Runtime):
                 container.remove(force=True)
 
     def python(
-        self, backend: str, args: list[str], *, reads: tuple[Path, ...], writes: tuple[Path, ...]
+        self,
+        backend: str,
+        args: list[str],
+        *,
+        reads: tuple[Path, ...],
+        writes: tuple[Path, ...],
+        why: str = "",
     ) -> tuple[int, str]:
         volumes = {str(p): {"bind": str(p), "mode": "ro"} for p in reads}
         for path in writes:

@@ -23,9 +23,15 @@ class LocalRuntime(Runtime):
         return envs.read_marker(backend) or {}
 
     def python(
-        self, backend: str, args: list[str], *, reads: tuple[Path, ...], writes: tuple[Path, ...]
+        self,
+        backend: str,
+        args: list[str],
+        *,
+        reads: tuple[Path, ...],
+        writes: tuple[Path, ...],
+        why: str = "",
     ) -> tuple[int, str]:
-        python = envs.ensure(backend)
+        python = envs.ensure(backend, why)
         with tempfile.TemporaryDirectory() as scratch:  # frameworks write log folders in cwd
             result = subprocess.run(
                 [str(python), *args],
