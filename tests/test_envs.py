@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_ftx, run_in_env
+from conftest import FTX, run_ftx, run_in_env
 from ftx.core import envs
 
 
@@ -112,3 +112,41 @@ def test_ftx_from_a_wheel_is_copied_into_the_env(tmp_path: Path, monkeypatch) ->
         cwd="/",
     )
     assert layout.returncode == 0 and str(tmp_path) in layout.stdout
+
+
+def test_a_plan_says_which_environment_it_builds_and_a_cut_build_is_not_trusted(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    """`ftx plan --backend mindformers` needs mindspore to write MindRecord: before building
+    the environment it says which, what for and what it costs; stopped (Ctrl-C) during the
+    build, it leaves no environment a later command takes as ready."""
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    env = {**os.environ, "FTX_HOME": str(home)}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model: {{path: {tiny_llama}}}\n"
+        f"data: {{datasets: [{{path: {Path(__file__).parent.parent}"
+        "/recipes/data/quickstart_train.jsonl}], max_seq_len: 32, max_samples: 8}\n"
+        "train: {max_steps: 1}\n"
+    )
+    proc = subprocess.Popen(
+        [str(FTX), "plan", str(recipe), "--backend",
+         "mindformers", "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (home / "envs" / "mindformers").exists():
+        time.sleep(0.2)
+    time.sleep(2)  # inside the build
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert "Setting up the mindformers environment (missing) to write MindRecord" in stderr
+    assert "about 3.4 GB on disk" in stderr and "ftx env create mindformers" in stderr
+    assert proc.returncode == 130, stderr[-2000:]
+    listing = subprocess.run([str(FTX), "env", "list"],
+                             capture_output=True, text=True, env=env)  # fmt: skip
+    row = next(line for line in listing.stdout.splitlines() if "mindformers" in line)
+    assert "ready" not in row, listing.stdout
