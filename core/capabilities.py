@@ -57,6 +57,23 @@ def asked_values(recipe: Recipe, model_type: str | None) -> list[tuple[str, str]
     return pairs
 
 
+def nowhere(recipe: Recipe, every: Mapping[str, Capabilities]) -> list[str]:
+    """The recipe's values no backend trains (not even with its native trainer)."""
+    found = []
+    for key, value, attr in (
+        ("method.stage", recipe.method.stage, "stages"),
+        ("method.finetuning", recipe.method.finetuning, "finetuning"),
+        ("train.precision", recipe.train.precision, "precisions"),
+        *(("parallel", mode, "parallel") for mode in parallel_modes(recipe)),
+    ):
+        native = [c.native.only for c in every.values() if c.native is not None]
+        if not any(value in getattr(c, attr) for c in every.values()) and not any(
+            value in only for only in native
+        ):
+            found.append(f"{key}: '{value}' is trained by no backend ({', '.join(every)})")
+    return found
+
+
 def choose_trainer(
     recipe: Recipe, backend: str, caps: Capabilities, model_type: str | None, *, source: str
 ) -> TrainerChoice:
@@ -168,7 +185,7 @@ def check_recipe(
         if value in supported:
             return
         others = sorted(n for n, c in every.items() if value in getattr(c, attr))
-        alt = f"; backends that have it: {', '.join(others)}" if others else ""
+        alt = f"; backends that have it: {', '.join(others)}" if others else "; no backend has it"
         problems.append(
             f"{key}: '{value}' is not supported by the {backend} backend"
             f" (it has: {', '.join(sorted(supported))}){alt}"

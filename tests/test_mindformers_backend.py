@@ -218,7 +218,7 @@ def test_what_mindformers_cannot_run_is_refused_with_the_key(
 ) -> None:
     path = recipe(tmp_path, tiny_llama)
     bf16 = run_ftx("validate", str(path), "--backend", "mindformers", "train.precision=bf16")
-    assert bf16.returncode == 2 and "finetune.yaml" in bf16.stderr
+    assert bf16.returncode == 0 and "finetune.yaml" in bf16.stderr  # valid; a note on the CPU
     out = plan(path, tmp_path / "p", "train.precision=bf16", "parallel.zero=1")
     text = (out / "plan/finetune.yaml").read_text()
     assert "compute_dtype: bfloat16" in text and "enable_parallel_optimizer: true" in text

@@ -386,4 +386,7 @@ def test_what_a_cpu_cannot_run_natively_is_refused_naming_the_device(
                           "train.trainer=native")  # fmt: skip
     assert mindformers.returncode == 0, mindformers.stderr
     bf16 = run_ftx("validate", str(path), "--backend", "mindformers", "train.precision=bf16")
-    assert bf16.returncode == 2 and "MindFormers' Trainer on a GPU/NPU only" in bf16.stderr
+    assert bf16.returncode == 0 and "MindFormers' Trainer on a GPU/NPU only" in bf16.stderr
+    refused = run_ftx("run", str(path), "--backend", "mindformers", "train.precision=bf16",
+                      "--out", str(tmp_path / "r"))  # fmt: skip
+    assert refused.returncode == 2 and "MindFormers' Trainer on a GPU/NPU only" in refused.stderr

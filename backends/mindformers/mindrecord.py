@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     splits = args.split or ["train", *(["val"] if load_split(args.prepared, "val") else [])]
     counts = [f"{write_mindrecord(args.prepared, args.out, s)} {s}" for s in splits]
-    print(f"{args.out}: {', '.join(counts)} rows")
+    print(f"{', '.join(counts)} rows")  # the caller names the folder: this one may be staged
 
 
 if __name__ == "__main__":

@@ -31,7 +31,14 @@ def export_paddlenlp(recipe: Recipe, out: Path) -> str:
         tokenizer = load_tokenizer(recipe)
         bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
     counts = write_paddlenlp(train, val, recipe.model.template, out, bos, eos)
-    return f"PaddleNLP data, {counts['train']} train / {counts['dev']} dev rows"
+    note = (
+        "; no chat_template.json: model.template is auto (the tokenizer's jinja template),"
+        " which PaddleNLP's chat_template.json cannot hold; name a template"
+        " (model.template=llama3, ...) to have one written"
+        if recipe.model.template == "auto"
+        else ", chat_template.json"
+    )
+    return f"PaddleNLP data, {counts['train']} train / {counts['dev']} dev rows{note}"
 
 
 def src_tgt_row(conv: Conversation) -> dict[str, Any]:

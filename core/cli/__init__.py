@@ -42,6 +42,10 @@ class FtxGroup(click.Group):
         with claims_released():  # the command's destinations are free again at its end
             return self._explained(ctx)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _quiet_everywhere(self)
+        return super().parse_args(ctx, args)
+
     def _explained(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
@@ -63,6 +67,28 @@ class FtxGroup(click.Group):
             raise
         except Exception as exc:
             _bug(exc)
+
+
+def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        set_quiet(True)
+
+
+def _quiet_everywhere(group: click.Group) -> None:
+    """-q/--quiet after a command too (`ftx run recipe.yaml -q`), not only before it."""
+    for command in group.commands.values():
+        if not any(p.name == "quiet" for p in command.params):
+            command.params.append(
+                click.Option(
+                    ["--quiet", "-q"],
+                    is_flag=True,
+                    expose_value=False,
+                    callback=_quiet,
+                    help="Only print results and errors (for scripts).",
+                )
+            )
+        if isinstance(command, click.Group):
+            _quiet_everywhere(command)
 
 
 def _fail(exc: FtxError) -> NoReturn:

@@ -48,19 +48,36 @@ def runtime_opts(fn: Callable) -> Callable:
 @click.option("--backend", "-b", help="Also check the recipe against this backend's capabilities.")
 def validate(recipe: Path, overrides: tuple[str, ...], backend: str | None) -> None:
     """Check a recipe: keys, types, ranges, cross-field rules (and a backend's capabilities).
+    It judges the recipe, not this machine: what needs a GPU/NPU this machine lacks is
+    valid, with a note that `ftx run` here would refuse it.
 
     \b
     Example:
       ftx validate recipes/quickstart.yaml --backend torch train.learning_rate=1e-4
     """
-    from ftx.core.runner import check_model, check_overrides, target_for
+    from ftx.core.capabilities import nowhere
+    from ftx.core.errors import FtxError
+    from ftx.core.registry import capability_matrix
+    from ftx.core.runner import check_model, check_overrides, check_target_devices, target_for
 
     loaded = load_recipe(recipe, overrides)
     check_model(loaded)
     check_overrides(loaded)
+    unsupported = nowhere(loaded.recipe, capability_matrix())
+    if unsupported:
+        raise FtxError(
+            "; ".join(unsupported),
+            where=str(recipe),
+            fix="change those keys (`ftx backends` shows what each backend trains)",
+        )
     if backend:
         # The translator too: what the framework cannot express is refused there (pure).
-        target_for(loaded, backend).translate()
+        checked = target_for(loaded, backend, here=False)
+        checked.translate()
+        try:
+            check_target_devices(checked, loaded)
+        except FtxError as exc:
+            info(lead("note", f": `ftx run` on this machine would refuse it: {exc.detail}"))
     target = f" for the {backend} backend" if backend else ""
     click.echo(f"{recipe}: valid{target} (sha256 {loaded.digest[:12]})")
 
@@ -287,8 +304,9 @@ def report(out: Path, png: Path | None) -> None:
     "--out",
     "-o",
     type=click.Path(path_type=Path),
-    help="Where the runs, comparison.json and comparison.png go (default: output.dir/compare"
-    " for a recipe, the current folder for run folders).",
+    help="Where the runs, comparison.json and comparison.png go (default: output.dir-compare"
+    " beside the recipe's run, which `ftx run --force` replaces; the current folder for run"
+    " folders).",
 )
 def compare(targets: tuple[str, ...], backends: str | None, steps: int, out: Path | None) -> None:
     """Run one recipe on several backends (or line up finished runs) and compare them step
@@ -312,7 +330,8 @@ def compare(targets: tuple[str, ...], backends: str | None, steps: int, out: Pat
         loaded = load_recipe(
             first, [*targets[1:], *cmp.COMPARE_OVERRIDES, f"train.max_steps={steps}"]
         )
-        root = (out or Path(loaded.recipe.output.dir) / "compare").resolve()
+        run = Path(loaded.recipe.output.dir)
+        root = (out or run.with_name(f"{run.name}-compare")).resolve()
         runs = {}
         chosen = backends.split(",") if backends else backend_names()
         for backend in [b.strip() for b in chosen if b.strip()]:
