@@ -236,7 +236,7 @@ def stage(
 ) -> Staged:
     """Everything up to the launch: set up the runtime, claim OUT, prepare the data into
     OUT/data, write OUT/plan (``here``: also check the devices this host has)."""
-    from ftx.core.data.prepare import prepared_data
+    from ftx.core.data.prepare import cached_prepared, prepared_data
 
     target = checked_target(loaded, backend)
     recipe, spec = target.recipe, target.spec
@@ -246,11 +246,11 @@ def stage(
     environment = runtime.prepare(spec.name)
     if here:
         check_target_devices(target, loaded)  # the environment exists now: its devices
+    info(lead("Preparing data", " (tokenise, mask; cached by content hash)"))
+    cached_prepared(recipe)  # what the data can refuse is refused before OUT is claimed
     previous = claim_output(layout, loaded, force=force, resuming=bool(recipe.train.resume))
     layout.root.mkdir(parents=True, exist_ok=True)
-
-    info(lead("Preparing data", " (tokenise, mask; cached by content hash)"))
-    manifest = prepared_data(recipe, layout.data)
+    manifest = prepared_data(recipe, layout.data)  # the cache's entry, linked into OUT
     train = manifest["splits"]["train"]
     info(
         f"  {train['examples']} training examples, {train['tokens']:,} tokens"

@@ -587,21 +587,66 @@ def test_a_huge_row_is_a_row_error_in_bounded_memory(project: Path) -> None:
         handle.write(b'{"instruction": "' + b"x" * (200 << 20) + b'", "output": "y"}\n')
     recipe = str(project / "recipe.yaml")
     result = run_ftx("data", "stats", recipe)
-    user_error(result, "train.jsonl:", "row of more than 16,777,216 bytes", "on_error: skip")
-    code = (
-        "import resource, subprocess, sys;"
-        "r = subprocess.run(sys.argv[1:]);"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
-    )
-    skipped = subprocess.run(
-        [sys.executable, "-c", code, str(FTX), "data", "stats", recipe, "data.on_error=skip"],
-        capture_output=True,
-        text=True,
-    )
+    user_error(result, "train.jsonl:", "row of more than 2,097,152 bytes", "on_error: skip")
+    skipped, peak_kib = peak_rss(str(FTX), "data", "stats", recipe, "data.on_error=skip")
     assert skipped.returncode == 0, skipped.stderr[-2000:]
-    peak_kib = int(skipped.stdout.strip().splitlines()[-1])
     assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
     assert "skipped (bad rows)" in skipped.stdout
+
+
+def peak_rss(*command: str) -> tuple[subprocess.CompletedProcess, int]:
+    """Run ``command``; its result and the peak resident memory (KiB) of its processes."""
+    code = (
+        "import resource, subprocess, sys;"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+        "sys.stdout.write(r.stdout); sys.stderr.write(r.stderr);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True)
+    return result, int(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_huge_csv_line_costs_bounded_memory_and_a_long_row_its_tokens(
+    project: Path, tmp_path: Path
+) -> None:
+    """A 300 MB CSV line is read past in pieces (peak RSS well under its size); a CJK row
+    over the default row limit (2 MiB: tokenising costs ~400 bytes per byte) is a bad row
+    naming the limit and why."""
+    rows = tmp_path / "rows.csv"
+    with rows.open("w") as handle:
+        handle.write("instruction,output\n" + "a," + "x" * (300 << 20) + "\nhi,yo\n")
+    recipe = str(project / "recipe.yaml")
+    data = f"data.datasets=[{{path: {rows}}}]"
+    skipped, peak_kib = peak_rss(str(FTX), "data", "stats", recipe, data, "data.on_error=skip")
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert peak_kib < 300 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB for a 300 MiB line"
+    cjk = tmp_path / "cjk.jsonl"
+    cjk.write_text(json.dumps({"instruction": "中文" * (1 << 20), "output": "ok"}) + "\n")
+    result = run_ftx("data", "stats", recipe, f"data.datasets=[{{path: {cjk}}}]")
+    user_error(result, "row of more than 2,097,152 bytes", "400 bytes of memory per byte")
+
+
+def test_a_runaway_chat_template_and_an_absurd_config_end_in_seconds(project: Path) -> None:
+    """A tokenizer chat template whose loops would run for hours stops after 10 s of one
+    conversation; config.json with a billion layers is refused before any loop over them."""
+    import time
+
+    model = project / "model"
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    settings["chat_template"] = (
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+    )
+    (model / "tokenizer_config.json").write_text(json.dumps(settings))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    started = time.time()
+    result = run_ftx("data", "stats", str(project / "recipe.yaml"), timeout=120)
+    user_error(result, "did not finish rendering one conversation in 10 s")
+    assert time.time() - started < 60
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**9}))
+    for args in (["convert", str(model), str(project / "out"), "--to", "paddle"],
+                 ["validate", str(project / "recipe.yaml"), "--backend", "torch"]):  # fmt: skip
+        user_error(run_ftx(*args, timeout=60), "'num_hidden_layers' is 1,000,000,000")
 
 
 def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:

@@ -62,9 +62,8 @@ def convert(
     Example:
       ftx convert ./llama-hf ./llama-paddle --to paddle --verify
       ftx convert ./llama-hf ./llama-ms --to mindspore --format ckpt
-      ftx convert ./paddle-tp4 ./llama-hf --to hf --trust-pickle
+      ftx convert ./llama-paddle ./llama-hf2 --to hf
       ftx convert runs/lora/final ./lora-paddle --to paddle
-      ftx convert output/checkpoint ./llama-hf --to hf --config finetune_llama2_7b.yaml
     """
     from ftx.core.convert.convert import convert as run
 

@@ -20,7 +20,7 @@ def env() -> None:
 
     \b
     Example:
-      ftx env create torch
+      ftx env create torch --if-missing
       ftx env doctor
     """
 
@@ -52,7 +52,7 @@ def create(name: str, force: bool, if_missing: bool) -> None:
 
     \b
     Example:
-      ftx env create paddle
+      ftx env create paddle --if-missing
     """
     if if_missing and envs.state(name) == "ready":
         results.print(f"{name}: ready at {envs.env_dir(name)}")

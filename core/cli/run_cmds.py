@@ -112,7 +112,7 @@ def plan(
     Examples:
       ftx plan recipes/quickstart.yaml --backend torch --out /tmp/qs
       cat /tmp/qs/plan/launch.sh
-      ftx plan recipes/llama2_7b_lora_sft.yaml --scheduler slurm parallel.nnodes=2
+      ftx plan recipes/quickstart.yaml --scheduler slurm parallel.nnodes=2 --out /tmp/qs-slurm
     """
     loaded = load_recipe(recipe, overrides)
     if scheduler is not None:
@@ -318,7 +318,7 @@ def compare(targets: tuple[str, ...], backends: str | None, steps: int, out: Pat
     \b
     Examples:
       ftx compare recipes/quickstart.yaml --backends torch,paddle,mindformers --steps 20
-      ftx compare runs/a runs/b
+      ftx compare runs/quickstart-compare/torch runs/quickstart-compare/paddle
     """
     from ftx.core import compare as cmp
     from ftx.core.errors import FtxError

@@ -18,6 +18,7 @@ import yaml
 from ftx.core.convert.names import FAMILIES
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import read_json_object
+from ftx.core.models.architectures import size_problem
 
 MS_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -49,6 +50,9 @@ def load_config(folder: Path, explicit: Path | None = None) -> dict[str, Any]:
             where=str(explicit),
             fix=f"ftx converts: {', '.join(FAMILIES)}",
         )
+    problem = size_problem(config)
+    if problem:
+        raise FtxError(problem, where=str(explicit), fix="restore the model's own config.json")
     for key in SIZES:
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

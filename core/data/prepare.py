@@ -95,7 +95,7 @@ def read_conversations(
     source: Source,
     on_error: str,
     report: RowReport,
-    max_row_bytes: int = 16 << 20,
+    max_row_bytes: int = 2 << 20,
     stage: str = "sft",
 ) -> list[Conversation]:
     """All rows of a source as conversations (documents for stage pt); bad rows raise or

@@ -10,9 +10,12 @@ prompt) and taking the difference.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +51,33 @@ class Encoded:
     truncated: bool
 
 
+RENDER_SECONDS = 10  # the most one conversation's jinja rendering may take
+
+
+class RenderTimeout(Exception):
+    """A chat template that ran past :data:`RENDER_SECONDS` on one conversation."""
+
+
+@contextlib.contextmanager
+def time_bound(seconds: float) -> Iterator[None]:
+    """Raise :class:`RenderTimeout` in the block after ``seconds`` (a real-time timer; in
+    the main thread only, where Python delivers signals; elsewhere unbounded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise RenderTimeout
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class ChatEncoder:
     """Encodes conversations with one tokenizer and a chat template.
 
@@ -79,12 +109,20 @@ class ChatEncoder:
         if self.template != "auto":
             return self._named(chat, generation_prompt, tools)[0]
         try:
-            return self.tokenizer.apply_chat_template(
-                chat,
-                tools=list(tools) or None,
-                tokenize=False,
-                add_generation_prompt=generation_prompt,
-            )
+            with time_bound(RENDER_SECONDS):
+                return self.tokenizer.apply_chat_template(
+                    chat,
+                    tools=list(tools) or None,
+                    tokenize=False,
+                    add_generation_prompt=generation_prompt,
+                )
+        except RenderTimeout:
+            raise FtxError(
+                f"the tokenizer's chat template did not finish rendering one conversation in"
+                f" {RENDER_SECONDS} s (a template should take milliseconds: loops that run away)",
+                where=self.where,
+                fix="fix the chat template, or name a registered template in model.template",
+            ) from None
         except Exception as exc:  # jinja raises its own errors (raise_exception, undefined)
             raise FtxError(
                 f"the tokenizer's chat template cannot render this conversation ({exc})",

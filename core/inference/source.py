@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ftx.core.contract import WORKER_CONFIG, WorkerConfig, read_record
 from ftx.core.errors import FtxError
+from ftx.core.models.architectures import size_problem
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -106,6 +107,9 @@ def resolve(path: Path, *, base: Path | None = None, template: str | None = None
             fix="name a run's OUT folder, a Hugging Face model folder or a PEFT adapter folder",
         )
     settings = _json(model / "config.json", "config.json")
+    problem = size_problem(settings)
+    if problem:
+        raise FtxError(problem, where=str(model / "config.json"), fix="restore the config.json")
     architectures = settings.get("architectures") or []
     if any(str(a).endswith("ForSequenceClassification") for a in architectures):
         raise FtxError(

@@ -22,6 +22,28 @@ ARCHITECTURES = {
 }
 
 
+# Sizes no model has (the largest published ones are well inside): beyond them a
+# config.json is damaged or hostile, and loops over its layers would not end.
+SIZE_LIMITS = {
+    "num_hidden_layers": 1024,
+    "hidden_size": 1 << 17,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "intermediate_size": 1 << 20,
+    "vocab_size": 1 << 24,
+    "max_position_embeddings": 1 << 24,
+}
+
+
+def size_problem(config: dict[str, Any]) -> str | None:
+    """Why a config.json's sizes cannot describe a model (None when they can)."""
+    for key, most in SIZE_LIMITS.items():
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > most:
+            return f"'{key}' is {value:,}, beyond any model (at most {most:,})"
+    return None
+
+
 def architecture_of(config: dict[str, Any]) -> Architecture | None:
     """The architecture of an HF config.json, or None when ftx does not know it."""
     return ARCHITECTURES.get(config.get("model_type", ""))
@@ -115,6 +137,9 @@ class ModelConfig:
 
         path = folder / "config.json"
         config = read_json_object(path, "model's config.json", "restore the model's config.json")
+        problem = size_problem(config)
+        if problem:
+            raise FtxError(problem, where=str(path), fix="restore the model's config.json")
         try:
             return cls.of(config)
         except (TypeError, ValueError) as exc:
