@@ -38,19 +38,9 @@ def run_ftx_here(*args: str) -> subprocess.CompletedProcess:
     commands, without an interpreter start each (a few seconds with its imports)."""
     from click.testing import CliRunner
 
-    from ftx.core.cli import (  # noqa: F401  (importing a module registers its commands)
-        cli,
-        cluster_cmds,
-        convert_cmds,
-        data_cmds,
-        env_cmds,
-        image_cmds,
-        infer_cmds,
-        model_cmds,
-        run_cmds,
-    )
+    from ftx.core.cli import commands
 
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
+    result = CliRunner().invoke(commands(), list(args), catch_exceptions=True)
     stderr = result.stderr if result.stderr_bytes is not None else ""
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += f"\nTraceback: {result.exception!r}"

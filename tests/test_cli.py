@@ -130,17 +130,7 @@ def _commands() -> list[list[str]]:
     """Every command and subcommand the CLI registers (a new one is covered by itself)."""
     import click
 
-    from ftx.core.cli import (  # noqa: F401  (importing a module registers its commands)
-        cli,
-        cluster_cmds,
-        convert_cmds,
-        data_cmds,
-        env_cmds,
-        image_cmds,
-        infer_cmds,
-        model_cmds,
-        run_cmds,
-    )
+    from ftx.core.cli import commands
 
     found = []
 
@@ -150,7 +140,7 @@ def _commands() -> list[list[str]]:
             if isinstance(command, click.Group):
                 walk(command, [*prefix, name])
 
-    walk(cli, [])
+    walk(commands(), [])
     return found
 
 

@@ -71,17 +71,7 @@ def readme_commands() -> list[tuple[int, str]]:
 
 def help_examples() -> Iterator[tuple[str, list[str]]]:
     """(command name, its example lines) for every command with examples."""
-    from ftx.core.cli import (  # noqa: F401  (importing a module registers its commands)
-        cli,
-        cluster_cmds,
-        convert_cmds,
-        data_cmds,
-        env_cmds,
-        image_cmds,
-        infer_cmds,
-        model_cmds,
-        run_cmds,
-    )
+    from ftx.core.cli import commands
 
     def walk(group: click.Group, prefix: list[str]) -> Iterator[tuple[str, click.Command]]:
         for name, command in sorted(group.commands.items()):
@@ -89,7 +79,7 @@ def help_examples() -> Iterator[tuple[str, list[str]]]:
             if isinstance(command, click.Group):
                 yield from walk(command, [*prefix, name])
 
-    for name, command in walk(cli, []):
+    for name, command in walk(commands(), []):
         text = command.help or ""
         if "Example" not in text:
             continue

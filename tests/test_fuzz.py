@@ -47,9 +47,9 @@ def tree(folder: Path, skip: Path | None = None) -> dict[str, str]:
 
 def ftx(*args: str, watch: Path, out: Path | None = None) -> int:
     """Run one CLI case and check the invariants; return its exit code."""
-    from ftx.core.cli import cli, convert_cmds, data_cmds, env_cmds, model_cmds, run_cmds
+    from ftx.core.cli import commands
 
-    del convert_cmds, data_cmds, env_cmds, model_cmds, run_cmds  # registering the commands
+    cli = commands()
     before = tree(watch, skip=out)
     out_before = tree(out) if out is not None and out.is_dir() else None
     result = CliRunner().invoke(cli, list(args), catch_exceptions=True)

@@ -129,6 +129,11 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # SIGTERM unwinds like Ctrl-C, so staged outputs are removed rather than left half-written.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    commands()(prog_name="ftx")
+
+
+def commands() -> click.Group:
+    """The `ftx` group with every command registered (each module registers its own)."""
     from ftx.core.cli import (  # noqa: F401
         cluster_cmds,
         convert_cmds,
@@ -140,4 +145,4 @@ def main() -> None:
         run_cmds,
     )
 
-    cli(prog_name="ftx")
+    return cli

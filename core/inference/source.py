@@ -4,12 +4,12 @@ template taken from the run's plan)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ftx.core.contract import WORKER_CONFIG, WorkerConfig, read_record
 from ftx.core.errors import FtxError
+from ftx.core.fsutil import read_json_object
 from ftx.core.models.architectures import size_problem
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -36,17 +36,7 @@ class Target:
 
 
 def _json(path: Path, what: str) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FtxError(
-            f"{what} cannot be read as JSON ({exc})",
-            where=str(path),
-            fix="restore the file from the model's source",
-        ) from None
-    if not isinstance(value, dict):
-        raise FtxError(f"{what} is not a JSON object", where=str(path), fix="restore the file")
-    return value
+    return read_json_object(path, what, "restore the file from the model's source")
 
 
 def _has_weights(folder: Path) -> bool:
