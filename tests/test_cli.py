@@ -37,7 +37,13 @@ def test_validate_against_backend_capabilities(tmp_path: Path) -> None:
         "validate", "recipes/quickstart.yaml", "--backend", "torch", "method.finetuning=prefix"
     )
     assert result.returncode == 2
-    assert "method.finetuning: 'prefix' is not supported by the torch backend" in result.stderr
+    assert "method.finetuning: 'prefix' is trained by no backend" in result.stderr
+    result = run_ftx(
+        "validate", "recipes/quickstart.yaml", "--backend", "paddle", "method.finetuning=qlora"
+    )
+    assert result.returncode == 2
+    assert "'qlora' is not supported by the paddle backend" in result.stderr
+    assert "backends that have it: torch" in result.stderr
 
 
 def test_max_steps_on_the_command_line_wins_over_the_recipes_epochs(tmp_path: Path) -> None:
@@ -226,8 +232,13 @@ def test_qlora_is_refused_on_a_cpu_only_machine_but_plans(tmp_path: Path) -> Non
     result = run_ftx(
         "validate", "recipes/quickstart.yaml", "--backend", "torch", "method.finetuning=qlora"
     )
-    assert result.returncode == 2
+    # valid for the backend; `ftx run` on this machine refuses it, as the note says
+    assert result.returncode == 0, result.stderr
     assert "'qlora' cannot run on this machine" in result.stderr and "CUDA GPU" in result.stderr
+    refused = run_ftx("run", "recipes/quickstart.yaml", "--backend", "torch",
+                      "method.finetuning=qlora", "--out", str(tmp_path / "r"))  # fmt: skip
+    assert refused.returncode == 2 and "'qlora' cannot run on this machine" in refused.stderr
+    assert not (tmp_path / "r").exists()
     planned = run_ftx(
         "plan",
         "recipes/llama2_7b_lora_sft.yaml",
