@@ -302,7 +302,7 @@ def not_regular(path: Path) -> str | None:
     forever, a device never ends), else None."""
     try:
         mode = path.stat().st_mode
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name (it exists nowhere)
         return None
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
@@ -328,6 +328,12 @@ def regular_file(path: Path, what: str) -> Path:
 def inside(folder: Path, name: str, where: str) -> Path:
     """``folder / name``, refusing a name that leads out of ``folder``: absolute, ``..``,
     or through a symbolic link (links are resolved before the check)."""
+    if "\x00" in name or any("\ud800" <= c <= "\udfff" for c in name):
+        raise FtxError(
+            f"{name!r} is no file name (a NUL character or half a surrogate pair)",
+            where=where,
+            fix="write the file's name as plain text",
+        )
     candidate = Path(os.path.normpath(folder / name))
     if Path(name).is_absolute() or not _within(candidate, Path(os.path.normpath(folder))):
         raise FtxError(

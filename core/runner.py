@@ -59,13 +59,15 @@ class Target:
         model = ModelConfig.read(Path(self.recipe.model.path))
         return translator(self.spec)(self.recipe, model)
 
-    def write_plan(self, layout: RunLayout) -> list[str]:
-        """Translate and write OUT/plan, with the native data when the backend has some."""
+    def write_plan(self, layout: RunLayout, native: NativePlan) -> list[str]:
+        """Write the translated plan to OUT/plan, with the native data when the backend has
+        some. (Translate first, before OUT is claimed: what the translator refuses then
+        leaves nothing behind.)"""
         name = self.spec.plan_data
         if name is None:
-            return self.translate().write(layout)
+            return native.write(layout)
         export = load(self.spec.exporters[name].function)
-        return self.translate().write(layout, lambda folder: export(self.recipe, folder))
+        return native.write(layout, lambda folder: export(self.recipe, folder))
 
 
 def check_model(loaded: LoadedRecipe) -> None:
@@ -176,8 +178,9 @@ def make_plan(
     existing plan, the record of what an earlier run ran, is replaced only with --force."""
     target = target_for(loaded, backend, here=False)
     layout = layout_for(loaded, out)
+    native = target.translate()
     claim_destination(layout.plan, force=force, inputs=input_paths(target.recipe, loaded.source))
-    return layout, target.write_plan(layout)
+    return layout, target.write_plan(layout, native)
 
 
 def claim_output(
@@ -248,6 +251,7 @@ def stage(
         check_target_devices(target, loaded)  # the environment exists now: its devices
     info(lead("Preparing data", " (tokenise, mask; cached by content hash)"))
     cached_prepared(recipe)  # what the data can refuse is refused before OUT is claimed
+    native = target.translate()  # and what the translator refuses
     previous = claim_output(layout, loaded, force=force, resuming=bool(recipe.train.resume))
     layout.root.mkdir(parents=True, exist_ok=True)
     manifest = prepared_data(recipe, layout.data)  # the cache's entry, linked into OUT
@@ -260,7 +264,7 @@ def stage(
     # warning in every process forked from here on (launchers, pip).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     with using(runtime):  # a backend's plan data is written where it trains
-        written = target.write_plan(layout)
+        written = target.write_plan(layout, native)
     info(lead("Plan", f" written to {layout.plan} ({', '.join(written)})"))
     record: dict[str, Any] = {
         "status": "running",

@@ -115,6 +115,8 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=20),
     st.sampled_from(["auto", "lora", "full", "sft", "pt", "../../etc", "/", "", "1e308"]),
+    # what issue 26 found: markup and emoji codes printed, lone surrogates, huge integers
+    st.sampled_from(["x:fire:y", "[bold]a[/x]", "\ud800", "$(touch x)", "a\nb"]),
 )
 values = st.recursive(
     scalars,
@@ -151,7 +153,8 @@ KEY_PATHS = [
     ["train", "resume"], ["parallel", "nproc_per_node"], ["parallel", "tp"], ["parallel", "zero"],
     ["output", "dir"], ["evaluate"], ["backends"], ["backends", "torch"],
     ["backends", "torch", "gradient_accumulation_steps"], ["backends", "torch", "bf16"],
-    ["unknown_section"], ["train", "learning_rat"],
+    ["unknown_section"], ["train", "learning_rat"], ["parallel", "master_addr"],
+    ["scheduler", "slurm", "partition"], ["method", "lora", "alpha"], ["train", "weight_decay"],
 ]  # fmt: skip
 
 
@@ -170,7 +173,7 @@ def test_fuzz_recipes(workspace: Path, edits: list, noise: bytes | None) -> None
     document = base_recipe(workspace)
     for path, value, delete in edits:
         document = mutate(document, list(path), value, delete)
-    text = yaml.safe_dump(document, allow_unicode=True).encode()
+    text = yaml.safe_dump(document, allow_unicode=True).encode("utf-8", "surrogatepass")
     if noise is not None:
         at = random.Random(len(text)).randrange(len(text))
         text = text[:at] + noise + text[at:]
@@ -195,7 +198,7 @@ def serialise(items: list[dict], suffix: str) -> bytes:
     if suffix == ".json":
         return json.dumps(items, default=str).encode()
     if suffix == ".txt":
-        return "\n".join(str(r.get("text", r)) for r in items).encode()
+        return "\n".join(str(r.get("text", r)) for r in items).encode("utf-8", "surrogatepass")
     if suffix == ".csv":
         import csv
         import io
@@ -207,7 +210,7 @@ def serialise(items: list[dict], suffix: str) -> bytes:
             writer.writerow(
                 {k: json.dumps(v) if not isinstance(v, str) else v for k, v in r.items()}
             )
-        return buffer.getvalue().encode()
+        return buffer.getvalue().encode("utf-8", "surrogatepass")
     import io
 
     import pyarrow as pa
@@ -227,14 +230,23 @@ def serialise(items: list[dict], suffix: str) -> bytes:
     cut=st.one_of(st.none(), st.floats(0, 1)),
     junk=st.one_of(st.none(), st.binary(min_size=1, max_size=6)),
     skip=st.booleans(),
+    bom=st.booleans(),
 )
 @example(items=[{"instruction": "ok", "output": "x"}], suffix=".json", fmt="alpaca", cut=0.5,
-         junk=None, skip=False)  # fmt: skip
-@example(items=[{"text": "caf"}], suffix=".txt", fmt="text", cut=None, junk=b"\xe9", skip=True)
+         junk=None, skip=False, bom=False)  # fmt: skip
+@example(items=[{"text": "caf"}], suffix=".txt", fmt="text", cut=None, junk=b"\xe9", skip=True,
+         bom=True)  # fmt: skip
 def test_fuzz_datasets(
-    workspace: Path, items: list, suffix: str, fmt: str, cut: float | None, junk, skip: bool
+    workspace: Path,
+    items: list,
+    suffix: str,
+    fmt: str,
+    cut: float | None,
+    junk: bytes | None,
+    skip: bool,
+    bom: bool,
 ) -> None:
-    data = serialise(items, suffix)
+    data = (b"\xef\xbb\xbf" if bom and suffix != ".parquet" else b"") + serialise(items, suffix)
     if cut is not None:
         data = data[: int(len(data) * cut)]
     if junk is not None:

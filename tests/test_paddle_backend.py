@@ -235,7 +235,9 @@ def test_what_paddleformers_cannot_express_is_refused_with_the_key(
     board = run_ftx("validate", str(path), "--backend", "paddle", "output.report_to=tensorboard")
     assert board.returncode == 2 and "output.report_to" in board.stderr
     zero = run_ftx("validate", str(path), "--backend", "paddle", "parallel.zero=1")
-    assert zero.returncode == 2 and "paddleformers-cli train" in zero.stderr
+    # valid for paddle (its own trainer shards on a GPU); this CPU-only machine is noted
+    assert zero.returncode == 0 and "would refuse it" in zero.stderr, zero.stderr
+    assert "paddleformers-cli train" in zero.stderr
 
 
 def test_qwen2_on_cpu_is_refused_clearly(tmp_path: Path, tiny_qwen2: Path) -> None:

@@ -238,7 +238,14 @@ def _adapter_config(folder: Path) -> Adapter:
 
 def _read_peft(folder: Path) -> Adapter:
     adapter = _adapter_config(folder)
-    whole = set(_json(folder / "adapter_config.json").get("modules_to_save") or ())
+    saved = _json(folder / "adapter_config.json").get("modules_to_save") or []
+    if not isinstance(saved, list) or not all(isinstance(m, str) for m in saved):
+        raise FtxError(
+            f"'modules_to_save' is {saved!r}, not a list of module names",
+            where=str(folder / "adapter_config.json"),
+            fix="restore the adapter's config file",
+        )
+    whole = set(saved)
     path = _need(folder / "adapter_model.safetensors", "weights")
     reader = open_weights(path)
     pattern = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(\.default)?\.weight$")

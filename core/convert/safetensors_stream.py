@@ -9,6 +9,7 @@ travels as raw uint16 values (bit-exact).
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from abc import ABC, abstractmethod
@@ -65,7 +66,8 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+        # Python integers: a damaged header's huge shape is an error later, not an overflow
+        return math.prod(int(d) for d in self.shape) * DTYPES[self.dtype].itemsize
 
 
 class WeightFile(ABC):

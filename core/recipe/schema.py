@@ -31,6 +31,9 @@ ROW_BYTES = 2 << 20
 DATA_FORMATS = ("alpaca", "sharegpt", "openai", "text", "src_tgt")
 
 
+HALF_PAIR = re.compile("[\ud800-\udfff]")
+
+
 def _takes_bool(annotation: Any) -> bool:
     """Whether a field's type admits true/false (bool, Any, or a union or literal of one)."""
     if annotation is bool or annotation is Any:
@@ -44,7 +47,7 @@ def _takes_bool(annotation: Any) -> bool:
 class Section(BaseModel):
     """Base of every recipe section: strict about unknown keys, immutable; numbers are
     finite (NaN and infinity cannot be meant) and never true/false (``epochs: true`` is
-    not 1)."""
+    not 1); no text holds a NUL character or half a surrogate pair."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -54,6 +57,11 @@ class Section(BaseModel):
         field = cls.model_fields.get(info.field_name or "")
         if isinstance(value, bool) and field is not None and not _takes_bool(field.annotation):
             raise ValueError(f"{str(value).lower()} is not a {_kind(field.annotation)}")
+        texts = [t for t in (value if isinstance(value, list) else [value]) if isinstance(t, str)]
+        if any("\x00" in t for t in texts):
+            raise ValueError("holds a NUL character, which no path or name can")
+        if any(HALF_PAIR.search(t) for t in texts):
+            raise ValueError("holds half of a surrogate pair (\\udXXX), which is no text")
         return value
 
 
