@@ -89,8 +89,18 @@ PREFERENCE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
                    "rewards/margins", "logps/chosen", "logps/rejected", "kl")  # fmt: skip
 
 
-@pytest.mark.parametrize("finetuning", ["lora", "full"])
-@pytest.mark.parametrize("stage", ["dpo", "kto", "rm"])
+@pytest.mark.parametrize(
+    ("stage", "finetuning"),
+    [
+        ("dpo", "lora"),
+        ("dpo", "full"),
+        ("kto", "lora"),
+        ("rm", "lora"),
+        # full fine-tuning of kto and rm: the same reference copy as dpo's (make test-full)
+        pytest.param("kto", "full", marks=pytest.mark.heavy),
+        pytest.param("rm", "full", marks=pytest.mark.heavy),
+    ],
+)
 def test_preference_matches_the_reference_step_for_step(
     backend: str, runs: Runs, stage: str, finetuning: str
 ) -> None:

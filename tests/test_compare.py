@@ -80,7 +80,7 @@ def test_runs_that_differ_fail_with_exit_code_1(tmp_path: Path, tiny_llama: Path
 @pytest.mark.parametrize(
     ("stage", "finetuning"),
     [
-        ("dpo", "lora"),
+        pytest.param("dpo", "lora", marks=pytest.mark.heavy),
         pytest.param("kto", "full", marks=pytest.mark.heavy),
         pytest.param("rm", "full", marks=pytest.mark.heavy),
     ],

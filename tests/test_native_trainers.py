@@ -175,7 +175,7 @@ def test_paddleformers_dpo_trainer_takes_ftx_steps(
     assert again[0].loss == pytest.approx(theirs[1].loss, abs=TOLERANCE)
 
 
-@pytest.mark.parametrize("finetuning", ["full", "lora"])
+@pytest.mark.parametrize("finetuning", ["full", pytest.param("lora", marks=pytest.mark.heavy)])
 def test_mindformers_trainer_takes_ftx_first_step_and_exports_what_it_trained(
     finetuning: str, tmp_path: Path, tiny_llama: Path
 ) -> None:

@@ -140,7 +140,9 @@ def stage_recipe(tmp_path: Path, model: Path, stage: str, steps: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("stage", ["dpo", "kto", "rm"])
+@pytest.mark.parametrize(
+    "stage", ["dpo", *(pytest.param(s, marks=pytest.mark.heavy) for s in ("kto", "rm"))]
+)
 def test_sigterm_and_resume_continue_a_preference_run_identically(
     tmp_path: Path, tiny_llama: Path, stage: str
 ) -> None:

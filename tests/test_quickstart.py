@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, run_ftx, run_in_env
 
 
@@ -60,6 +62,7 @@ def test_quickstart_learns_the_task(tmp_path: Path) -> None:
     assert found == {"params": 3_351_808, "template": True}
 
 
+@pytest.mark.heavy
 def test_the_preference_quickstart_learns_the_task(tmp_path: Path) -> None:
     """recipes/quickstart_dpo.yaml on torch (bench/quickstart_dpo.py runs every backend):
     the reward accuracy goes from chance to all but certain, and the held-out exact match

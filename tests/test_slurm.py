@@ -64,6 +64,7 @@ def wait_for(predicate, timeout: float = 300, what: str = "") -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.heavy
 def test_cancel_leaves_a_checkpoint_and_resubmission_resumes(
     cluster: Path, two_process_local: Path, tmp_path: Path
 ) -> None:
