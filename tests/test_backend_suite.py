@@ -95,7 +95,8 @@ PREFERENCE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
         ("dpo", "lora"),
         ("dpo", "full"),
         ("kto", "lora"),
-        ("rm", "lora"),
+        # rm's parity: test_a_reward_model_learns_and_scores_in_transformers (make test)
+        pytest.param("rm", "lora", marks=pytest.mark.heavy),
         # full fine-tuning of kto and rm: the same reference copy as dpo's (make test-full)
         pytest.param("kto", "full", marks=pytest.mark.heavy),
         pytest.param("rm", "full", marks=pytest.mark.heavy),
@@ -223,7 +224,7 @@ print(json.dumps({"loss": sum(losses) / len(losses), "accuracy": right / len(los
 """
 
 
-@pytest.mark.parametrize("finetuning", ["full", "lora"])
+@pytest.mark.parametrize("finetuning", [pytest.param("full", marks=pytest.mark.heavy), "lora"])
 def test_a_reward_model_learns_and_scores_in_transformers(
     backend: str, runs: Runs, tiny_llama: Path, finetuning: str, tmp_path: Path
 ) -> None:
@@ -268,6 +269,10 @@ def test_a_reward_model_learns_and_scores_in_transformers(
         assert abs(head).max() > 0  # it trained
 
 
+@pytest.mark.parametrize(  # mindformers' (50 s, msrun) in make test-full
+    "backend",
+    [b if b != "mindformers" else pytest.param(b, marks=pytest.mark.heavy) for b in BACKENDS],
+)
 def test_sigterm_saves_a_checkpoint_and_resume_continues_identically(
     backend: str, tmp_path: Path, tiny_llama: Path
 ) -> None:

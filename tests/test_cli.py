@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,24 @@ def _commands() -> list[list[str]]:
 
 
 COMMANDS = _commands()
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    """`ftx convert` starts without the modules of the other commands (pydantic, the
+    recipe schema); every command is in the table that says where it lives."""
+    from ftx.core.cli import COMMAND_MODULES, commands
+
+    registered = commands().commands
+    assert set(COMMAND_MODULES) == set(registered)
+    for name, command in registered.items():
+        assert command.callback.__module__ == f"ftx.core.cli.{COMMAND_MODULES[name]}", name
+    probe = (
+        "import sys\nsys.argv = ['ftx', '-q', 'convert', '--help']\n"
+        "from ftx.core.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('pydantic' in sys.modules, 'ftx.core.recipe.schema' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert found.stdout.strip().splitlines()[-1] == "False False", found.stdout + found.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])

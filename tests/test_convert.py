@@ -63,6 +63,34 @@ def test_round_trips_are_bit_exact(tmp_path: Path, tiny_llama: Path, dtype: str)
         assert tensors(current) == original, route
 
 
+def data_region(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return raw[8 + int.from_bytes(raw[:8], "little") :]
+
+
+def test_a_rename_copies_the_data_region_as_it_lies(tmp_path: Path, tiny_llama: Path) -> None:
+    """--to mindspore changes names, not bytes: the output's data region is the source's,
+    byte for byte, in the source's order, even where the source's header lists the
+    tensors in another order than their bytes lie (one kernel copy of the region)."""
+    src = tmp_path / "hf"
+    shutil.copytree(tiny_llama, src)
+    weights = src / "model.safetensors"
+    raw = weights.read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    meta = header.pop("__metadata__")
+    listed = dict(reversed(list(header.items())))  # the header backwards, offsets as they were
+    text = json.dumps({"__metadata__": meta, **listed}).encode()
+    text += b" " * (-len(text) % 8)
+    weights.write_bytes(
+        len(text).to_bytes(8, "little") + text + data_region(tiny_llama / "model.safetensors")
+    )
+    out = tmp_path / "ms"
+    convert(src, out, "mindspore", verify=True)
+    assert data_region(out / "model.safetensors") == data_region(tiny_llama / "model.safetensors")
+    renamed = SafetensorsReader(out / "model.safetensors")
+    assert len(renamed.names) == len(header)  # and verify=True compared every tensor
+
+
 def test_paddle_layout_names_transposes_and_metadata(tmp_path: Path, tiny_qwen2: Path) -> None:
     result = run_ftx("convert", str(tiny_qwen2), str(tmp_path / "pd"), "--to", "paddle", "--verify")
     assert result.returncode == 0, result.stderr

@@ -43,6 +43,9 @@ LONG = {
     r"^ftx eval runs/quickstart --data recipes/data/quickstart_heldout\.jsonl$": "100 answers",
     r"^ftx run recipes/quickstart_dpo\.yaml --backend torch$": "the preference quickstart",
 }
+# Commands whose help examples load a model and decode or convert (10-14 s each): make
+# test-full runs them; test_inference and test_convert cover the commands in make test.
+SLOW_HELP = {"generate", "chat", "merge-lora", "convert"}
 # What a command's help examples start from (beyond the make-run state).
 LORA_RUN = [
     "ftx init-model --arch llama --size tiny --out ./llama-hf",
@@ -178,7 +181,15 @@ def test_the_readme_commands_run_as_shown(tmp_path: Path, made_run: Path) -> Non
 
 
 @pytest.mark.env
-@pytest.mark.parametrize("name", [name for name, lines in help_examples() if lines])
+@pytest.mark.parametrize(
+    "name",
+    [
+        # the examples that load models and decode run in make test-full
+        pytest.param(name, marks=pytest.mark.heavy) if name in SLOW_HELP else name
+        for name, lines in help_examples()
+        if lines
+    ],
+)
 def test_every_help_example_runs_as_shown(name: str, tmp_path: Path, made_run: Path) -> None:
     scratch = _copy(tmp_path, made_run)
     for line in PRELUDE.get(name, []):

@@ -161,6 +161,7 @@ def test_the_kept_mindspore_checkpoint_gives_the_transformers_loss(
     assert abs(hf["loss"] - base["loss"]) > 1e-4  # the export is the trained model
 
 
+@pytest.mark.heavy  # Qwen2 on MindFormers in make test: test_convert's .ckpt loss check
 def test_lora_on_qwen2_exports_a_peft_adapter_with_the_mindformers_loss(
     tmp_path: Path, tiny_qwen2: Path
 ) -> None:

@@ -48,7 +48,7 @@ def run_ok(*args: str) -> None:
     assert result.returncode == 0, (args, result.stderr[-3000:])
 
 
-@pytest.mark.parametrize("finetuning", ["full", "lora"])
+@pytest.mark.parametrize("finetuning", ["full", pytest.param("lora", marks=pytest.mark.heavy)])
 def test_paddleformers_trainer_takes_ftx_first_step_and_exports_what_it_trained(
     finetuning: str, tmp_path: Path, tiny_llama: Path
 ) -> None:

@@ -12,7 +12,13 @@ from ftx.core.console import results
 
 @cli.command("init-model")
 @click.option("--arch", type=click.Choice(["llama", "qwen2"]), default="llama", show_default=True)
-@click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True)
+@click.option(
+    "--size",
+    type=click.Choice(["tiny", "small", "0.5b", "1.5b"]),
+    default="tiny",
+    show_default=True,
+    help="tiny 0.8M, small 3.4M parameters; 0.5b and 1.5b: Qwen2.5-0.5B's and -1.5B's shapes.",
+)
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--vocab-size", type=int, default=1024, show_default=True)

@@ -86,7 +86,7 @@ def plan_tensors(
             shape = info.shape[::-1] if mapped.transpose else info.shape
             target_info = TensorInfo(mapped.name, info.dtype, shape)
             group.append(Planned(reader, name, target_info, mapped.transpose))
-        planned.append(group)
+        planned.append(_in_source_order(group))
     if expected:
         missing = next(iter(expected))
         raise FtxError(
@@ -95,6 +95,16 @@ def plan_tensors(
             fix="copy the missing weight file, or pair the weights with their own config.json",
         )
     return planned
+
+
+def _in_source_order(group: list[Planned]) -> list[Planned]:
+    """The shard's tensors in the order their bytes lie in the source file, so that the
+    unchanged ones are copied as one region (the header may list them in any order)."""
+    starts = [item.source.byte_ranges(item.source_name) for item in group]
+    if any(not ranges for ranges in starts):
+        return group
+    order = sorted(range(len(group)), key=lambda i: (starts[i][0].path, starts[i][0].offset))
+    return [group[i] for i in order]
 
 
 def _produce(item: Planned) -> Tensor:

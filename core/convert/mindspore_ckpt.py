@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ftx.core.convert.bytecopy import ByteRange, copy_ranges, prefetch, write_all
+from ftx.core.convert.bytecopy import ByteRange, ReadAhead, copy_ranges, write_all
 from ftx.core.convert.safetensors_stream import DTYPES, TensorInfo, WeightFile
 from ftx.core.errors import FtxError
 
@@ -229,11 +229,10 @@ def write_ckpt(
     """Write tensors one at a time (split like MindSpore above 512 MB)."""
     checksum = 0
     items = list(tensors)
-    with path.open("wb", buffering=0) as handle:
+    with path.open("wb", buffering=0) as handle, ReadAhead() as ahead:
         fd = handle.fileno()
         for index, (info, produce) in enumerate(items):
-            if index + 1 < len(items):
-                prefetch(items[index + 1][1])
+            ahead.next(items[index + 1][1] if index + 1 < len(items) else None)
             # Bytes unchanged and no checksum to compute: the kernel copies them.
             direct = getattr(produce, "passthrough", False) and not crc
             array = None if direct else np.ascontiguousarray(produce(), dtype=DTYPES[info.dtype])

@@ -13,14 +13,14 @@ import math
 import os
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ftx.core.convert.bytecopy import ByteRange, copy_ranges, prefetch, write_all
+from ftx.core.convert.bytecopy import ByteRange, ReadAhead, copy_ranges, write_all
 from ftx.core.errors import FtxError
 from ftx.core.fsutil import regular_file
 
@@ -211,17 +211,21 @@ def write_safetensors(
         offset += info.nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    with path.open("wb", buffering=0) as handle:
+    with path.open("wb", buffering=0) as handle, ReadAhead() as ahead:
         fd = handle.fileno()
         write_all(fd, struct.pack("<Q", len(text)) + text)
-        for i, (info, produce) in enumerate(items):
-            if i + 1 < len(items):
-                prefetch(items[i + 1][1])  # the kernel reads the next one meanwhile
-            if getattr(produce, "passthrough", False):
-                ranges = produce.source_ranges
-                if sum(r.length for r in ranges) == info.nbytes:
-                    copy_ranges(ranges, fd)
-                    continue
+        i = 0
+        while i < len(items):
+            info, produce = items[i]
+            run = list(_unchanged_run(items, i))
+            if run:  # tensors whose bytes lie back to back in one source: one kernel copy
+                ahead.wait()  # one sequential stream from the disk at a time
+                first = run[0]
+                copy_ranges([ByteRange(first.path, first.offset, sum(r.length for r in run))], fd)
+                i += len(run)
+                continue
+            i += 1
+            ahead.next(items[i][1] if i < len(items) else None)  # read while this one is made
             array = np.ascontiguousarray(produce(), dtype=DTYPES[info.dtype])
             if array.shape != info.shape:
                 raise FtxError(
@@ -232,3 +236,28 @@ def write_safetensors(
             if array.size:  # an empty tensor has no bytes (and no byte view)
                 write_all(fd, array)
         os.fsync(handle.fileno())
+
+
+def _passthrough_range(info: TensorInfo, produce: Any) -> ByteRange | None:
+    """The one source range an unchanged tensor's bytes are copied from, if it has one."""
+    if not getattr(produce, "passthrough", False):
+        return None
+    ranges = produce.source_ranges
+    if len(ranges) != 1 or ranges[0].length != info.nbytes:
+        return None
+    return ranges[0]
+
+
+def _unchanged_run(items: list[tuple[TensorInfo, Any]], start: int) -> Iterator[ByteRange]:
+    """The source ranges of the unchanged tensors from ``start`` on that follow each other
+    in one file without a gap (a rename keeps the order: the whole data region)."""
+    previous: ByteRange | None = None
+    for info, produce in items[start:]:
+        found = _passthrough_range(info, produce)
+        if found is None or (
+            previous is not None
+            and (found.path != previous.path or found.offset != previous.offset + previous.length)
+        ):
+            return
+        yield found
+        previous = found

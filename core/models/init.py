@@ -33,6 +33,30 @@ SIZES: dict[str, dict[str, int]] = {
         "num_attention_heads": 8,
         "num_key_value_heads": 4,
     },
+    # Qwen2.5-0.5B's and -1.5B's shapes (benchmarks at real sizes): the embedding keeps
+    # Qwen2.5's 151,936 rows, of which the small trained tokenizer uses the first ~1k.
+    "0.5b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "embedding_rows": 151936,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": True,
+    },
+    "1.5b": {
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "embedding_rows": 151936,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": True,
+    },
 }
 
 # Special tokens and a chat template in each family's style (Llama 3 headers, ChatML).
@@ -124,13 +148,17 @@ def train_tokenizer(style: dict[str, Any], vocab_size: int, corpus: list[str]) -
 def hf_config(arch: str, size: str, tokenizer: Any, dtype: str = "float32") -> dict[str, Any]:
     """An HF config.json for the architecture at a preset size."""
     spec = ARCHITECTURES[arch]
-    dims = SIZES[size]
+    shape_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads")  # fmt: skip
+    dims = {k: v for k, v in SIZES[size].items() if k in shape_keys}
+    rest = {k: v for k, v in SIZES[size].items() if k not in shape_keys}
     config: dict[str, Any] = {
         "architectures": [spec.hf_class],
         "model_type": spec.model_type,
         **dims,
         "head_dim": dims["hidden_size"] // dims["num_attention_heads"],
-        "vocab_size": len(tokenizer),
+        # more embedding rows than tokens where the size says so (as Qwen2.5's own)
+        "vocab_size": max(len(tokenizer), rest.pop("embedding_rows", 0)),
         "max_position_embeddings": 2048,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
@@ -144,6 +172,7 @@ def hf_config(arch: str, size: str, tokenizer: Any, dtype: str = "float32") -> d
         "use_cache": True,
         "torch_dtype": dtype,
     }
+    config.update(rest)  # the size's own settings (Qwen2.5's rope base, tied embeddings)
     if arch == "qwen2":
         config.pop("attention_bias")
         config["use_sliding_window"] = False
@@ -168,9 +197,8 @@ def random_weights(
     if dtype == "bfloat16":
         # bf16 is the top half of fp32 (round to nearest even); stored as raw 2-byte values.
         raise FtxError("init-model writes float32 or float16 weights", fix="use --dtype float32")
-    return {
-        k: v.astype(np.float16 if dtype == "float16" else np.float32) for k, v in weights.items()
-    }
+    target = np.float16 if dtype == "float16" else np.float32
+    return {k: v.astype(target, copy=False) for k, v in weights.items()}
 
 
 MIN_VOCAB, MAX_VOCAB = 300, 1 << 20

@@ -1,0 +1,190 @@
+"""A 0.5B model through every backend on this machine's CPU, each beside its framework's
+own trainer: how ftx's cost grows from the 3.4M-parameter figures.
+
+    .venv/bin/python bench/scale.py [--backends torch paddle mindformers]
+                                    [--finetuning lora full] [--steps 3] [--batch 2]
+                                    [--workdir /tmp/ftx-bench-scale]
+
+The model is `ftx init-model --size 0.5b`: Qwen2.5-0.5B's shape (24 layers, hidden 896,
+151,936 embedding rows tied to the output, 494M parameters), random, fp32; Qwen2 where the
+backend builds it on a CPU (torch, mindformers), the same shape as a Llama (paddle: on CPU
+PaddleFormers builds Llama-architecture models only). Alpaca-like rows cut at 512 tokens,
+--batch examples a step, padded, `train.max_steps` = 1 + --steps. For each backend and
+fine-tuning method, two runs, each a fresh process, one after the other:
+  ftx            `ftx run --backend B` (ftx's training loop)
+  native         torch: transformers' Trainer (+ peft) on ftx's prepared examples;
+                 paddle, mindformers: `ftx run --trainer native` (PaddleFormers' and
+                 MindFormers' own Trainer on the plan ftx writes)
+Measured: real tokens/s of the steps after the first (metrics.jsonl; the Trainer's own
+clock), seconds from the command's start to the end of the first optimizer step, and the
+peak RSS of the run's whole process tree (bench/harness.py); the model's own fp32 weights
+for scale. Target: ftx within 5% of the native tokens/s and 10% of its peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+FTX_CLI = "from ftx.core.cli import main; main()"
+NATIVE = {
+    "torch": "transformers Trainer",
+    "paddle": "PaddleFormers Trainer",
+    "mindformers": "MindFormers Trainer",
+}
+
+
+@dataclass
+class Result:
+    backend: str
+    finetuning: str
+    side: str
+    tokens_per_s: float
+    first_step_s: float
+    peak_gb: float
+    note: str = ""
+
+
+def first_row_watch(metrics: Path, started: float) -> tuple[threading.Event, list[float]]:
+    """Note when ``metrics`` first holds a logged step (seconds after ``started``)."""
+    stop, seen = threading.Event(), []
+
+    def loop() -> None:
+        while not stop.is_set() and not seen:
+            try:
+                if '"loss"' in metrics.read_text():
+                    seen.append(time.time() - started)
+            except OSError:
+                pass
+            stop.wait(0.05)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return stop, seen
+
+
+def main() -> None:
+    from harness import header, machine, measure, sh
+    from steps import TRAINER, steady_rate
+
+    from ftx.core import envs
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", nargs="+", default=["torch", "paddle", "mindformers"])
+    parser.add_argument("--finetuning", nargs="+", default=["lora", "full"])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--size", default="0.5b", choices=["tiny", "small", "0.5b", "1.5b"])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ftx-bench-scale"))
+    args = parser.parse_args()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    ftx = [sys.executable, "-c", FTX_CLI]
+    data = work / "alpaca_like.jsonl"
+    sh(sys.executable, str(ROOT / "bench/make_alpaca_like.py"), str(data), "--rows", str(args.rows))
+    models = {}
+    for arch in ("qwen2", "llama"):
+        models[arch] = work / f"{arch}-{args.size}"
+        if not (models[arch] / "config.json").exists():
+            sh(*ftx, "init-model", "--arch", arch, "--size", args.size, "--out",
+               str(models[arch]), "--force")  # fmt: skip
+    weights_gb = {a: sum(p.stat().st_size for p in m.glob("*.safetensors")) / 2**30
+                  for a, m in models.items()}  # fmt: skip
+    started = machine()
+    results: list[Result] = []
+    for backend in args.backends:
+        arch = "llama" if backend == "paddle" else "qwen2"
+        envs.ensure(backend, "(the scale benchmark)")
+        env = envs.process_env(backend)
+        for finetuning in args.finetuning:
+            recipe = work / f"{backend}-{finetuning}.yaml"
+            recipe.write_text(
+                f"model: {{path: {models[arch]}}}\n"
+                f"data: {{datasets: [{data}], max_seq_len: 512, val_size: 0}}\n"
+                f"method: {{finetuning: {finetuning}}}\n"
+                f"train: {{max_steps: {1 + args.steps}, micro_batch_size: {args.batch},"
+                " learning_rate: 1.0e-5, scheduler: constant, logging_steps: 1,"
+                " precision: fp32}\n"
+            )
+            for side in ("ftx", "native"):
+                out = work / "runs" / f"{backend}-{finetuning}-{side}"
+                if side == "native" and backend == "torch":
+                    prepared = work / "prepared"
+                    sh(
+                        *ftx,
+                        "-q",
+                        "data",
+                        "prepare",
+                        str(recipe),
+                        "--out",
+                        str(prepared),
+                        "--force",
+                    )
+                    python = str(envs.ensure("torch"))
+                    command = [python, "-c", TRAINER, str(prepared), str(models[arch]), str(out),
+                               str(args.batch), "padded", finetuning, "1", str(args.steps),
+                               "fp32", "8", "16", "sdpa"]  # fmt: skip
+                else:
+                    extra = ["--trainer", "native"] if side == "native" else ["--trainer", "ftx"]
+                    command = [*ftx, "-q", "run", str(recipe), "--backend", backend, "--out",
+                               str(out), "--force", *extra]  # fmt: skip
+                at = time.time()
+                stop, seen = first_row_watch(out / "metrics.jsonl", at)
+                try:
+                    sample = measure(command, env if command[0] != ftx[0] else None)
+                except SystemExit as exc:
+                    stop.set()
+                    results.append(
+                        Result(backend, finetuning, side, 0, 0, 0, f"failed: {exc}"[:300])
+                    )
+                    print(f"  {backend} {finetuning} {side}: failed", flush=True)
+                    continue
+                stop.set()
+                if side == "native" and backend == "torch":
+                    found = json.loads(sample.output.strip().splitlines()[-1])
+                    rate = found["tokens"] / found["seconds"]
+                    first = found["first_step_at"] - at
+                else:
+                    rate, _ = steady_rate(out / "metrics.jsonl", 1)
+                    first = seen[0] if seen else float("nan")
+                results.append(Result(backend, finetuning, side, rate, first,
+                                      sample.peak_rss_mb / 1e3))  # fmt: skip
+                peak = sample.peak_rss_mb / 1e3
+                print(f"  {backend} {finetuning} {side}: {rate:,.0f} tokens/s, first step"
+                      f" {first:.0f} s, peak {peak:.1f} GB", flush=True)  # fmt: skip
+
+    print()
+    print(header(f"bench/scale.py --steps {args.steps} --batch {args.batch}", started))
+    print(
+        f"A random Qwen2.5-{args.size.upper()}-shaped model (fp32 weights: qwen2"
+        f" {weights_gb['qwen2']:.2f} GiB, llama {weights_gb['llama']:.2f} GiB), alpaca-like rows"
+        f" cut at 512 tokens, {args.batch} a step, padded, fp32 on the CPU; tokens/s over"
+        f" {args.steps} steps after the first; one run each\n"
+    )
+    print("| backend | method | run | real tokens/s | first step (s) | peak RSS (GB) | vs native |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    native = {(r.backend, r.finetuning): r for r in results if r.side == "native"}
+    for r in results:
+        partner = native.get((r.backend, r.finetuning))
+        ratio = ""
+        if r.side == "ftx" and partner and partner.tokens_per_s and r.tokens_per_s:
+            ratio = (f"{r.tokens_per_s / partner.tokens_per_s:.2f}x speed,"
+                     f" {r.peak_gb / partner.peak_gb:.2f}x memory")  # fmt: skip
+        label = NATIVE[r.backend] if r.side == "native" else "ftx"
+        if r.note:
+            print(f"| {r.backend} | {r.finetuning} | {label} | - | - | - | {r.note} |")
+            continue
+        print(f"| {r.backend} | {r.finetuning} | {label} | {r.tokens_per_s:,.0f} |"
+              f" {r.first_step_s:.0f} | {r.peak_gb:.1f} | {ratio} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
