@@ -19,9 +19,8 @@ pin() { grep -i "^$1==" "$LOCK" | head -1; }
 
 case "${1:-}" in
 wheels)
-    mkdir -p .whl
-    rm -f .whl/ftx-*.whl
-    "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .whl .
+    rm -rf .whl && mkdir -p .whl
+    "$PY" -m pip wheel -q --no-deps -w .whl .
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \

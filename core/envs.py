@@ -195,6 +195,10 @@ def process_env(name: str) -> dict[str, str]:
     first on PATH, so its python and launchers are the ones found)."""
     env = dict(os.environ)
     if inside_image(name):
+        # This python is the environment's: its folder first on PATH, so that a plan's
+        # `python` and launchers are it (a virtual environment's python resolves to a base
+        # interpreter that lacks the framework).
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
     env.pop("PYTHONPATH", None)
     env["VIRTUAL_ENV"] = str(env_dir(name))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from conftest import ROOT
@@ -24,16 +23,16 @@ RUNS = [
 
 def test_the_gpu_benchmark_runs_every_path_on_a_cpu(tmp_path: Path) -> None:
     """bench/gpu.py --tiny: every run of the GPU table (ftx through its plan and worker,
-    the Trainer beside it, DPO) measured on a tiny model; QLoRA named as not run here."""
-    command = [sys.executable, str(ROOT / "bench/gpu.py"), "--tiny", "--workdir",
-               str(tmp_path), "--json", str(tmp_path / "gpu.json")]  # fmt: skip
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
+    the Trainer beside it, DPO) measured on a tiny model; QLoRA named as not run here.
+    Run as on a GPU box (bench/gpu_device.sh): one virtual environment's python holds
+    torch and ftx, FTX_IMAGE=torch makes it the torch backend's environment."""
+    from ftx.core import envs
+
+    python = str(envs.ensure("torch"))
+    command = [python, str(ROOT / "bench/gpu.py"), "--tiny", "--workdir", str(tmp_path),
+               "--json", str(tmp_path / "gpu.json")]  # fmt: skip
+    env = {**envs.process_env("torch"), "FTX_IMAGE": "torch"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     found = json.loads((tmp_path / "gpu.json").read_text())
     assert found["probe"]["device"] == "CPU" and found["probe"]["peak_flops"] > 1e8
