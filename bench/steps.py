@@ -6,24 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# transformers' Trainer on ftx's prepared examples. Arguments: prepared dir, model, out,
-# examples a micro-batch, collator (flattening|padded), finetuning (full|lora), warmup,
-# steps, precision, lora rank, lora alpha, attention implementation. Prints one JSON line:
-# the timed steps' real tokens and seconds, and when the first step ended (epoch seconds).
-TRAINER = r"""
-import json, sys, time, torch
-from pathlib import Path
-from transformers import (AutoModelForCausalLM, DataCollatorWithFlattening, Trainer,
-                          TrainerCallback, TrainingArguments)
-from ftx.core.prepared import load_split, read_manifest
-(prepared, model_dir, out, batch, collator, finetuning, warmup, steps, precision, rank,
- alpha, attention) = sys.argv[1:13]
-batch, warmup, steps = int(batch), int(warmup), int(steps)
-split = load_split(Path(prepared), "train")
-pad = read_manifest(Path(prepared))["pad_token_id"]
-rows = [split[i] for i in range(len(split))]
-cuda = torch.cuda.is_available()
-
+# ftx's prepared rows as a torch Dataset, and the padding collator (pads to the longest
+# row): for the Trainer scripts, which define ``rows`` and ``pad`` first.
+ROWS = r"""
 class Rows(torch.utils.data.Dataset):
     def __len__(self): return len(rows)
     def __getitem__(self, i):
@@ -40,6 +25,30 @@ def padded(items):
         labels[r, :n] = torch.tensor(x["labels"])
         mask[r, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+"""
+
+# transformers' Trainer on ftx's prepared examples. Arguments: prepared dir, model, out,
+# examples a micro-batch, collator (flattening|padded), finetuning (full|lora), warmup,
+# steps, precision, lora rank, lora alpha, attention implementation. Prints one JSON line:
+# the timed steps' real tokens and seconds, and when the first step ended (epoch seconds).
+TRAINER = (
+    r"""
+import json, sys, time, torch
+from pathlib import Path
+from transformers import (AutoModelForCausalLM, DataCollatorWithFlattening, Trainer,
+                          TrainerCallback, TrainingArguments)
+from ftx.core.prepared import load_split, read_manifest
+(prepared, model_dir, out, batch, collator, finetuning, warmup, steps, precision, rank,
+ alpha, attention) = sys.argv[1:13]
+batch, warmup, steps = int(batch), int(warmup), int(steps)
+split = load_split(Path(prepared), "train")
+pad = read_manifest(Path(prepared))["pad_token_id"]
+rows = [split[i] for i in range(len(split))]
+cuda = torch.cuda.is_available()
+
+"""
+    + ROWS
+    + r"""
 
 flatten = DataCollatorWithFlattening(return_position_ids=True)
 counted = []  # real tokens of every micro-batch, in the order the Trainer asked for them
@@ -76,6 +85,7 @@ Trainer(model=model, args=args, train_dataset=Rows(), data_collator=collate,
 print(json.dumps({"tokens": sum(counted[i0:i1]), "seconds": t1 - t0,
                   "first_step_at": marks["first"]}))
 """
+)
 
 
 def steady_rate(metrics: Path, warmup: int) -> tuple[float, int]:

@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FTX = Path(sys.executable).with_name("ftx")
 sys.path.insert(0, str(ROOT / "bench"))
 
-PLAIN_TRAINER = r"""
+from steps import ROWS  # noqa: E402
+
+PLAIN_TRAINER = (
+    r"""
 import json, sys, numpy as np, torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
@@ -36,22 +39,10 @@ split = load_split(prepared, "train")
 pad = read_manifest(prepared)["pad_token_id"]
 rows = [split[i] for i in range(len(split))]
 
-class Rows(torch.utils.data.Dataset):
-    def __len__(self): return len(rows)
-    def __getitem__(self, i):
-        return {"input_ids": rows[i][0].tolist(), "labels": rows[i][1].tolist()}
-
-def collate(items):
-    width = max(len(x["input_ids"]) for x in items)
-    ids = torch.full((len(items), width), pad)
-    labels = torch.full((len(items), width), -100)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for r, x in enumerate(items):
-        n = len(x["input_ids"])
-        ids[r, :n] = torch.tensor(x["input_ids"])
-        labels[r, :n] = torch.tensor(x["labels"])
-        mask[r, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+"""
+    + ROWS
+    + r"""
+collate = padded
 
 model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa")
 args = TrainingArguments(
@@ -69,6 +60,7 @@ losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
 print(json.dumps({"train_seconds": result.metrics["train_runtime"], "tokens": tokens,
                   "final_loss": losses[-1]}))
 """
+)
 
 
 def main() -> None:
