@@ -210,7 +210,7 @@ def _claim(dst: Path) -> None:
     for _ in range(3):
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _publish_claim(claim, record)
         except FileExistsError:
             try:
                 holder = json.loads(claim.read_text(encoding="utf-8"))
@@ -235,8 +235,6 @@ def _claim(dst: Path) -> None:
                 where=str(dst),
                 fix="choose a destination in a writable folder of a real file system",
             ) from None
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle)
         _CLAIMS[dst] = record
         if len(_CLAIMS) == 1:
             atexit.register(release_claims)
@@ -246,6 +244,28 @@ def _claim(dst: Path) -> None:
         where=str(dst),
         fix="make sure no other program writes there, then run the command again",
     )
+
+
+def _publish_claim(claim: Path, record: dict[str, Any]) -> None:
+    """Create ``claim`` holding ``record`` in one step, or raise FileExistsError: the
+    record is written aside and hard-linked into place, so that another writer never
+    reads a claim still empty (and takes it for a dead writer's). Where the file system
+    has no hard links, an exclusive create and a write."""
+    aside = claim.with_name(f"{claim.name}-{os.getpid()}")
+    aside.write_text(json.dumps(record), encoding="utf-8")
+    try:
+        os.link(aside, claim)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+    finally:
+        aside.unlink(missing_ok=True)
+    fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(record, handle)
 
 
 def _clear_leftovers(dst: Path, claim: Path) -> None:
@@ -314,7 +334,14 @@ def not_regular(path: Path) -> str | None:
 
 
 def regular_file(path: Path, what: str) -> Path:
-    """``path``, refused when it is a FIFO, socket or device instead of a file."""
+    """``path``, refused when it is a FIFO, socket or device instead of a file, or a
+    symbolic link to nothing (a path that does not exist is left to the caller)."""
+    if path.is_symlink() and not path.exists():
+        raise FtxError(
+            f"the {what} is a link to {os.readlink(path)}, which does not exist",
+            where=str(path),
+            fix=f"point the link at the {what}, or replace it with the file",
+        )
     kind = not_regular(path)
     if kind is not None:
         raise FtxError(

@@ -79,6 +79,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     init_model("llama", "tiny", root / "project" / "model")
     (root / "project" / "data").mkdir()
     shutil.copy(ROOT / "recipes/data/alpaca_demo.jsonl", root / "project/data/train.jsonl")
+    (root / "project" / "recipe.yaml").write_text(yaml.safe_dump(base_recipe(root)))
     previous = os.environ.get("FTX_HOME")
     os.environ["FTX_HOME"] = str(root / "home")  # the cases' own prepared-data cache
     yield root
@@ -481,14 +482,158 @@ def test_fuzz_script_values(tmp_path_factory: pytest.TempPathFactory, value: str
 
 @FUZZ
 @given(key=st.sampled_from(SCRIPT_KEYS), value=SCRIPT_TEXT)
+@example(key="scheduler.slurm.partition", value="gpu-a100")
+@example(key="parallel.master_addr", value="10.0.0.7")
 def test_fuzz_script_bound_recipe_values(workspace: Path, key: str, value: str) -> None:
     """Any text for a recipe key that reaches a script: exit 0 or 2, and what validates
-    is what the scripts' checks accept."""
+    is what the scripts' checks accept; a plain name or address validates."""
+    import re
+
     from ftx.core import scripts
 
     code = ftx("validate", str(workspace / "project/recipe.yaml"), f"{key}={value}",
                watch=workspace / "project")  # fmt: skip
+    if re.fullmatch(r"[a-z][a-z0-9]{0,30}", value) or value in ("gpu-a100", "10.0.0.7"):
+        assert code == 0, (key, value)
     if code == 0 and key == "parallel.master_addr":
         assert scripts.host_problem(value) is None, value
     if code == 0:
         assert scripts.single_line_problem(value) is None, (key, value)
+
+
+# --------------------------------------------------------------------------- links (class 3)
+
+LINK_TARGETS = ["outside", "relative_outside", "chain_outside", "folder_outside", "inside",
+                "chain_inside", "dangling"]  # fmt: skip
+
+
+def _link(link: Path, target: str, inside: Path, secret: Path) -> bool:
+    """Make ``link`` point as ``target`` says; True when what it reaches is inside."""
+    if target == "outside":
+        link.symlink_to(secret)
+    elif target == "relative_outside":
+        link.symlink_to(os.path.relpath(secret, link.parent))
+    elif target == "chain_outside":  # a link inside the folder, to a link out of it
+        (link.parent / f"hop-{link.name}").symlink_to(secret)
+        link.symlink_to(f"hop-{link.name}")
+    elif target == "folder_outside":
+        link.symlink_to(secret.parent)
+    elif target == "inside":
+        link.symlink_to(inside.name)
+    elif target == "chain_inside":
+        (link.parent / f"hop-{link.name}").symlink_to(inside.name)
+        link.symlink_to(f"hop-{link.name}")
+    else:  # dangling
+        link.symlink_to("missing-" + link.name)
+    return target in ("inside", "chain_inside")
+
+
+@FUZZ
+@given(where=st.sampled_from(["dataset_info", "folder", "index_shard"]),
+       target=st.sampled_from(LINK_TARGETS))  # fmt: skip
+def test_fuzz_links(workspace: Path, where: str, target: str) -> None:
+    """An input that is a symbolic link (issue 26, class 3): a dataset_info.json entry, a
+    file of a dataset folder or an index shard, pointing in, out (directly, relatively,
+    through another link, at a folder) or nowhere. What reaches outside its folder is
+    refused with exit 2 naming the link, and nothing of it is printed."""
+    case = fresh(workspace / "links")
+    case.mkdir()
+    secret = workspace / "outside" / "secret.jsonl"
+    secret.parent.mkdir(exist_ok=True)
+    secret.write_text('{"instruction": "SECRET-ROW", "output": "x"}\n')
+    recipe = case / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(base_recipe(workspace)))
+    if where == "index_shard":
+        model = case / "model"
+        shutil.copytree(workspace / "project/model", model)
+        weights = model / "weights.safetensors"
+        (model / "model.safetensors").rename(weights)
+        secret = workspace / "outside" / "weights.safetensors"
+        if not secret.exists():
+            shutil.copy(weights, secret)
+        inward = _link(model / "shard.safetensors", target, weights, secret)
+        from ftx.core.convert.safetensors_stream import SafetensorsReader
+
+        names = SafetensorsReader(weights).names
+        index = {"weight_map": {name: "shard.safetensors" for name in names}}
+        (model / "model.safetensors.index.json").write_text(json.dumps(index))
+        out = case / "out"
+        code = ftx("convert", str(model), str(out), "--to", "paddle", watch=case, out=out)
+    else:
+        data = case / "data"
+        data.mkdir()
+        real = data / "real.jsonl"
+        shutil.copy(workspace / "project/data/train.jsonl", real)
+        folder = data / "rows"
+        folder.mkdir()
+        link = (data if where == "dataset_info" else folder) / "rows.jsonl"
+        inward = _link(link, target, real, secret)
+        if where == "dataset_info":
+            (data / "dataset_info.json").write_text(json.dumps({"t": {"file_name": "rows.jsonl"}}))
+            pick = ["data.dataset_dir=" + str(data), "data.datasets=t"]
+        else:
+            if inward:  # a folder's link points at a file of that folder
+                shutil.copy(real, folder / real.name)
+            pick = [f"data.datasets=[{{path: {folder}}}]"]
+        runner = CliRunner()
+        from ftx.core.cli import commands
+
+        shown = runner.invoke(commands(), ["data", "show", str(recipe), *pick])
+        assert "SECRET-ROW" not in shown.output, shown.output
+        code = ftx("data", "show", str(recipe), *pick, watch=case)
+    if target == "dangling":
+        assert code == 2
+    elif not inward:
+        assert code == 2, (where, target)
+
+
+# ---------------------------------------------------------------- racing writers (class 4)
+
+
+@settings(FUZZ, max_examples=max(2, EXAMPLES // 8))
+@given(command=st.sampled_from(["convert", "init-model", "data prepare"]),
+       delay=st.sampled_from([0.0, 0.05, 0.3]),
+       before=st.sampled_from(["nothing", "an empty folder", "a dead writer's claim"]))  # fmt: skip
+def test_fuzz_racing_writers(workspace: Path, command: str, delay: float, before: str) -> None:
+    """Two ftx processes started together into one new destination (issue 26, class 4):
+    exactly one succeeds, the other exits 2 naming the writer or the folder it found
+    full, the output is the winner's whole, and no hidden partial file stays behind."""
+    import subprocess
+    import time
+
+    from conftest import FTX
+
+    case = fresh(workspace / "race")
+    case.mkdir()
+    dst = case / "dst"
+    if before == "an empty folder":
+        dst.mkdir()
+    elif before == "a dead writer's claim":
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        (case / ".dst.claim").write_text(json.dumps({"pid": gone.pid, "host": os.uname()[1],
+                                                     "command": "ftx convert"}))  # fmt: skip
+        (case / ".dst.x1.partial").mkdir()
+    project = workspace / "project"
+    args = {
+        "convert": ["convert", str(project / "model"), str(dst), "--to", "paddle"],
+        "init-model": ["init-model", "--out", str(dst)],
+        "data prepare": ["data", "prepare", str(project / "recipe.yaml"), "--out", str(dst)],
+    }[command]
+    env = {**os.environ, "FTX_HOME": str(case / "home")}
+    racers = []
+    for _ in range(2):
+        racers.append(subprocess.Popen([str(FTX), *args], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, env=env))  # fmt: skip
+        time.sleep(delay)
+    codes = [p.wait(timeout=300) for p in racers]
+    errors = [p.stderr.read() for p in racers]
+    CASES["count"] += 2
+    assert sorted(codes) == [0, 2], (codes, errors)
+    loser = errors[codes.index(2)]
+    assert "another ftx is writing there" in loser or "not empty" in loser, loser
+    assert "Traceback" not in "".join(errors)
+    whole = {"convert": "config.json", "init-model": "model.safetensors",
+             "data prepare": "manifest.json"}[command]  # fmt: skip
+    assert (dst / whole).is_file(), sorted(p.name for p in dst.iterdir())
+    assert [p.name for p in case.iterdir() if p.name.startswith(".dst")] == []
