@@ -45,7 +45,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-FTX_CLI = "from ftx.core.cli import main; main()"
 
 # What the torch backend's python has and can do: versions, the device, the measured
 # dense matmul peak (bf16 8192^3 on a GPU; fp32 on a CPU, for the tiny run only).
@@ -184,7 +183,7 @@ def main() -> None:
     began = time.perf_counter()
 
     from harness import machine
-    from steps import TRAINER, steady_rate
+    from steps import TRAINER, ftx_command, steady_rate
 
     sys.path.insert(0, str(ROOT))
     from ftx.core import envs
@@ -207,7 +206,7 @@ def main() -> None:
     make_pairs(data, pairs_dir)
 
     def ftx(*command: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", FTX_CLI, *command], capture_output=True,
+        return subprocess.run(ftx_command(*command), capture_output=True,
                               text=True, check=False)  # fmt: skip
 
     settings = []
@@ -256,7 +255,7 @@ def main() -> None:
         name = label.replace(" ", "-").replace(",", "")
         path = recipe_for(setting, f"{setting.size}-{name}", body)
         out = work / "runs" / f"{setting.size}-{name}"
-        command = [sys.executable, "-c", FTX_CLI, "-q", "run", str(path), "--backend", "torch",
+        command = [*ftx_command("-q", "run"), str(path), "--backend", "torch",
                    "--out", str(out), "--force", *overrides]  # fmt: skip
         _, memory = run_child(command, env, gpu)
         rate, _ = steady_rate(out / "metrics.jsonl", warmup)

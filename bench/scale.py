@@ -34,7 +34,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
-FTX_CLI = "from ftx.core.cli import main; main()"
 NATIVE = {
     "torch": "transformers Trainer",
     "paddle": "PaddleFormers Trainer",
@@ -72,7 +71,7 @@ def first_row_watch(metrics: Path, started: float) -> tuple[threading.Event, lis
 
 def main() -> None:
     from harness import header, machine, measure, sh
-    from steps import TRAINER, steady_rate
+    from steps import TRAINER, ftx_command, steady_rate
 
     from ftx.core import envs
 
@@ -87,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    ftx = [sys.executable, "-c", FTX_CLI]
+    ftx = ftx_command()
     data = work / "alpaca_like.jsonl"
     sh(sys.executable, str(ROOT / "bench/make_alpaca_like.py"), str(data), "--rows", str(args.rows))
     models = {}

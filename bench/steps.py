@@ -4,7 +4,14 @@ prepared examples, and the steady tokens/s of an ftx run from its metrics."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+
+def ftx_command(*args: str) -> list[str]:
+    """``ftx ARGS`` as this python runs it (a GPU box has ftx installed without its script)."""
+    return [sys.executable, "-c", "from ftx.core.cli import main; main()", *args]
+
 
 # ftx's prepared rows as a torch Dataset, and the padding collator (pads to the longest
 # row): for the Trainer scripts, which define ``rows`` and ``pad`` first.

@@ -637,3 +637,157 @@ def test_fuzz_racing_writers(workspace: Path, command: str, delay: float, before
              "data prepare": "manifest.json"}[command]  # fmt: skip
     assert (dst / whole).is_file(), sorted(p.name for p in dst.iterdir())
     assert [p.name for p in case.iterdir() if p.name.startswith(".dst")] == []
+
+
+# ------------------------------------------------------- files changing while read (class 2)
+
+CHANGES = ["same size, time kept", "another size", "replaced by rename"]
+CHANGED_ROWS = 20000
+REFERENCES: dict[str, tuple[str, dict[str, str]]] = {}
+
+
+def _contents(how: str) -> tuple[bytes, bytes]:
+    """The dataset's two versions: A, and B that differs from it as ``how`` says (the same
+    number of bytes when the change is to pass a size-and-time check)."""
+    rows = [{"instruction": f"question {i} about the cache", "output": f"answer number {i}"}
+            for i in range(CHANGED_ROWS)]  # fmt: skip
+    lines = [json.dumps(row) + "\n" for row in rows]
+    first = "".join(lines).encode()
+    if how == "another size":
+        return first, first + "".join(lines[: len(lines) // 3]).encode()
+    return first, first.replace(b"answer", b"ANSWER")
+
+
+def _write_version(path: Path, data: bytes, how: str, mtime_ns: int) -> None:
+    if how == "replaced by rename":
+        staged = path.with_name(".incoming")
+        staged.write_bytes(data)
+        os.replace(staged, path)
+    elif how == "same size, time kept":  # the bytes change, the size, inode and time do not
+        with path.open("r+b") as handle:
+            handle.write(data)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    else:
+        path.write_bytes(data)
+
+
+def _reference(recipe: Path, data: Path, version: bytes, home: Path) -> tuple[str, dict[str, str]]:
+    """The cache key and entry that a still file with these bytes gives."""
+    from ftx.core.data.prepare import cached_prepared
+    from ftx.core.recipe.loader import load_recipe
+
+    digest = hashlib.sha256(version).hexdigest()
+    if digest not in REFERENCES:
+        data.write_bytes(version)
+        previous = os.environ["FTX_HOME"]
+        os.environ["FTX_HOME"] = str(home)
+        try:
+            entry = cached_prepared(load_recipe(recipe).recipe)
+        finally:
+            os.environ["FTX_HOME"] = previous
+        REFERENCES[digest] = (entry.name, tree(entry))
+    return REFERENCES[digest]
+
+
+@settings(FUZZ, max_examples=max(3, EXAMPLES // 8))
+@given(how=st.sampled_from(CHANGES), delay=st.sampled_from([0.0, 0.2, 0.6, 1.5]),
+       again=st.booleans())  # fmt: skip
+@example(how="same size, time kept", delay=0.0, again=True)
+def test_fuzz_files_changing_while_read(
+    workspace: Path, how: str, delay: float, again: bool
+) -> None:
+    """A dataset another program rewrites while `ftx data prepare` runs (issue 26, class
+    2): once after ``delay`` seconds, or back and forth until ftx is done. Whatever the
+    timing, every prepared-data cache entry holds exactly the tokens that a still file
+    with its key's bytes gives, and the command either succeeds with such an entry or
+    exits 2 saying the file changed, leaving no output."""
+    import subprocess
+    import threading
+
+    from conftest import FTX
+
+    case = fresh(workspace / "changing")
+    (case / "data").mkdir(parents=True)
+    data = case / "data" / "rows.jsonl"
+    recipe = case / "recipe.yaml"
+    document = base_recipe(workspace)
+    document["data"]["datasets"] = [str(data)]
+    recipe.write_text(yaml.safe_dump(document))
+    first, second = _contents(how)
+    references = dict(
+        _reference(recipe, data, version, case / f"reference-{i}")
+        for i, version in enumerate((first, second))
+    )
+    data.write_bytes(first)
+    mtime = data.stat().st_mtime_ns
+    home, out = case / "home", case / "out"
+    done = threading.Event()
+
+    def rewrite() -> None:
+        if done.wait(delay):
+            return
+        versions = [second, first]
+        while True:
+            _write_version(data, versions[0], how, mtime)
+            versions.reverse()
+            if not again or done.wait(0.01):
+                return
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        result = subprocess.run([str(FTX), "data", "prepare", str(recipe), "--out", str(out)],
+                                capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "FTX_HOME": str(home)})  # fmt: skip
+    finally:
+        done.set()
+        writer.join()
+    CASES["count"] += 1
+    assert result.returncode in (0, 2), result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    if result.returncode == 2:
+        assert "changed while ftx read it" in result.stderr, result.stderr
+        assert not out.exists()
+    else:
+        assert json.loads((out / "manifest.json").read_text())["key"] in references
+    entries = [p for p in (home / "prepared").glob("*") if (p / "manifest.json").is_file()]
+    for entry in entries:
+        assert tree(entry) == references.get(entry.name), (how, delay, again, entry.name)
+
+
+# ------------------------------------------------------------- literal messages (class 8)
+
+NAME_PIECES = ["[", "]", "[/", "[bold]", "[/x]", ":fire:", ":", "\\", "%s", "{}", "$HOME", "x",
+               " ", "é", "\N{FIRE}", "\u200b", "'", '"', "\t"]  # fmt: skip
+
+
+@FUZZ
+@given(pieces=st.lists(st.sampled_from(NAME_PIECES), min_size=1, max_size=8),
+       key=st.sampled_from(["model.path", "data.datasets"]))  # fmt: skip
+@example(pieces=["x", ":fire:", "[bold]", "y"], key="model.path")
+def test_fuzz_paths_are_printed_as_typed(workspace: Path, pieces: list[str], key: str) -> None:
+    """A path made of rich markup, emoji codes, escapes and odd spaces (issue 26, class
+    8): the error names it exactly as it is, with no markup rendered and no emoji made
+    (a control character, which a terminal would expand or act on, as its escape)."""
+    name = "".join(pieces)
+    missing = workspace / "named" / name
+    document = base_recipe(workspace)
+    if key == "model.path":
+        document["model"]["path"] = str(missing)
+    else:
+        document["data"]["datasets"] = [str(missing) + ".jsonl"]
+        missing = Path(str(missing) + ".jsonl")
+    case = fresh(workspace / "named")
+    case.mkdir()
+    recipe = case / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(document))
+    from ftx.core.cli import commands
+    from ftx.core.errors import printable
+
+    result = CliRunner().invoke(commands(), ["data", "show", str(recipe)])
+    CASES["count"] += 1
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert result.exit_code == 2, text
+    assert printable(str(missing)) in text, (name, text)  # control characters as escapes
+    if "\N{FIRE}" not in name:
+        assert "\N{FIRE}" not in text, text

@@ -212,31 +212,38 @@ def decoder(model: Any) -> Any:
     return causal.model
 
 
-def _next_token_logits(model: Any, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
-    """float32 logits of every position but the last, flattened [rows * (length - 1), vocab].
-    (PaddleFormers' own loss expects labels shifted already: ftx's targets are.)"""
+def _logits_and_targets(
+    model: Any, batch: dict[str, paddle.Tensor]
+) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """float32 logits of every position, flattened [rows * length, vocab], and each
+    position's next-token target [rows * length] (-100 at the last position).
+    (PaddleFormers' own loss expects labels shifted already: ftx's targets are.)
+
+    The targets are padded, not the logits sliced: a slice would copy the
+    [rows, length, vocab] logits, and its backward make another such tensor."""
     inputs = {k: v for k, v in batch.items() if k not in MODEL_INPUTS_EXCLUDED}
     logits = model(**inputs, return_dict=True).logits
-    return logits[:, :-1].astype("float32").reshape([-1, logits.shape[-1]])
+    if logits.dtype != paddle.float32:
+        logits = logits.astype("float32")
+    targets = batch["targets"]
+    last = paddle.full([targets.shape[0], 1], IGNORE_INDEX, dtype=targets.dtype)
+    targets = paddle.concat([targets, last], axis=1)
+    return logits.reshape([-1, logits.shape[-1]]), targets.reshape([-1])
 
 
 def nll_sum(model: Any, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
     """The next-token cross-entropy summed over the batch's learned targets."""
+    logits, targets = _logits_and_targets(model, batch)
     return paddle.nn.functional.cross_entropy(
-        _next_token_logits(model, batch),
-        batch["targets"].reshape([-1]),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
+        logits, targets, ignore_index=IGNORE_INDEX, reduction="sum"
     )
 
 
 def token_logprobs(model: Any, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
     """log p(target) of every next-token target [rows, length - 1], 0 where it is -100."""
-    targets = batch["targets"]
+    rows, width = batch["targets"].shape
+    logits, targets = _logits_and_targets(model, batch)
     losses = paddle.nn.functional.cross_entropy(
-        _next_token_logits(model, batch),
-        targets.reshape([-1]),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
+        logits, targets, ignore_index=IGNORE_INDEX, reduction="none"
     )
-    return -losses.reshape(targets.shape)
+    return -losses.reshape([rows, width + 1])[:, :-1]

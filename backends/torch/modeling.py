@@ -263,30 +263,32 @@ def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
 MODEL_INPUTS_EXCLUDED = ("labels", "targets", "row_units", "row_aux", "reference_logps")
 
 
-def _next_token_logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:
-    """float32 logits of every position but the last, flattened [rows * (length - 1), vocab]."""
+def _logits_and_targets(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 logits of every position, flattened [rows * length, vocab], and each
+    position's next-token target [rows * length] (-100 at the last position).
+
+    The targets are shifted, not the logits: slicing off the last position would copy the
+    [rows, length, vocab] logits, and its backward make another such tensor (at Qwen2.5's
+    151,936 rows, 0.6 GB each for two rows of 512; transformers' loss shifts labels too)."""
     inputs = {k: v for k, v in batch.items() if k not in MODEL_INPUTS_EXCLUDED}
     logits = model(**inputs).logits
-    return logits[:, :-1].float().reshape(-1, logits.size(-1))
+    targets = torch.nn.functional.pad(batch["targets"], (0, 1), value=IGNORE_INDEX)
+    return logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1)
 
 
 def nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     """The next-token cross-entropy summed over the batch's learned targets."""
+    logits, targets = _logits_and_targets(model, batch)
     return torch.nn.functional.cross_entropy(
-        _next_token_logits(model, batch),
-        batch["targets"].reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
+        logits, targets, ignore_index=IGNORE_INDEX, reduction="sum"
     )
 
 
 def token_logprobs(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     """log p(target) of every next-token target [rows, length - 1], 0 where it is -100."""
-    targets = batch["targets"]
+    rows, width = batch["targets"].shape
+    logits, targets = _logits_and_targets(model, batch)
     losses = torch.nn.functional.cross_entropy(
-        _next_token_logits(model, batch),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
+        logits, targets, ignore_index=IGNORE_INDEX, reduction="none"
     )
-    return -losses.reshape(targets.shape)
+    return -losses.reshape(rows, width + 1)[:, :-1]

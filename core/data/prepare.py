@@ -55,6 +55,7 @@ class RowReport:
     skipped: list[str] = field(default_factory=list)  # "file:line: reason"
     truncated: int = 0
     no_learnable: int = 0
+    read_sha256: dict[str, str] = field(default_factory=dict)  # each file's bytes as read
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +72,12 @@ def load_tokenizer(recipe: Recipe) -> Any:
     from transformers import AutoTokenizer
 
     path = Path(recipe.model.path)
+    if not path.is_dir():
+        raise FtxError(
+            "the model folder does not exist" if not path.exists() else "not a folder",
+            where=f"model.path ({path})",
+            fix="set model.path to the folder that holds the model's config and tokenizer",
+        )
     for name in (*TOKENIZER_FILES, "tokenizer_config.json"):
         regular_file(path / name, f"tokenizer's {name}")
     if not any((path / name).exists() for name in TOKENIZER_FILES):
@@ -107,7 +114,8 @@ def read_conversations(
         source.columns[c] for c in MEDIA_COLUMNS if c in source.columns
     ]
     for file in source.files:
-        for line, row in read_rows(file, max_row_bytes):
+        rows = read_rows(file, max_row_bytes, report.read_sha256)
+        for line, row in rows:
             report.rows += 1
             where = f"{file}:{line}"
             if isinstance(row, dict):
@@ -132,6 +140,7 @@ def read_conversations(
                 ) from None
             conversations.append(replace(conv, source=where))
             if source.num_samples and len(conversations) >= source.num_samples:
+                rows.close()  # hashes the rest of the file: the cache key covers all of it
                 return conversations
     return conversations
 
@@ -186,21 +195,27 @@ def input_state(recipe: Recipe) -> FileState:
     return tuple(state)
 
 
-def _unchanged_since(recipe: Recipe, before: FileState) -> None:
+def _unchanged_since(
+    recipe: Recipe, before: FileState, hashes: dict[str, str], read: dict[str, str]
+) -> None:
+    """Refuse to publish tokens that came from other bytes than the key's: a file whose
+    size, time or inode moved since it was hashed, or whose bytes as read (hashed while
+    streaming) are not the bytes that were hashed for the key."""
     now = dict((path, rest) for path, *rest in input_state(recipe))
-    for path, *rest in before:
-        if now.get(path) != rest:
-            raise FtxError(
-                "the file changed while ftx read it (its size or modification time is not"
-                " what it was when its hash was taken), so the prepared data would not match"
-                " its cache key; nothing was kept",
-                where=path,
-                fix="run the command again once nothing writes to the file",
-            )
+    moved = [path for path, *rest in before if now.get(path) != rest]
+    moved += [path for path, digest in read.items() if hashes.get(path, digest) != digest]
+    if moved:
+        raise FtxError(
+            "the file changed while ftx read it (what was read is not what was hashed for"
+            " the cache key), so the prepared data would not match its key; nothing was kept",
+            where=moved[0],
+            fix="run the command again once nothing writes to the file",
+        )
 
 
-def cache_key(recipe: Recipe) -> str:
-    """Hash of everything that decides the prepared tokens."""
+def cache_key(recipe: Recipe, hashes: dict[str, str] | None = None) -> str:
+    """Hash of everything that decides the prepared tokens; each dataset file's own
+    SHA-256 goes into ``hashes`` when given."""
     digest = hashlib.sha256()
     fields = {
         "version": FORMAT_VERSION,
@@ -215,7 +230,10 @@ def cache_key(recipe: Recipe) -> str:
         sources += _sources(list(recipe.evaluate.datasets), recipe, "evaluate.datasets")
     for source in sources:
         for file in source.files:
-            digest.update(_file_hash(file).encode())
+            file_digest = _file_hash(file)
+            digest.update(file_digest.encode())
+            if hashes is not None:
+                hashes[str(file)] = file_digest
     digest.update(_tokenizer_hash(Path(recipe.model.path)).encode())
     return digest.hexdigest()[:24]
 
@@ -234,14 +252,12 @@ def _tokenizer_hash(model: Path) -> str:
 
 
 def _file_hash(path: Path) -> str:
+    from ftx.core.data.readers import file_sha256
+
     regular_file(path, "file")
     if not path.is_file():
         raise FtxError("file not found", where=str(path), fix="check the recipe's paths")
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def split_conversations(
@@ -307,20 +323,31 @@ def check_rows_fit_stage(conversations: list[Conversation], stage: str) -> None:
 
 
 def prepare(
-    recipe: Recipe, dest: Path, key: str | None = None, state: FileState | None = None
+    recipe: Recipe,
+    dest: Path,
+    key: str | None = None,
+    state: FileState | None = None,
+    hashes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Prepare the recipe's data into ``dest`` (written atomically); return the manifest.
 
     ``key`` is the recipe's cache key when the caller has already computed it (it hashes
     every dataset file, so it is worth not doing twice), ``state`` the files'
-    :func:`input_state` from before that hashing: a file that changed since is refused
+    :func:`input_state` from before that hashing and ``hashes`` the files' digests it
+    took: a file that changed since, or whose bytes as read are not those, is refused
     before anything is published."""
     if key is None:
-        state, key = input_state(recipe), cache_key(recipe)
+        state, hashes = input_state(recipe), {}
+        key = cache_key(recipe, hashes)
     tokenizer = load_tokenizer(recipe)
     data = recipe.data
     report = RowReport()
-    train_convs, val_convs = split_conversations(recipe, report)
+    try:
+        train_convs, val_convs = split_conversations(recipe, report)
+    except FtxError:
+        if state is not None:  # a row cut by a writer is that writer's, not a bad row
+            _unchanged_since(recipe, state, {}, {})
+        raise
 
     stage = recipe.method.stage
     if stage == "pt":
@@ -346,9 +373,10 @@ def prepare(
 
     eval_rows: list[dict[str, Any]] = []
     if recipe.evaluate is not None:
+        seen = RowReport(read_sha256=report.read_sha256)  # rows not counted in the report
         encoder = encoder or ChatEncoder(tokenizer, recipe.model.template, where="model.template")
         for source in _sources(list(recipe.evaluate.datasets), recipe, "evaluate.datasets"):
-            for conv in read_conversations(source, data.on_error, RowReport(), data.max_row_bytes):
+            for conv in read_conversations(source, data.on_error, seen, data.max_row_bytes):
                 ids, reference = encoder.encode_prompt(conv)
                 eval_rows.append({"input_ids": ids, "reference": reference, "source": conv.source})
         eval_rows = eval_rows[: recipe.evaluate.max_samples]
@@ -394,7 +422,7 @@ def prepare(
             manifest["splits"]["eval"] = {"examples": len(eval_rows)}
         atomic_write_json(tmp / "manifest.json", manifest)
         if state is not None:
-            _unchanged_since(recipe, state)
+            _unchanged_since(recipe, state, hashes or {}, report.read_sha256)
     return manifest
 
 
@@ -605,13 +633,13 @@ def _pack_text(
 def cached_prepared(recipe: Recipe, *, say: Callable[[str], None] | None = None) -> Path:
     """The recipe's prepared data in the cache ($FTX_HOME/prepared/<key>), prepared first
     when it is not there yet."""
-    state = input_state(recipe)
-    key = cache_key(recipe)
+    state, hashes = input_state(recipe), {}
+    key = cache_key(recipe, hashes)
     cached = ftx_home() / "prepared" / key
     if not (cached / "manifest.json").exists():
         if say is not None:
             say("preparing the data (cached by content hash)")
-        prepare(recipe, cached, key, state)
+        prepare(recipe, cached, key, state, hashes)
         for path in cached.rglob("*"):
             if path.is_file():
                 path.chmod(0o444)  # shared through hard links: never to be written in place

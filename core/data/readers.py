@@ -10,6 +10,7 @@ be read at all is an FtxError.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -37,9 +38,16 @@ class BadRow:
 BOM = b"\xef\xbb\xbf"
 
 
-def read_rows(path: Path, max_row_bytes: int = 2 << 20) -> Iterator[tuple[int, Any]]:
+def read_rows(
+    path: Path, max_row_bytes: int = 2 << 20, digests: dict[str, str] | None = None
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_or_row_number, row or BadRow)`` from a json, jsonl, csv, parquet or
-    txt file."""
+    txt file.
+
+    With ``digests``, the SHA-256 of the bytes the rows came from is stored under the
+    file's name once the caller is done with it (the rest of the file is hashed when the
+    caller stops early), so a cache can be keyed by what was read, not by what was there
+    before."""
     regular_file(path, "dataset file")
     if not path.is_file():
         raise FtxError(
@@ -52,21 +60,107 @@ def read_rows(path: Path, max_row_bytes: int = 2 << 20) -> Iterator[tuple[int, A
             where=str(path),
             fix=f"use one of {', '.join(SUFFIXES)}",
         )
+    if suffix == ".parquet":  # read in column chunks, not in order: hashed once it is read
+        yield from _parquet(path, max_row_bytes)
+        if digests is not None:
+            digests[str(path)] = file_sha256(path)
+        return
+    with path.open("rb", buffering=0) as raw:
+        hashing = HashingReader(raw)
+        handle = io.BufferedReader(hashing, CHUNK)
+        try:
+            yield from _text_rows(handle, suffix, path, max_row_bytes)
+        except GeneratorExit:  # the caller took what it needed (num_samples)
+            if digests is not None:
+                digests[str(path)] = hashing.finish()
+            raise
+        if digests is not None:
+            digests[str(path)] = hashing.finish()
+
+
+def _text_rows(
+    handle: BinaryIO, suffix: str, path: Path, max_row_bytes: int
+) -> Iterator[tuple[int, Any]]:
+    if handle.read(len(BOM)) != BOM:  # a UTF-8 byte-order mark (Windows editors) is skipped
+        handle.seek(0)
+    if suffix == ".jsonl" or (suffix == ".json" and _first_char(handle) == b"{"):
+        yield from _jsonl(handle, max_row_bytes)
+    elif suffix == ".json":
+        yield from _json_array(handle, path, max_row_bytes)
+    elif suffix == ".csv":
+        yield from _csv(handle, max_row_bytes)
+    else:
+        for number, line in _lines(handle, max_row_bytes):
+            if isinstance(line, BadRow) or line.strip():
+                yield number, line if isinstance(line, BadRow) else {"text": line}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        if handle.read(len(BOM)) != BOM:  # a UTF-8 byte-order mark (Windows editors) is skipped
-            handle.seek(0)
-        if suffix == ".jsonl" or (suffix == ".json" and _first_char(handle) == b"{"):
-            yield from _jsonl(handle, max_row_bytes)
-        elif suffix == ".json":
-            yield from _json_array(handle, path, max_row_bytes)
-        elif suffix == ".csv":
-            yield from _csv(handle, max_row_bytes)
-        elif suffix == ".txt":
-            for number, line in _lines(handle, max_row_bytes):
-                if isinstance(line, BadRow) or line.strip():
-                    yield number, line if isinstance(line, BadRow) else {"text": line}
-        else:
-            yield from _parquet(path, max_row_bytes)
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class HashingReader(io.RawIOBase):
+    """A raw file that hashes its bytes as they are read from the disk, in file order.
+
+    The readers look back only at the file's start (a byte-order mark, the first
+    character of a .json file): bytes read again there are compared with what was hashed,
+    and a difference makes :meth:`finish` return a digest no file has. The underlying
+    file is left open for :meth:`finish` and closed by its owner."""
+
+    HEAD = 4 * CHUNK  # how much of the start is kept to compare a second read with
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.position = 0
+        self.hashed = 0  # bytes [0, hashed) are in the digest
+        self.head = bytearray()
+        self.reread_differs = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.raw.readinto(buffer) or 0
+        start, end = self.position, self.position + count
+        view = memoryview(buffer)[:count]
+        if start < self.hashed:  # a second read of the start
+            seen = self.head[start : min(end, self.hashed)]
+            self.reread_differs |= bytes(view[: len(seen)]) != seen
+        if end > self.hashed and start <= self.hashed:
+            new = view[self.hashed - start :]
+            self.sha.update(new)
+            if len(self.head) < self.HEAD:
+                self.head += new[: self.HEAD - len(self.head)]
+            self.hashed = end
+        self.position = end
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.position = self.raw.seek(offset, whence)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def close(self) -> None:  # the owner closes the file, after finish()
+        super().close()
+
+    def finish(self) -> str:
+        """The digest of the whole file: what was read, then whatever was not."""
+        self.raw.seek(self.hashed)
+        for block in iter(lambda: self.raw.read(CHUNK), b""):
+            self.sha.update(block)
+            self.hashed += len(block)
+        return "changed-while-read" if self.reread_differs else self.sha.hexdigest()
 
 
 def _first_char(handle: BinaryIO) -> bytes:
