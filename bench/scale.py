@@ -2,15 +2,17 @@
 own trainer: how ftx's cost grows from the 3.4M-parameter figures.
 
     .venv/bin/python bench/scale.py [--backends torch paddle mindformers]
-                                    [--finetuning lora full] [--steps 3] [--batch 2]
+                                    [--finetuning lora full] [--steps 2] [--batch 1]
                                     [--workdir /tmp/ftx-bench-scale]
 
 The model is `ftx init-model --size 0.5b`: Qwen2.5-0.5B's shape (24 layers, hidden 896,
 151,936 embedding rows tied to the output, 494M parameters), random, fp32; Qwen2 where the
 backend builds it on a CPU (torch, mindformers), the same shape as a Llama (paddle: on CPU
-PaddleFormers builds Llama-architecture models only). Alpaca-like rows cut at 512 tokens,
---batch examples a step, padded, `train.max_steps` = 1 + --steps. For each backend and
-fine-tuning method, two runs, each a fresh process, one after the other:
+PaddleFormers builds Llama-architecture models only). Alpaca-like rows whose answers run
+past 512 tokens, every example cut to exactly 512 (the same work on both sides, whatever
+order each trainer draws the rows in), --batch examples a step, `train.max_steps` = 1 +
+--steps. For each backend and fine-tuning method, two runs, each a fresh process, one
+after the other:
   ftx            `ftx run --backend B` (ftx's training loop)
   native         torch: transformers' Trainer (+ peft) on ftx's prepared examples;
                  paddle, mindformers: `ftx run --trainer native` (PaddleFormers' and
@@ -52,6 +54,22 @@ class Result:
     note: str = ""
 
 
+def write_long_rows(path: Path, rows: int) -> None:
+    """Alpaca-like rows whose answers run past 512 tokens, so that every example is cut
+    to exactly 512: every micro-batch then has the same shape whichever rows a trainer
+    draws (each trainer shuffles in its own order, and a padded batch costs what its
+    longest row costs), and both sides of a pair do the same work."""
+    import random
+
+    from make_alpaca_like import sentence
+
+    rng = random.Random(0)
+    with path.open("w") as handle:
+        for _ in range(rows):
+            row = {"instruction": sentence(rng, 12), "input": "", "output": sentence(rng, 700)}
+            handle.write(json.dumps(row) + "\n")
+
+
 def first_row_watch(metrics: Path, started: float) -> tuple[threading.Event, list[float]]:
     """Note when ``metrics`` first holds a logged step (seconds after ``started``)."""
     stop, seen = threading.Event(), []
@@ -78,8 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", nargs="+", default=["torch", "paddle", "mindformers"])
     parser.add_argument("--finetuning", nargs="+", default=["lora", "full"])
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--size", default="0.5b", choices=["tiny", "small", "0.5b", "1.5b"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ftx-bench-scale"))
@@ -87,8 +105,8 @@ def main() -> None:
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     ftx = ftx_command()
-    data = work / "alpaca_like.jsonl"
-    sh(sys.executable, str(ROOT / "bench/make_alpaca_like.py"), str(data), "--rows", str(args.rows))
+    data = work / "long_rows.jsonl"
+    write_long_rows(data, args.rows)
     models = {}
     for arch in ("qwen2", "llama"):
         models[arch] = work / f"{arch}-{args.size}"
@@ -165,7 +183,7 @@ def main() -> None:
     print(
         f"A random Qwen2.5-{args.size.upper()}-shaped model (fp32 weights: qwen2"
         f" {weights_gb['qwen2']:.2f} GiB, llama {weights_gb['llama']:.2f} GiB), alpaca-like rows"
-        f" cut at 512 tokens, {args.batch} a step, padded, fp32 on the CPU; tokens/s over"
+        f" of exactly 512 tokens (cut), {args.batch} a step, fp32 on the CPU; tokens/s over"
         f" {args.steps} steps after the first; one run each\n"
     )
     print("| backend | method | run | real tokens/s | first step (s) | peak RSS (GB) | vs native |")

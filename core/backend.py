@@ -43,6 +43,9 @@ class EnvironmentSpec:
     devices: str  # "module:function" run inside the environment: the devices it sees
     images: Mapping[str, ImageVariant] = field(default_factory=lambda: {"cpu": ImageVariant()})
     footprint: str = ""  # what building it costs, said before it is built ("about 2 GB ...")
+    # An environment whose packages this one sees beneath its own (its lock then adds to
+    # that one's: only what differs is installed); "" for a self-contained one.
+    base: str = ""
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,16 @@ def state(name: str) -> str:
     record = read_marker(name)
     if record is None:
         return "incomplete" if env_dir(name).exists() else "missing"
-    return "ready" if record.get("lock_sha256") == lock_digest(get_spec(name)) else "stale"
+    spec = get_spec(name)
+    if spec.base and (
+        state(spec.base) != "ready" or record.get("base_lock_sha256") != _base_digest(spec)
+    ):
+        return "stale"  # what it was built on has changed or gone
+    return "ready" if record.get("lock_sha256") == lock_digest(spec) else "stale"
+
+
+def _base_digest(spec: EnvironmentSpec) -> str:
+    return lock_digest(get_spec(spec.base)) if spec.base else ""
 
 
 IMAGE_ENV = "FTX_IMAGE"  # set by a backend's image to its backend's name
@@ -98,6 +107,9 @@ def ensure(name: str, why: str = "") -> Path:
     image's own). A build cut short leaves no marker, so nothing trusts it."""
     if inside_image(name):
         return Path(sys.executable)
+    base = get_spec(name).base
+    if base:
+        ensure(base, f"(beneath the {name} environment)")
     current = state(name)
     if current != "ready":
         footprint = get_spec(name).footprint
@@ -127,17 +139,30 @@ def create(name: str, *, force: bool = False) -> dict[str, Any]:
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    steps = [
-        ("creating the virtual environment", [sys.executable, "-m", "venv", str(target)]),
+    python = str(target / "bin/python")
+    steps = [("creating the virtual environment", [sys.executable, "-m", "venv", str(target)])]
+    if spec.base:
+        steps.append((f"layering it on the {spec.base} environment",
+                      [python, "-c", _LAYER, str(_site_packages(env_dir(spec.base)))]))  # fmt: skip
+    steps += [
         (
             f"installing {spec.lock_file.name} ({_count_pins(spec)} pinned packages)",
-            # Byte-compiled at install (pip's default): where PYTHONDONTWRITEBYTECODE is set,
-            # as on this project's CI machines, --no-compile halved the install but every
-            # process then compiled the frameworks' modules again (make test: +6 minutes).
-            [str(target / "bin/pip"), "install", "--no-deps", "-r", str(spec.lock_file)],
+            [
+                str(target / "bin/pip"),
+                "install",
+                "--no-deps",
+                "--no-compile",
+                "-r",
+                str(spec.lock_file),
+            ],
         ),
         ("installing ftx (without the core's dependencies)", _ftx_install_command(target)),
-        ("checking imports", [str(target / "bin/python"), "-c", spec.import_check]),
+        # Byte-compiled at install, as pip does by default but on every core: where
+        # PYTHONDONTWRITEBYTECODE is set, as on this project's CI machines, an environment
+        # without .pyc files makes every process compile the frameworks again (make test:
+        # +6 minutes), and pip's own compile runs on one core (half of a build).
+        ("byte-compiling its modules", [python, "-c", _COMPILE]),
+        ("checking imports", [python, "-c", spec.import_check]),
     ]
     for label, command in steps:
         _run_step(name, label, command, cwd=target if target.exists() else target.parent)
@@ -145,12 +170,34 @@ def create(name: str, *, force: bool = False) -> dict[str, Any]:
         "name": name,
         "lock_file": str(spec.lock_file),
         "lock_sha256": lock_digest(spec),
+        "base_lock_sha256": _base_digest(spec),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.time() - started, 1),
         **inventory(name),
     }
     atomic_write_json(target / MARKER, record)
     return record
+
+
+# Run by the new environment's python: its site-packages sees the base's after its own.
+_LAYER = (
+    "import sys, sysconfig; from pathlib import Path;"
+    "Path(sysconfig.get_paths()['purelib'], '_ftx_base.pth').write_text(sys.argv[1] + '\\n')"
+)
+# Every module of the environment's site-packages to .pyc, on every core; a file that does
+# not compile (a package's Python 2 test data) is skipped, as pip skips it.
+_COMPILE = (
+    "import compileall, sysconfig;"
+    "compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
+)
+
+
+def _site_packages(root: Path) -> Path:
+    found = sorted(root.glob("lib/python*/site-packages"))
+    if not found:
+        raise FtxError("the environment has no site-packages", where=str(root),
+                       fix=f"rebuild it with `ftx env create {root.name} --force`")  # fmt: skip
+    return found[0]
 
 
 def remove(name: str) -> bool:

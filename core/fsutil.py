@@ -235,6 +235,7 @@ def _claim(dst: Path) -> None:
                 where=str(dst),
                 fix="choose a destination in a writable folder of a real file system",
             ) from None
+        _clear_dead_asides(claim)
         _CLAIMS[dst] = record
         if len(_CLAIMS) == 1:
             atexit.register(release_claims)
@@ -266,6 +267,19 @@ def _publish_claim(claim: Path, record: dict[str, Any]) -> None:
     fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(record, handle)
+
+
+def _clear_dead_asides(claim: Path) -> None:
+    """Records that writers killed between writing them aside and linking them into
+    place (:func:`_publish_claim`) left beside the claim."""
+    for aside in claim.parent.glob(f"{claim.name}-*"):
+        try:
+            holder = json.loads(aside.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # being written this moment, or not ftx's
+        if isinstance(holder, dict) and holder.get("pid") and not _alive(holder):
+            with contextlib.suppress(FileNotFoundError):
+                aside.unlink()
 
 
 def _clear_leftovers(dst: Path, claim: Path) -> None:

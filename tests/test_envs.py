@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,33 @@ def test_env_matches_its_lock_file_exactly() -> None:
     lock = envs.get_spec("torch").lock_file.read_text().splitlines()
     for pin in (ln for ln in lock if ln and not ln.startswith("#")):
         assert installed.get(pin.split("==")[0].lower()) == pin
+
+
+def test_environments_are_byte_compiled() -> None:
+    """Where PYTHONDONTWRITEBYTECODE is set (CI machines), an environment without .pyc
+    files makes every process compile its frameworks again: the build compiles them."""
+    site = envs._site_packages(envs.env_dir("torch"))
+    tag = sys.implementation.cache_tag
+    for module in ("torch/__init__.py", "transformers/modeling_utils.py", "peft/__init__.py"):
+        source = site / module
+        compiled = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+        assert compiled.is_file(), compiled
+
+
+def test_an_environment_layered_on_another_installs_only_what_it_adds() -> None:
+    """The TRL oracle is the torch environment plus TRL: it sees torch's packages beneath
+    its own, holds only what its lock adds, and records what it was built on."""
+    from oracles import TRL
+
+    python = envs.ensure(TRL)
+    own = envs._site_packages(envs.env_dir(TRL))
+    assert (own / "trl").is_dir() and not (own / "torch").exists()
+    found = subprocess.run([str(python), "-c", "import torch, trl; print(torch.__file__)"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert found.startswith(str(envs.env_dir("torch"))), found
+    record = envs.read_marker(TRL)
+    assert record["base_lock_sha256"] == envs.lock_digest(envs.get_spec("torch"))
+    assert envs.state(TRL) == "ready"
 
 
 def test_worker_side_imports_with_only_the_backend_pins() -> None:

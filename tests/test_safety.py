@@ -489,6 +489,8 @@ def test_one_writer_per_destination_and_a_killed_writers_leftovers_cleared(
     (tmp_path / ".converted.x1.partial").mkdir()
     (tmp_path / ".converted.x1.partial" / "half.safetensors").write_bytes(b"\0" * 10)
     (tmp_path / ".converted.x2.tmp").write_bytes(b"half")
+    # a writer killed between writing its claim aside and linking it into place
+    (tmp_path / f".converted.claim-{holder.pid}").write_text(claim.read_text())
     done = run_ftx("convert", str(model), str(dst), "--to", "paddle")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".converted")) == []
