@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import threading
 import time
@@ -153,6 +154,7 @@ def main() -> None:
                     extra = ["--trainer", "native"] if side == "native" else ["--trainer", "ftx"]
                     command = [*ftx, "-q", "run", str(recipe), "--backend", backend, "--out",
                                str(out), "--force", *extra]  # fmt: skip
+                shutil.rmtree(out, ignore_errors=True)  # --force keeps an old run until the end
                 at = time.time()
                 stop, seen = first_row_watch(out / "metrics.jsonl", at)
                 try:

@@ -45,7 +45,8 @@ def _publish(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory or executable else 0o666) & ~_umask())
 
 
-def _publish_tree(root: Path) -> None:
+def publish_tree(root: Path) -> None:
+    """Give a staged folder and everything in it the modes the user's umask gives."""
     _publish(root, directory=True)
     for folder, dirs, files in os.walk(root):
         for name in dirs:
@@ -95,7 +96,7 @@ def staged_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
     old: Path | None = None
     try:
         yield tmp
-        _publish_tree(tmp)
+        publish_tree(tmp)
         if final.exists() or final.is_symlink():
             if not replace:
                 raise FileExistsError(final)

@@ -182,7 +182,7 @@ def test_a_full_disk_is_an_explained_error_that_leaves_nothing_half_written(
         assert not [p for p in disk.iterdir() if p.name.startswith(".conv")]
 
 
-def test_outputs_respect_the_umask(tmp_path: Path, tiny_llama: Path) -> None:
+def test_outputs_respect_the_umask(tmp_path: Path, tiny_llama: Path, project: Path) -> None:
     code = (
         "import os, sys; os.umask(0o022); "
         "from ftx.core.cli import main; sys.argv = ['ftx'] + sys.argv[1:]; main()"
@@ -190,10 +190,14 @@ def test_outputs_respect_the_umask(tmp_path: Path, tiny_llama: Path) -> None:
     for args in (
         ["init-model", "--out", str(tmp_path / "m")],
         ["convert", str(tiny_llama), str(tmp_path / "c"), "--to", "paddle"],
-    ):
+        # a LoRA run's final adapter (peft writes its weights private) and checkpoint
+        ["run", str(project / "recipe.yaml"), "--backend", "torch", "--out", str(tmp_path / "r"),
+         "train.save_steps=1", "method.finetuning=lora"],
+    ):  # fmt: skip
         result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True)
         assert result.returncode == 0, result.stderr
-    for folder in (tmp_path / "m", tmp_path / "c"):
+    checkpoint = sorted((tmp_path / "r").rglob("checkpoint-*"))[-1]
+    for folder in (tmp_path / "m", tmp_path / "c", tmp_path / "r" / "final", checkpoint):
         assert folder.stat().st_mode & 0o777 == 0o755
         assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir() if p.is_file())
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ftx.core.contract import ContractError, RunLayout, read_record, write_record
+from ftx.core.fsutil import publish_tree
 from ftx.core.worker.framework import Rank
 
 HOST_RNG = "rng_state.json"  # Python's and numpy's generators, as JSON (no pickle to read back)
@@ -90,6 +91,7 @@ def staged_on_every_rank(
     if rank.main:
         if complete is not None:
             complete(tmp)
+        publish_tree(tmp)  # frameworks write some files private (0600)
         shutil.rmtree(final, ignore_errors=True)
         tmp.replace(final)
     rank.barrier()
