@@ -230,6 +230,7 @@ def _claim(dst: Path) -> None:
             continue
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+                exc.filename = exc.filename or str(dst)
                 raise  # the CLI names these with their fix
             raise FtxError(
                 f"cannot create files in {dst.parent} ({exc.strerror})",
@@ -294,6 +295,20 @@ def _clear_leftovers(dst: Path, claim: Path) -> None:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
+
+
+def destination_of(path: str | os.PathLike[str] | None) -> Path | None:
+    """The destination this process claimed that ``path`` is written for (the
+    destination itself, a file in it, or its hidden staging beside it); with no path,
+    the one it claimed last (the command's own, claimed after anything before it)."""
+    if path is None:
+        return list(_CLAIMS)[-1] if _CLAIMS else None
+    found = Path(os.path.abspath(path))
+    for dst in _CLAIMS:
+        for part in (found, *found.parents):
+            if part == dst or (part.parent == dst.parent and part.name.startswith(f".{dst.name}.")):
+                return dst
+    return None
 
 
 def release_claims(keep: Iterable[Path] = ()) -> None:

@@ -55,6 +55,7 @@ def ftx(*args: str, watch: Path, out: Path | None = None) -> int:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
     CASES["count"] += 1
     text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    CASES["output"] = text
     case = f"ftx {' '.join(args)}\n{text[-3000:]}"
     assert result.exit_code in (0, 2), case
     assert "Traceback" not in text and "bug in ftx" not in text, case
@@ -791,3 +792,39 @@ def test_fuzz_paths_are_printed_as_typed(workspace: Path, pieces: list[str], key
     assert printable(str(missing)) in text, (name, text)  # control characters as escapes
     if "\N{FIRE}" not in name:
         assert "\N{FIRE}" not in text, text
+
+
+# ------------------------------------------------------------------- full disks (class 8)
+
+DISK_COMMANDS = ["convert paddle", "convert mindspore", "convert ckpt", "init-model",
+                 "data prepare"]  # fmt: skip
+
+
+@settings(FUZZ, max_examples=max(4, EXAMPLES // 2))
+@given(command=st.sampled_from(DISK_COMMANDS),
+       size=st.sampled_from(["4k", "16k", "64k", "256k", "1m", "4m", "64m"]))  # fmt: skip
+def test_fuzz_full_disks(workspace: Path, command: str, size: str) -> None:
+    """A command whose destination fills up at any point (issue 26, class 8): exit 0, or
+    exit 2 saying the disk is full and naming the destination, with nothing of it left
+    (no half-written output, no staging beside it); the inputs are untouched."""
+    from conftest import small_disk
+
+    project = workspace / "project"
+    mount = fresh(workspace / "disk")
+    with small_disk(mount, size) as disk:
+        out = disk / "dst"
+        args = {
+            "convert paddle": ["convert", str(project / "model"), str(out), "--to", "paddle"],
+            "convert mindspore": ["convert", str(project / "model"), str(out), "--to",
+                                  "mindspore"],
+            "convert ckpt": ["convert", str(project / "model"), str(out), "--to", "mindspore",
+                             "--format", "ckpt"],
+            "init-model": ["init-model", "--out", str(out)],
+            "data prepare": ["data", "prepare", str(project / "recipe.yaml"), "--out", str(out)],
+        }[command]  # fmt: skip
+        code = ftx(*args, watch=project, out=out)
+        if code == 2:
+            text = " ".join(CASES["output"].split())
+            assert "No space left on device" in text and str(out) in text, text
+            assert not out.exists()
+        assert [p.name for p in disk.iterdir() if p.name.startswith(".dst")] == []

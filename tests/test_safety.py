@@ -3,7 +3,6 @@ error with exit code 2, destroys nothing, escapes no folder and stays within mem
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -12,12 +11,11 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import FTX, ROOT, run_ftx
+from conftest import FTX, ROOT, run_ftx, small_disk
 
 DATA = ROOT / "recipes" / "data"
 
@@ -142,17 +140,6 @@ def test_run_force_keeps_the_old_run_until_the_new_one_completes(project: Path) 
     assert done.returncode == 0, done.stderr[-2000:]
     assert not previous.exists() and not (out / "old.txt").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``path`` (the tests run as root, as CI does)."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def test_a_full_disk_is_an_explained_error_that_leaves_nothing_half_written(

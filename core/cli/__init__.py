@@ -15,7 +15,7 @@ import click
 from ftx.core import __version__
 from ftx.core.console import console, lead, set_quiet
 from ftx.core.errors import FtxError
-from ftx.core.fsutil import claims_released
+from ftx.core.fsutil import claims_released, destination_of
 
 # What the machine says, and what to do about it, for errors no input check can prevent.
 SYSTEM_ERRORS = {
@@ -58,15 +58,39 @@ class FtxGroup(click.Group):
                 code, exc.strerror = errno.ENOSPC, f"No space left on device ({exc})"
             if code not in SYSTEM_ERRORS:
                 _bug(exc)
-            what = exc.strerror or str(exc)
-            _fail(FtxError(what, where=exc.filename or "ftx", fix=SYSTEM_ERRORS[code]))
+            # a copy names its source first and what it was writing second
+            _system_error(code, exc.strerror or str(exc), exc.filename2 or exc.filename)
         except KeyboardInterrupt:
             console.print("interrupted", soft_wrap=True)
             sys.exit(130)  # 128 + SIGINT, as a shell reports it (1 means a bug in ftx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:
+            code = _os_code(exc)
+            if code in SYSTEM_ERRORS:  # safetensors' Rust writer: the OS error in its text
+                _system_error(code, os.strerror(code), None)
             _bug(exc)
+
+
+RUST_IO_ERROR = re.compile(r"(?:Os \{ code: |os error )(\d+)")
+
+
+def _os_code(exc: Exception) -> int | None:
+    found = RUST_IO_ERROR.search(str(exc))
+    return int(found.group(1)) if found else None
+
+
+def _system_error(code: int, what: str, filename: str | None) -> NoReturn:
+    """What the machine refused, against the destination being written when there is
+    one (a file of its hidden staging folder means nothing to the user)."""
+    destination = destination_of(filename)
+    if destination is not None:
+        where = str(destination)
+        if filename and os.path.abspath(filename) != str(destination):
+            what = f"{what} (writing {os.path.basename(filename)})"
+    else:
+        where = filename or "ftx"
+    _fail(FtxError(what, where=where, fix=SYSTEM_ERRORS[code]))
 
 
 def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
