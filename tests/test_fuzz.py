@@ -828,3 +828,74 @@ def test_fuzz_full_disks(workspace: Path, command: str, size: str) -> None:
             assert "No space left on device" in text and str(out) in text, text
             assert not out.exists()
         assert [p.name for p in disk.iterdir() if p.name.startswith(".dst")] == []
+
+
+# ------------------------------------------------------- bounded time and memory (class 5)
+
+BOUNDED = [("dataset", "fifo"), ("dataset", "folder"), ("dataset", "/dev/zero"),
+           ("dataset", "huge row"), ("config.json", "fifo"), ("config.json", "layers"),
+           ("config.json", "hidden"), ("config.json", "vocabulary"), ("tokenizer.json", "fifo"),
+           ("tokenizer.json", "/dev/zero"), ("chat template", "nested loops"),
+           ("recipe", "fifo"), ("recipe", "/dev/zero")]  # fmt: skip
+
+
+@settings(FUZZ, max_examples=max(4, EXAMPLES // 4))
+@given(case=st.sampled_from(BOUNDED), command=st.sampled_from(["data prepare", "validate"]))
+def test_fuzz_inputs_that_would_never_end(workspace: Path, case: tuple, command: str) -> None:
+    """Inputs built to hang or exhaust a reader (issue 26, class 5): a FIFO, a folder or
+    /dev/zero where a file belongs, a row past the row limit, a config beyond any model,
+    a chat template that loops for ever. The command ends within a minute with exit 0 or
+    2 and no traceback, and its process never holds more than 3 GB."""
+    import resource
+    import subprocess
+
+    from conftest import FTX
+
+    where, kind = case
+    folder = fresh(workspace / "bounded")
+    model = folder / "model"
+    shutil.copytree(workspace / "project/model", model)
+    data = folder / "rows.jsonl"
+    shutil.copy(workspace / "project/data/train.jsonl", data)
+    recipe = folder / "recipe.yaml"
+    document = base_recipe(workspace)
+    document["model"]["path"], document["data"]["datasets"] = str(model), [str(data)]
+    recipe.write_text(yaml.safe_dump(document))
+    target = {"dataset": data, "config.json": model / "config.json", "recipe": recipe,
+              "tokenizer.json": model / "tokenizer.json"}.get(where)  # fmt: skip
+    if kind in ("fifo", "folder", "/dev/zero"):
+        target.unlink()
+        if kind == "fifo":
+            os.mkfifo(target)
+        elif kind == "folder":
+            target.mkdir()
+        else:
+            target.symlink_to("/dev/zero")
+    elif kind == "huge row":  # 3 MB of CJK text in one row, past the 2 MiB default
+        data.write_text(json.dumps({"instruction": "\u4e2d" * 1_000_000, "output": "x"}) + "\n")
+    elif where == "config.json":
+        config = json.loads(target.read_text())
+        key = {"layers": "num_hidden_layers", "hidden": "hidden_size",
+               "vocabulary": "vocab_size"}[kind]  # fmt: skip
+        target.write_text(json.dumps({**config, key: 10**12}))
+    else:  # a chat template that would render for ever
+        settings_file = model / "tokenizer_config.json"
+        tokenizer_settings = json.loads(settings_file.read_text())
+        tokenizer_settings["chat_template"] = (
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+        )
+        settings_file.write_text(json.dumps(tokenizer_settings))
+        (model / "chat_template.jinja").unlink(missing_ok=True)
+    args = ["validate", str(recipe), "--backend", "torch"] if command == "validate" else [
+        "data", "prepare", str(recipe), "--out", str(folder / "out")]  # fmt: skip
+    result = subprocess.run([str(FTX), *args], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "FTX_HOME": str(folder / "home")})  # fmt: skip
+    CASES["count"] += 1
+    assert result.returncode in (0, 2), (case, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    reader = {"recipe": command, "tokenizer.json": "data prepare", "config.json": "validate"}
+    if reader.get(where) == command and kind in ("fifo", "/dev/zero", "layers", "hidden",
+                                                  "vocabulary"):  # fmt: skip
+        assert result.returncode == 2, (case, command, result.stdout)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kb < 3 * 2**20, (case, peak_kb)  # the largest child this process waited for
