@@ -71,6 +71,16 @@ def write_long_rows(path: Path, rows: int) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
+def failure(out: Path) -> str:
+    """One line on why a run failed: the kernel's out-of-memory kill, or the error."""
+    log = out / "logs" / "launch.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    if "exit code -9" in text or "signal 9" in text or "SIGKILL" in text or "Killed" in text:
+        return "failed: killed (out of memory)"
+    lines = [line for line in text.splitlines() if line.strip()]
+    return f"failed: {lines[-1][:160] if lines else 'see ' + str(log)}"
+
+
 def first_row_watch(metrics: Path, started: float) -> tuple[threading.Event, list[float]]:
     """Note when ``metrics`` first holds a logged step (seconds after ``started``)."""
     stop, seen = threading.Event(), []
@@ -159,11 +169,9 @@ def main() -> None:
                 stop, seen = first_row_watch(out / "metrics.jsonl", at)
                 try:
                     sample = measure(command, env if command[0] != ftx[0] else None)
-                except SystemExit as exc:
+                except SystemExit:
                     stop.set()
-                    results.append(
-                        Result(backend, finetuning, side, 0, 0, 0, f"failed: {exc}"[:300])
-                    )
+                    results.append(Result(backend, finetuning, side, 0, 0, 0, failure(out)))
                     print(f"  {backend} {finetuning} {side}: failed", flush=True)
                     continue
                 stop.set()

@@ -306,6 +306,13 @@ def build_engine(model: Any, t: TrainArgs, rank: Rank, ds_config: dict | None) -
     for name, param in model.named_parameters():
         if param.requires_grad:
             (decay if decays(name, param.shape) else no_decay).append(param)
+    trained = decay + no_decay
+    # One fused kernel per step instead of a dozen passes over every parameter (what
+    # transformers' Trainer runs by default, adamw_torch_fused): at 0.5B parameters on a
+    # CPU the unfused update was 8% of a full fine-tuning step. DeepSpeed keeps its own.
+    fused = ds_config is None and all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trained
+    )
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": t.weight_decay},
@@ -314,6 +321,7 @@ def build_engine(model: Any, t: TrainArgs, rank: Rank, ds_config: dict | None) -
         lr=t.learning_rate,
         betas=(t.adam_beta1, t.adam_beta2),
         eps=t.adam_epsilon,
+        fused=fused or None,
     )
     if ds_config:
         return DeepSpeedEngine(model, optimizer, rank, ds_config)
