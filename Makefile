@@ -48,7 +48,7 @@ test-gguf: setup
 	$(BIN)/python -m pytest tests/test_gguf.py -m llamacpp -ra $(PYTEST_ARGS)
 
 fuzz: setup
-	FTX_FUZZ_EXAMPLES=500 FTX_FUZZ_RANDOM=1 $(BIN)/python -m pytest tests/test_fuzz.py -q
+	FTX_FUZZ_EXAMPLES=500 FTX_FUZZ_RANDOM=1 $(BIN)/python -m pytest tests/test_fuzz.py -q -m 'not images and not llamacpp'
 
 snapshots: setup
 	$(BIN)/python -m pytest tests/test_snapshots.py -q --update-snapshots

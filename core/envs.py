@@ -136,7 +136,12 @@ def create(name: str, *, force: bool = False) -> dict[str, Any]:
                 f"environment '{name}' already exists at {target}",
                 fix=f"use `ftx env create {name} --force` to rebuild it",
             )
-        shutil.rmtree(target)
+        # Moved aside, then deleted: a build killed with SIGKILL leaves its pip running,
+        # still writing into the old folder, which deleting in place would race with.
+        aside = target.with_name(f".{name}.old-{os.getpid()}")
+        target.rename(aside)
+    for old in target.parent.glob(f".{name}.old-*"):
+        shutil.rmtree(old, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     python = str(target / "bin/python")

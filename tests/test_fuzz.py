@@ -899,3 +899,53 @@ def test_fuzz_inputs_that_would_never_end(workspace: Path, case: tuple, command:
         assert result.returncode == 2, (case, command, result.stdout)
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     assert peak_kb < 3 * 2**20, (case, peak_kb)  # the largest child this process waited for
+
+
+# ----------------------------------------------------- environment builds cut short (class 9)
+
+
+@pytest.mark.heavy  # each case builds an environment (20-40 s): make fuzz and make test-full
+@settings(FUZZ, max_examples=min(EXAMPLES, 6))
+@given(sig=st.sampled_from(["SIGINT", "SIGTERM", "SIGKILL"]),
+       moment=st.sampled_from([0.5, 2.0, 5.0, 10.0, 20.0]))  # fmt: skip
+def test_fuzz_environment_builds_cut_short(
+    tmp_path_factory: pytest.TempPathFactory, sig: str, moment: float
+) -> None:
+    """An environment build stopped at any moment by Ctrl-C, SIGTERM or SIGKILL (issue 26,
+    class 9): what is left is either a complete environment that works or one that no
+    later command takes as ready, and the next command builds it whole."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ftx.core import envs
+    from oracles import TRL
+
+    home = tmp_path_factory.mktemp("envhome")
+    (home / "envs").mkdir()
+    (home / "envs" / "torch").symlink_to(envs.env_dir("torch"))  # the layer beneath, built
+    build = ("import sys; sys.path.insert(0, sys.argv[1]); from oracles import ORACLES;"
+             "from ftx.core import envs; [envs.register(k, v) for k, v in ORACLES.items()];"
+             "envs.ensure(sys.argv[2])")  # fmt: skip
+    env = {**os.environ, "FTX_HOME": str(home)}
+    command = [sys.executable, "-c", build, str(ROOT / "tests"), TRL]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(moment)
+    proc.send_signal(getattr(signal, sig))
+    proc.communicate(timeout=300)
+    CASES["count"] += 1
+    previous = os.environ.get("FTX_HOME")
+    os.environ["FTX_HOME"] = str(home)
+    try:
+        if envs.state(TRL) == "ready":  # the build had finished: it must work
+            python = envs.env_python(TRL)
+            subprocess.run([str(python), "-c", "import trl, torch"], check=True)
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert envs.state(TRL) == "ready"
+        subprocess.run([str(envs.env_python(TRL)), "-c", "import trl, torch"], check=True)
+    finally:
+        os.environ["FTX_HOME"] = previous or ""
+        if previous is None:
+            os.environ.pop("FTX_HOME")
