@@ -151,9 +151,6 @@ class HashingReader(io.RawIOBase):
     def tell(self) -> int:
         return self.position
 
-    def close(self) -> None:  # the owner closes the file, after finish()
-        super().close()
-
     def finish(self) -> str:
         """The digest of the whole file: what was read, then whatever was not."""
         self.raw.seek(self.hashed)
