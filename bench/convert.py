@@ -114,14 +114,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ftx-bench-convert"))
     args = parser.parse_args()
     work = args.workdir
-    source = work / "llama-hf"
+    source = work / f"llama-hf-{args.layers}"  # one source per size: never the other size's
     if not (source / "model.safetensors.index.json").exists():
         shutil.rmtree(source, ignore_errors=True)
         print(f"writing a {args.layers}-layer 7B-shaped bf16 checkpoint ...", flush=True)
         make_checkpoint(source, args.layers)
     size = sum(p.stat().st_size for p in source.iterdir())
     ftx = str(Path(sys.executable).with_name("ftx"))
-    ckpt = work / "ckpt-source"
+    ckpt = work / f"ckpt-source-{args.layers}"
     if not ckpt.exists():
         subprocess.run(
             [ftx, "-q", "convert", str(source), str(ckpt), "--to", "mindspore", "--format", "ckpt"],

@@ -473,12 +473,30 @@ class TrainStep:
         """Clip by torch's rule (ftx.core.worker.rules.clip_coefficient, clamped at 1), step
         AdamW; return the norm before clipping. One compiled graph: the same work per
         tensor in PyNative cost a third of a small model's step."""
-        norm = ops.sqrt(ops.addn([ops.square(g).sum() for g in grads]))
+        norm = ops.sqrt(ops.addn(_EACH(_SQUARED_SUM, grads)))
         if self.max_grad_norm > 0:
             coef = ops.clamp(clip_coefficient(norm, self.max_grad_norm), max=1.0)
-            grads = tuple(g * coef for g in grads)
+            grads = _EACH(ops.partial(_SCALED, coef), grads)
         self.optimizer(grads)
         return norm
+
+
+# The update's per-tensor work maps over the gradient tuple (HyperMap) rather than a
+# Python loop: a loop unrolls into one chain of graph nodes per tensor, and MindSpore's
+# compile time grows faster than their number (0.5B LoRA, 336 factors: 77 s -> 7 s).
+_EACH = ops.HyperMap()
+_SQUARED_SUM = ops.MultitypeFuncGraph("squared_sum")
+_SCALED = ops.MultitypeFuncGraph("scaled")
+
+
+@_SQUARED_SUM.register("Tensor")
+def _squared_sum(grad: Tensor) -> Tensor:
+    return ops.square(grad).sum()
+
+
+@_SCALED.register("Tensor", "Tensor")
+def _scaled(coef: Tensor, grad: Tensor) -> Tensor:
+    return grad * coef
 
 
 MS_OPS = TensorOps(ops.logsigmoid, ops.relu, ops.exp, ops.log1p, ops.sum)
