@@ -71,12 +71,13 @@ def write_long_rows(path: Path, rows: int) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
-def failure(out: Path) -> str:
-    """One line on why a run failed: the kernel's out-of-memory kill, or the error."""
+def failure(out: Path, said: str) -> str:
+    """One line on why a run failed (``said``: what the command printed): killed with
+    SIGKILL (the kernel's out-of-memory killer, here), or the error."""
     log = out / "logs" / "launch.log"
-    text = log.read_text(errors="replace") if log.exists() else ""
-    if "exit code -9" in text or "signal 9" in text or "SIGKILL" in text or "Killed" in text:
-        return "failed: killed (out of memory)"
+    text = said + (log.read_text(errors="replace") if log.exists() else "")
+    if "killed with SIGKILL" in " ".join(said.split()) or "exit code -9" in text:
+        return "killed (out of memory)"
     lines = [line for line in text.splitlines() if line.strip()]
     return f"failed: {lines[-1][:160] if lines else 'see ' + str(log)}"
 
@@ -169,9 +170,10 @@ def main() -> None:
                 stop, seen = first_row_watch(out / "metrics.jsonl", at)
                 try:
                     sample = measure(command, env if command[0] != ftx[0] else None)
-                except SystemExit:
+                except SystemExit as error:
                     stop.set()
-                    results.append(Result(backend, finetuning, side, 0, 0, 0, failure(out)))
+                    reason = failure(out, str(error))
+                    results.append(Result(backend, finetuning, side, 0, 0, 0, reason))
                     print(f"  {backend} {finetuning} {side}: failed", flush=True)
                     continue
                 stop.set()

@@ -398,6 +398,7 @@ class ExitCode(IntEnum):
     BAD_CONFIG = 2  # the worker config broke the contract
     INTERRUPTED_SIGINT = 130  # stopped by Ctrl-C after saving a checkpoint
     INTERRUPTED_SIGTERM = 143  # stopped by SIGTERM (a scheduler, a container stop) likewise
+    KILLED = 137  # SIGKILL (128 + 9, as a shell reports it): no error.json; the OOM killer's
 
 
 def run_status(code: int) -> Literal["completed", "interrupted", "failed"]:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ftx.core.backend import BackendSpec
 from ftx.core.capabilities import TrainerChoice, check_devices, check_recipe, choose_trainer
 from ftx.core.console import info, lead
 from ftx.core.contract import (
+    ExitCode,
     RunLayout,
     TrainTiming,
     WorkerFailure,
@@ -345,11 +347,26 @@ def launch_and_record(
             exit_code=code,
         )
     if summary["status"] == "failed":
-        reason = failure.describe() if failure else f"it left no error.json; {log_tail(layout)}"
+        resume = "rerun with train.resume=auto to continue from the last checkpoint"
+        fix = f"read the log; {resume}"
+        if failure is not None:
+            reason = failure.describe()
+        elif code in (ExitCode.KILLED, -signal.SIGKILL):
+            reason = (
+                "it was killed with SIGKILL before it could say why, most often by the"
+                f" kernel's out-of-memory killer; {log_tail(layout)}"
+            )
+            fix = (
+                "if memory ran out, train LoRA (method.finetuning=lora) or set a smaller"
+                " train.micro_batch_size or data.max_seq_len, or use a machine with more"
+                f" memory; then {resume}"
+            )
+        else:
+            reason = f"it left no error.json; {log_tail(layout)}"
         raise FtxError(
             f"the {backend} worker failed (exit code {code}): {reason}",
             where=str(launch.log or layout.launch_log),
-            fix="read the log; rerun with train.resume=auto to continue from the last checkpoint",
+            fix=fix,
             exit_code=1,
         )
     return summary

@@ -4,13 +4,16 @@ events, error.json and exit codes, through a real worker where it matters."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_ftx
+from conftest import FTX, run_ftx
 from ftx.core.contract import (
     ContractError,
     ExitCode,
@@ -117,6 +120,55 @@ def test_a_failing_worker_leaves_error_json_and_the_runner_reports_it(
     assert f"the torch worker failed (exit code 1): {error['type']}" in result.stderr
     run = json.loads((tmp_path / "out/run.json").read_text())
     assert run["status"] == "failed" and run["error"].startswith(error["type"])
+
+
+def _worker_pids(root: int) -> list[int]:
+    """The processes under ``root`` whose command line runs an ftx worker module."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(stat[1]), []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            if b".worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.env
+def test_a_worker_killed_by_sigkill_is_named_as_killed(tmp_path: Path, tiny_llama: Path) -> None:
+    """A worker killed with SIGKILL (the kernel's out-of-memory killer's signal) writes no
+    error.json: the runner says it was killed, and what to change if memory ran out."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [str(FTX), "run", "recipes/quickstart.yaml", "--out", str(out),
+         f"model.path={tiny_llama}", "train.max_steps=100000", "train.epochs=null",
+         "train.logging_steps=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    workers = _worker_pids(proc.pid)
+    assert workers, "no worker process found under ftx run"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-2000:]
+    text = " ".join(stderr.split())
+    assert "killed with SIGKILL" in text and "out-of-memory killer" in text, text[-2000:]
+    assert "method.finetuning=lora" in text and "train.resume=auto" in text
+    assert not (out / "error.json").exists()
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and run["exit_code"] in (ExitCode.KILLED, -signal.SIGKILL)
 
 
 def test_metrics_log_is_the_one_schema(tmp_path: Path) -> None:
