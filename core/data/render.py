@@ -394,6 +394,8 @@ def _first_token_at(encoding: Any, position: int) -> int:
     count = len(encoding.ids)
     token = encoding.char_to_token(position)
     if token is None:  # the end of the text (or a character no token covers)
+        if count == 0 or encoding.token_to_chars(count - 1)[0] < position:
+            return count  # every token starts before it: the common case, the text's end
         starts = [start for start, _ in encoding.offsets]
         return bisect_left(starts, position)
     while token > 0 and encoding.token_to_chars(token - 1)[0] >= position:
